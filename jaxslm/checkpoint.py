@@ -1,0 +1,101 @@
+"""Orbax checkpoints: one directory per step holding everything needed to
+continue a run or to rebuild model + tokenizer.
+
+Layout: `<workdir>/checkpoints/<step>/` with items
+  params     the parameter tree (fp32 master weights)
+  opt_state  the optimizer state
+  meta       JSON: step, RNG, data position, the run config, the model config,
+             the tokenizer spec (self-contained), metrics at save time
+
+Orbax writes each step into a temporary directory and renames it into place
+when complete, so a process killed mid-save (or a full disk) leaves the
+previous checkpoints intact; unfinished temporaries are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("params", "opt_state", "meta")
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+  """Save every N steps (async), keep the last K, restore exactly."""
+
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def read_meta(self, step: int | None = None) -> dict[str, Any]:
+    step = self.latest_step() if step is None else step
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, abstract_params, abstract_opt_state):
+    """Restore onto the shapes/dtypes/shardings of the abstract trees."""
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore()))
+    return out["params"], out["opt_state"], out["meta"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def abstract_like(tree, shardings=None):
+  """ShapeDtypeStructs (with shardings) describing a tree, for restore."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def resolve_step_dir(path: str) -> str:
+  """A step directory from a run's workdir, its checkpoints/ dir, or a step dir."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"Checkpoint path {path!r} does not exist.")
+  if os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "meta")):
+    return path
+  for base in (os.path.join(path, "checkpoints"), path):
+    if os.path.isdir(base):
+      steps = [int(d) for d in os.listdir(base) if d.isdigit()
+               and os.path.isdir(os.path.join(base, d, "meta"))]
+      if steps:
+        return os.path.join(base, str(max(steps)))
+  raise FileNotFoundError(
+      f"No checkpoint found under {path!r}: expected a run's workdir (with checkpoints/<step>/), "
+      f"a checkpoints/ directory, or one step's directory (with params/ and meta/).")
+
+
+def read_step_meta(step_dir: str) -> dict[str, Any]:
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "meta"))
+
+
+def read_step_params(step_dir: str, abstract_params=None):
+  ckptr = ocp.StandardCheckpointer()
+  return ckptr.restore(os.path.join(step_dir, "params"), abstract_params)

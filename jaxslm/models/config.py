@@ -1,0 +1,118 @@
+"""`ModelConfig`: the frozen, hashable description of one decoder.
+
+It is static under `jit` (hashable), so a compiled function is keyed by it.
+Presets are named configurations; `ModelConfig.preset(name, **overrides)`.
+
+Shape letters used across jaxslm (suffixes such as `x_btd`, einsum strings):
+B batch, T time (query positions), S key/value positions, D model width,
+N query heads, K key/value heads, H head dim, F feed-forward width, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+POSITIONS = ("rope", "learned")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 50257
+  d_model: int = 384
+  n_layers: int = 12
+  n_heads: int = 6
+  n_kv_heads: int = 0          # 0 means n_heads (multi-head attention)
+  head_dim: int = 0            # 0 means d_model // n_heads
+  d_ff: int = 1536
+  max_seq_len: int = 1024
+  norm: str = "layernorm"      # "layernorm" | "rmsnorm"
+  norm_eps: float = 1e-5
+  mlp: str = "gelu"            # "gelu" (tanh approx., as GPT-2) | "swiglu"
+  position: str = "rope"       # "rope" | "learned"
+  rope_theta: float = 10000.0
+  tie_embeddings: bool = True
+  use_bias: bool = True        # biases on the linear projections
+  dtype: str = "bfloat16"      # compute dtype; params are kept in param_dtype
+  param_dtype: str = "float32"
+  init_std: float = 0.02
+  remat: bool = False          # recompute each block in the backward pass
+  attention_impl: str = ""     # "" lets JAX choose; "xla" or "cudnn" to force
+
+  def __post_init__(self):
+    def bad(field, value, expected):
+      raise ValueError(f"ModelConfig.{field}={value!r} is invalid: expected {expected}.")
+    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+      v = getattr(self, field)
+      if not isinstance(v, int) or v <= 0:
+        bad(field, v, "a positive integer")
+    if self.norm not in NORMS:
+      bad("norm", self.norm, f"one of {NORMS}")
+    if self.mlp not in MLPS:
+      bad("mlp", self.mlp, f"one of {MLPS}")
+    if self.position not in POSITIONS:
+      bad("position", self.position, f"one of {POSITIONS}")
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in DTYPES:
+        bad(field, getattr(self, field), f"one of {DTYPES}")
+    if self.attention_impl not in ("", "xla", "cudnn"):
+      bad("attention_impl", self.attention_impl, "'', 'xla' or 'cudnn'")
+    if not self.head_dim and self.d_model % self.n_heads:
+      bad("n_heads", self.n_heads, f"a divisor of d_model={self.d_model} (or set head_dim)")
+    if self.num_kv_heads <= 0 or self.n_heads % self.num_kv_heads:
+      bad("n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads} (0 for n_heads)")
+    if self.position == "rope" and self.dim_per_head % 2:
+      bad("head_dim", self.dim_per_head, "an even number for RoPE")
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"Unknown ModelConfig fields {unknown}; valid fields: {sorted(fields)}.")
+    return cls(**d)
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "ModelConfig":
+    if name not in PRESETS:
+      raise ValueError(f"Unknown model preset {name!r}; available: {sorted(PRESETS)}.")
+    return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The first paper's table: 12 layers, d 384, 6 heads, FFN 1536, GPT-2
+    # vocabulary, RoPE, GELU, LayerNorm, tied embeddings ("about 26M" params;
+    # see README for the exact count).
+    "slm26m": dict(vocab_size=50257, d_model=384, n_layers=12, n_heads=6, d_ff=1536,
+                   max_seq_len=1024, norm="layernorm", mlp="gelu", position="rope",
+                   tie_embeddings=True, use_bias=True),
+    # GPT-2 small's shape, with RoPE instead of learned positions.
+    "gpt2_124m": dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
+                      max_seq_len=1024, norm="layernorm", mlp="gelu", position="rope",
+                      tie_embeddings=True, use_bias=True),
+    # The offline default run: small enough to learn synthetic math on a laptop CPU.
+    "small": dict(vocab_size=1024, d_model=128, n_layers=4, n_heads=4, d_ff=512,
+                  max_seq_len=256, norm="layernorm", mlp="gelu", position="rope",
+                  tie_embeddings=True, use_bias=True),
+    # Unit tests.
+    "tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+                 max_seq_len=128, norm="rmsnorm", mlp="swiglu", position="rope",
+                 tie_embeddings=False, use_bias=False),
+}

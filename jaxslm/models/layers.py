@@ -1,0 +1,119 @@
+"""Building blocks of the decoder: linear, norms, RoPE, attention, MLP.
+
+Every projection kernel is a 2-D `[in, out]` matrix named `*_proj/kernel`, so
+regular expressions over parameter paths select them (LoRA, freezing,
+conversion). Norm statistics, RoPE and softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxslm import ops
+from jaxslm.models.config import ModelConfig
+
+
+def _dt(name: str):
+  return jnp.dtype(name)
+
+
+class Linear(nn.Module):
+  features: int
+  cfg: ModelConfig
+  use_bias: bool = False
+  std: float | None = None
+  out_dtype: str | None = None   # e.g. "float32" for the logits
+
+  @nn.compact
+  def __call__(self, x):
+    std = self.cfg.init_std if self.std is None else self.std
+    kernel = self.param("kernel", nn.initializers.normal(std), (x.shape[-1], self.features),
+                        _dt(self.cfg.param_dtype))
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,), _dt(self.cfg.param_dtype))
+            if self.use_bias else None)
+    return ops.dense(x, kernel, _dt(self.cfg.dtype), bias,
+                     None if self.out_dtype is None else _dt(self.out_dtype))
+
+
+class Norm(nn.Module):
+  """LayerNorm (scale and bias) or RMSNorm (scale), statistics in float32."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    pdt = _dt(self.cfg.param_dtype)
+    x32 = x.astype(jnp.float32)
+    if self.cfg.norm == "layernorm":
+      x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.cfg.norm_eps)
+    y = y * self.param("scale", nn.initializers.ones, (d,), pdt).astype(jnp.float32)
+    if self.cfg.norm == "layernorm":
+      y = y + self.param("bias", nn.initializers.zeros, (d,), pdt).astype(jnp.float32)
+    return y.astype(_dt(self.cfg.dtype))
+
+
+def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, rotate-half layout (first half / second half of H)."""
+  h = x_btnh.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  angles_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(angles_bth)[:, :, None, :], jnp.cos(angles_bth)[:, :, None, :]
+  x32 = x_btnh.astype(jnp.float32)
+  x1, x2 = x32[..., : h // 2], x32[..., h // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_btnh.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_btd, positions_bt):
+    cfg = self.cfg
+    b, t, _ = x_btd.shape
+    n, k, h = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
+    q_btnh = Linear(n * h, cfg, cfg.use_bias, name="q_proj")(x_btd).reshape(b, t, n, h)
+    k_btkh = Linear(k * h, cfg, cfg.use_bias, name="k_proj")(x_btd).reshape(b, t, k, h)
+    v_btkh = Linear(k * h, cfg, cfg.use_bias, name="v_proj")(x_btd).reshape(b, t, k, h)
+    if cfg.position == "rope":
+      q_btnh = rope(q_btnh, positions_bt, cfg.rope_theta)
+      k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
+    # jax.nn.dot_product_attention handles GQA (N a multiple of K), computes the
+    # softmax in float32 and picks cuDNN flash attention where available.
+    o_btnh = jax.nn.dot_product_attention(
+        q_btnh, k_btkh, v_btkh, is_causal=True, implementation=cfg.attention_impl or None)
+    # Residual-branch output projections get the GPT-2 scaled init.
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    return Linear(cfg.d_model, cfg, cfg.use_bias, std=out_std, name="o_proj")(
+        o_btnh.reshape(b, t, n * h))
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_btd):
+    cfg = self.cfg
+    up_btf = Linear(cfg.d_ff, cfg, cfg.use_bias, name="up_proj")(x_btd)
+    if cfg.mlp == "swiglu":
+      gate_btf = Linear(cfg.d_ff, cfg, cfg.use_bias, name="gate_proj")(x_btd)
+      act_btf = jax.nn.silu(gate_btf) * up_btf
+    else:
+      act_btf = jax.nn.gelu(up_btf, approximate=True)
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    return Linear(cfg.d_model, cfg, cfg.use_bias, std=out_std, name="down_proj")(act_btf)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_btd, positions_bt):
+    x_btd = x_btd + Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x_btd),
+                                                     positions_bt)
+    x_btd = x_btd + MLP(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_btd))
+    return x_btd

@@ -1,0 +1,364 @@
+"""Tokenizers behind one interface: tiktoken (GPT-2 and OpenAI BPEs) and SentencePiece.
+
+    tok = get_tokenizer("gpt2")                   # tiktoken r50k_base, 50,257 ids
+    tok = get_tokenizer("runs/tok/spm.model")     # a SentencePiece model file
+    tok = train_sentencepiece(lines, vocab_size=1024)   # in memory, no temp files
+    ids = tok.encode("Natalia sold 48 clips.\n#### 72", add_eos=True)
+    tok = from_spec(json.loads(json.dumps(tok.spec())))  # what checkpoints store
+
+`encode` never turns user text into special tokens (tiktoken's `encode_ordinary`;
+SentencePiece control pieces cannot be produced from text). Special ids are
+added only through `add_bos` / `add_eos`. A tokenizer pickles through its spec.
+"""
+from __future__ import annotations
+
+import abc
+import base64
+import io
+import itertools
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+_SPEC_VERSION = 1
+_TIKTOKEN_ALIASES = {"gpt2": "r50k_base"}
+_SP_MODEL_TYPES = ("bpe", "unigram")
+_SP_MIN_VOCAB = 4 + 1 + 256  # pad, unk, bos, eos; "\n"; byte-fallback pieces
+# Trained models: fixed special ids, "\n" its own piece, bytes for anything unseen, digits
+# split; identity normalizer, spaces kept as written, no dummy prefix: decode(encode(s)) == s.
+_SP_TRAIN_OPTIONS = dict(
+    pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=["\n"], byte_fallback=True,
+    split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+    add_dummy_prefix=False, allow_whitespace_only_pieces=True, max_sentence_length=1 << 16,
+    num_threads=1, minloglevel=2,
+)
+
+
+class Tokenizer(abc.ABC):
+    """Common interface. Ids lie in [0, vocab_size); `pad_id` is always an int."""
+
+    name: str
+    vocab_size: int
+    eos_id: int
+    bos_id: int | None
+    pad_id: int
+    special_tokens: dict[str, int]
+
+    @abc.abstractmethod
+    def _encode(self, text: str) -> list[int]: ...
+    @abc.abstractmethod
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+    @abc.abstractmethod
+    def _decode(self, ids: list[int]) -> str: ...
+
+    @abc.abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """JSON-serializable description; `from_spec(spec)` rebuilds this tokenizer."""
+
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(
+                f"{self.name}.encode expects a str, got {type(text).__name__}; "
+                "use encode_batch for a list of strings."
+            )
+        return self._add_specials(self._encode(text), add_bos, add_eos)
+
+    def encode_batch(self, texts: Sequence[str], *, add_bos: bool = False,
+                     add_eos: bool = False) -> list[list[int]]:
+        if isinstance(texts, str):
+            raise TypeError(
+                f"{self.name}.encode_batch expects a list of strings, got a single str; "
+                "use encode for one string."
+            )
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"encode_batch: item {i} is a {type(t).__name__}, expected str.")
+        return [self._add_specials(ids, add_bos, add_eos) for ids in self._encode_batch(texts)]
+
+    def decode(self, ids: Any) -> str:
+        """Decodes a 1-D sequence of ids (list, numpy or jax array). Special ids do not crash."""
+        arr = np.asarray(ids)
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.ndim != 1:
+            raise ValueError(f"decode expects 1-D ids, got shape {arr.shape}; decode each row.")
+        if arr.size == 0:
+            return ""
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"decode expects integer ids, got dtype {arr.dtype}.")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"token id {bad} is outside [0, {self.vocab_size}) for tokenizer {self.name!r}; "
+                "were these ids produced by a different tokenizer or model vocab size?"
+            )
+        return self._decode(arr.tolist())
+
+    def _add_specials(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+        if add_bos:
+            if self.bos_id is None:
+                raise ValueError(
+                    f"tokenizer {self.name!r} has no BOS token (bos_id is None); pass "
+                    "add_bos=False (GPT-2 style models separate documents with add_eos=True)."
+                )
+            ids = [self.bos_id, *ids]
+        if add_eos:
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, "
+            f"eos_id={self.eos_id}, bos_id={self.bos_id}, pad_id={self.pad_id})"
+        )
+
+    def __reduce__(self):
+        return (from_spec, (self.spec(),))
+
+
+# ------------------------------------------------------------------ tiktoken
+
+
+def _tiktoken_names() -> list[str]:
+    import tiktoken
+    return sorted(tiktoken.list_encoding_names())
+
+
+def _tiktoken_load_error(name: str, err: Exception) -> RuntimeError:
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    where = f"TIKTOKEN_CACHE_DIR={cache!r} lacks them" if cache else "TIKTOKEN_CACHE_DIR is unset"
+    return RuntimeError(
+        f"Could not load the tiktoken encoding {name!r}: its BPE ranks could not be "
+        f"downloaded or found in a local cache ({where}). Either allow network access "
+        "so tiktoken can download them once, or set the TIKTOKEN_CACHE_DIR environment "
+        "variable to a directory holding the cached ranks, e.g. "
+        "`export TIKTOKEN_CACHE_DIR=../shared/tiktoken_cache` from the repository root. "
+        f"Underlying error: {type(err).__name__}: {err}"
+    )
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken encoding. GPT-2 is "r50k_base"; it has no BOS, and pad_id = eos_id."""
+
+    def __init__(self, encoding_name: str = "r50k_base", *, num_threads: int = 8):
+        import tiktoken
+
+        name = _TIKTOKEN_ALIASES.get(encoding_name, encoding_name)
+        known = _tiktoken_names()
+        if name not in known:
+            raise ValueError(
+                f"Unknown tiktoken encoding {encoding_name!r}; expected one of "
+                f"{sorted(set(_TIKTOKEN_ALIASES) | set(known))}."
+            )
+        try:
+            enc = tiktoken.get_encoding(name)
+        except Exception as e:  # requests / OS / hash errors all mean "ranks unavailable"
+            raise _tiktoken_load_error(name, e) from e
+        self._enc = enc
+        self._num_threads = num_threads
+        self.name = name
+        self.vocab_size = enc.n_vocab
+        self.special_tokens = {t: enc.encode_single_token(t) for t in enc.special_tokens_set}
+        self.eos_id = enc.eot_token  # <|endoftext|>
+        self.bos_id = None
+        self.pad_id = self.eos_id
+
+    def _encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._enc.encode_ordinary_batch(texts, num_threads=self._num_threads)
+
+    def _decode(self, ids: list[int]) -> str:
+        try:
+            return self._enc.decode(ids)
+        except KeyError as e:  # a hole in the id space (e.g. cl100k_base 100256)
+            raise ValueError(f"token id {e.args[0]} is not defined in {self.name!r}.") from e
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "tiktoken", "version": _SPEC_VERSION, "name": self.name,
+                "vocab_size": self.vocab_size}
+
+
+# ------------------------------------------------------------- SentencePiece
+
+
+def _sp_model_type(model_proto: bytes) -> str | None:
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        m = pb.ModelProto()
+        m.ParseFromString(model_proto)
+        return pb.TrainerSpec.ModelType.Name(m.trainer_spec.model_type).lower()
+    except Exception:  # protobuf missing or unusual proto: the name is cosmetic
+        return None
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model, held as its serialized proto so `spec()` is self-contained."""
+
+    def __init__(self, model_proto: bytes, *, name: str | None = None):
+        import sentencepiece as spm
+
+        if not isinstance(model_proto, (bytes, bytearray)):
+            raise TypeError(f"SentencePieceTokenizer expects model proto bytes, got "
+                            f"{type(model_proto).__name__}; for a file use .from_file(path).")
+        self._model_proto = bytes(model_proto)
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(self._model_proto)
+        except Exception as e:
+            raise ValueError(f"Bytes given are not a valid SentencePiece model proto: {e}") from e
+        self._sp = sp
+        self.vocab_size = sp.get_piece_size()
+        if sp.eos_id() < 0:
+            raise ValueError(
+                "This SentencePiece model has no EOS piece (eos_id=-1); retrain it with an "
+                "EOS id, e.g. with jaxslm.tokenizers.train_sentencepiece."
+            )
+        self.eos_id = sp.eos_id()
+        self.bos_id = sp.bos_id() if sp.bos_id() >= 0 else None
+        self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.eos_id
+        self.special_tokens = {sp.id_to_piece(i): i for i in range(self.vocab_size)
+                               if sp.is_control(i) or sp.is_unknown(i)}
+        kind = _sp_model_type(self._model_proto)
+        self.name = name or "-".join(["sentencepiece", *[kind] * bool(kind), str(self.vocab_size)])
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, *, name: str | None = None):
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"SentencePiece model file not found: {path!r}. Give the path of an existing "
+                "'.model' file, or train one with jaxslm.tokenizers.train_sentencepiece."
+            )
+        with open(path, "rb") as f:
+            return cls(f.read(), name=name)
+
+    @property
+    def model_proto(self) -> bytes:
+        return self._model_proto
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes a standard SentencePiece '.model' file."""
+        with open(path, "wb") as f:
+            f.write(self._model_proto)
+
+    def _encode(self, text: str) -> list[int]:
+        return self._sp.encode(text, out_type=int)
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts, out_type=int, num_threads=min(8, os.cpu_count() or 1))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._sp.decode(ids)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "sentencepiece",
+            "version": _SPEC_VERSION,
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "model_proto_b64": base64.b64encode(self._model_proto).decode("ascii"),
+        }
+
+
+def _training_lines(texts: Iterable[str], max_sentences: int | None) -> list[str]:
+    def lines():
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"train_sentencepiece: text {i} is {type(text).__name__}, not str.")
+            yield from (line for line in text.split("\n") if line)
+
+    return list(itertools.islice(lines(), max_sentences))
+
+
+def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: str = "bpe",
+                        seed: int = 0, max_sentences: int | None = None,
+                        character_coverage: float = 1.0) -> SentencePieceTokenizer:
+    """Trains a SentencePiece model in memory; same texts and seed give the same model.
+
+    Texts are split into lines ("\\n" is its own piece and never part of another);
+    `max_sentences` keeps the first that many non-empty lines, so a streaming
+    iterable is fine. Layout: pad=0, unk=1, bos=2 (<s>), eos=3 (</s>), "\\n"=4,
+    then 256 byte-fallback pieces, then learned pieces. The normalizer is the
+    identity and spaces are kept as written, so decode(encode(s)) == s.
+    """
+    import sentencepiece as spm
+
+    if model_type not in _SP_MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {_SP_MODEL_TYPES}, got {model_type!r}.")
+    if isinstance(texts, str):
+        raise TypeError("train_sentencepiece expects an iterable of strings, got one str; "
+                        "wrap it in a list.")
+    if not isinstance(vocab_size, int) or vocab_size <= _SP_MIN_VOCAB:
+        raise ValueError(
+            f"vocab_size must be an int above {_SP_MIN_VOCAB} (4 special ids, '\\n' and 256 "
+            f"byte-fallback pieces, plus one per distinct character), got {vocab_size!r}."
+        )
+    if max_sentences is not None and max_sentences <= 0:
+        raise ValueError(f"max_sentences must be positive or None, got {max_sentences!r}.")
+    lines = _training_lines(texts, max_sentences)
+    if not lines:
+        raise ValueError("train_sentencepiece got no non-empty text to train on.")
+    model = io.BytesIO()
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+            model_type=model_type, character_coverage=character_coverage, **_SP_TRAIN_OPTIONS)
+    except RuntimeError as e:
+        raise ValueError(
+            f"SentencePiece training failed (vocab_size={vocab_size}, model_type={model_type!r}, "
+            f"{len(lines)} lines): {str(e).rstrip('.')}. Change vocab_size as the message says, "
+            "or train on more text."
+        ) from e
+    return SentencePieceTokenizer(model.getvalue(), name=f"sentencepiece-{model_type}-{vocab_size}")
+
+
+# ------------------------------------------------------------------- factory
+
+
+def get_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
+    """"gpt2" / a tiktoken encoding name, or the path of a SentencePiece '.model' file."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"get_tokenizer expects a name or path, got {type(name_or_path).__name__}.")
+    s = os.fspath(name_or_path)
+    if s.endswith(".model"):
+        return SentencePieceTokenizer.from_file(s)
+    known = [n for n in _tiktoken_names() if n not in _TIKTOKEN_ALIASES]
+    if _TIKTOKEN_ALIASES.get(s, s) in known:
+        return TiktokenTokenizer(s)
+    raise ValueError(
+        f"Unknown tokenizer {s!r}. Accepted: 'gpt2' (alias of 'r50k_base'), a tiktoken "
+        f"encoding name ({', '.join(known)}), or the path of a SentencePiece '.model' file."
+    )
+
+
+def from_spec(spec: Mapping[str, Any]) -> Tokenizer:
+    """Rebuilds a tokenizer from `Tokenizer.spec()` (e.g. as stored in a checkpoint)."""
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"from_spec expects a Tokenizer.spec() dict, got {type(spec).__name__}.")
+    kind = spec.get("kind")
+    try:
+        if kind == "tiktoken":
+            tok: Tokenizer = TiktokenTokenizer(spec["name"])
+        elif kind == "sentencepiece":
+            proto = base64.b64decode(spec["model_proto_b64"])
+            tok = SentencePieceTokenizer(proto, name=spec.get("name"))
+        else:
+            raise ValueError(f"Unknown tokenizer spec kind {kind!r}; expected 'tiktoken' or "
+                             "'sentencepiece'.")
+    except KeyError as e:
+        raise ValueError(f"Tokenizer spec of kind {kind!r} lacks the key {e.args[0]!r}.") from e
+    expected = spec.get("vocab_size")
+    if expected is not None and expected != tok.vocab_size:
+        raise ValueError(
+            f"Tokenizer spec says vocab_size={expected} but {tok.name!r} has {tok.vocab_size}; "
+            "the spec was written by an incompatible tokenizer version."
+        )
+    return tok

@@ -1,0 +1,1 @@
+"""Training: optimizer, pure step functions, sharding, the pretraining run."""

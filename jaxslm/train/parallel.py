@@ -1,0 +1,93 @@
+"""Data parallelism and FSDP by sharding: a `Mesh` over ("data", "fsdp").
+
+Parameters get logical axis names from one table of path rules, and one rules
+table maps logical axes to mesh axes. The batch is split over both mesh axes;
+with `fsdp > 1`, parameters and optimizer state are split over "fsdp" too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
+
+# Parameter path (regex, searched at the end of the path) -> logical axes.
+PARAM_AXES: tuple[tuple[str, tuple], ...] = (
+    (r"(^|/)embed$", ("vocab", "embed")),
+    (r"(^|/)pos_embed$", (None, "embed")),
+    (r"(q|k|v)_proj/kernel$", ("embed", "heads")),
+    (r"o_proj/kernel$", ("heads", "embed")),
+    (r"(gate|up)_proj/kernel$", ("embed", "mlp")),
+    (r"down_proj/kernel$", ("mlp", "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+)
+
+# Logical axis -> mesh axis (None: replicated).
+AXIS_RULES = {"embed": "fsdp", "vocab": None, "heads": None, "mlp": None}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+  """A ("data", "fsdp") mesh; -1 for `data` takes every remaining device."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if fsdp < 1 or n % fsdp:
+    raise ValueError(f"mesh.fsdp={fsdp} must be a positive divisor of the {n} devices.")
+  if data == -1:
+    data = n // fsdp
+  if data * fsdp != n:
+    raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} but there are {n} "
+                     f"devices; set mesh.data=-1 to use them all.")
+  return Mesh(np.asarray(devices).reshape(data, fsdp), MESH_AXES)
+
+
+def path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def logical_axes(path: str, ndim: int) -> tuple:
+  for pattern, axes in PARAM_AXES:
+    if re.search(pattern, path) and len(axes) == ndim:
+      return axes
+  return (None,) * ndim
+
+
+def spec_for(path: str, shape: tuple, mesh: Mesh) -> P:
+  """PartitionSpec of one parameter-shaped leaf (params or optimizer moments)."""
+  axes = logical_axes(path, len(shape))
+  mesh_axes = [AXIS_RULES.get(a) if a else None for a in axes]
+  used = [m for m in mesh_axes if m]
+  if len(used) != len(set(used)):
+    raise ValueError(f"Sharding rules map two axes of {path} {axes} to the same mesh axis.")
+  for dim, m in zip(shape, mesh_axes):
+    if m and dim % mesh.shape[m]:
+      raise ValueError(f"Cannot shard {path} (shape {shape}) over mesh axis {m!r} of size "
+                       f"{mesh.shape[m]}: {dim} is not divisible. Choose mesh.{m} dividing {dim}.")
+  return P(*[m if m and mesh.shape[m] > 1 else None for m in mesh_axes])
+
+
+def tree_shardings(tree, mesh: Mesh):
+  """NamedShardings for any tree whose leaves sit at parameter-like paths."""
+  def one(path, leaf):
+    shape = tuple(getattr(leaf, "shape", ()))
+    return NamedSharding(mesh, spec_for(path_str(path), shape, mesh) if shape else P())
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh, batch_dim: int = 0, ndim: int = 2) -> NamedSharding:
+  spec = [None] * ndim
+  spec[batch_dim] = BATCH_AXES
+  return NamedSharding(mesh, P(*spec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_array(local: np.ndarray, sharding: NamedSharding, global_shape: tuple) -> jax.Array:
+  """A global array from this process's rows (each process feeds only its share)."""
+  return jax.make_array_from_process_local_data(sharding, local, global_shape)

@@ -1,0 +1,127 @@
+"""What a run shows and writes: progress line, metrics JSONL, loss curve, MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
+    "A100": 312e12, "A10G": 125e12, "L4": 121e12, "RTX 4090": 165e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+_measured_cpu_peak: float | None = None
+
+
+def peak_flops_per_device(configured: float = 0.0) -> tuple[float, str]:
+  """(peak FLOP/s, where the number came from) for the first local device."""
+  if configured:
+    return float(configured), "configured"
+  kind = jax.devices()[0].device_kind
+  for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    if name.lower() in kind.lower():
+      return flops, f"{name} bf16 spec"
+  if jax.default_backend() == "cpu":
+    return measure_matmul_peak(), "measured fp32 matmul on this CPU"
+  return 0.0, f"unknown device kind {kind!r}: set train.peak_flops"
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+  """Best observed FLOP/s of an n×n fp32 matmul (CPU MFU denominator)."""
+  global _measured_cpu_peak
+  if _measured_cpu_peak is None:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      f(a).block_until_ready()
+      best = min(best, time.perf_counter() - t0)
+    _measured_cpu_peak = 2 * n ** 3 / best
+  return _measured_cpu_peak
+
+
+class MetricsLog:
+  """Append-only JSONL of metric records (only process 0 writes)."""
+
+  def __init__(self, path: str, enabled: bool = True):
+    self.path, self.enabled = path, enabled
+
+  def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
+    clean = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v)
+             for k, v in record.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(clean) + "\n")
+
+  def read(self) -> list[dict]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """One status line: rewritten in place on a terminal, printed every log step otherwise."""
+
+  def __init__(self, total: int, enabled: bool = True, stream=None):
+    self.total, self.enabled = total, enabled
+    self.stream = stream or sys.stdout
+    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+  def update(self, step: int, **fields) -> None:
+    if not self.enabled:
+      return
+    width = len(str(self.total))
+    frac = step / max(self.total, 1)
+    bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+    parts = [f"[{bar}] {step:>{width}}/{self.total}"]
+    for k, v in fields.items():
+      parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+    line = " | ".join(parts)
+    if self.tty:
+      self.stream.write("\r" + line.ljust(100))
+    else:
+      self.stream.write(line + "\n")
+    self.stream.flush()
+
+  def newline(self) -> None:
+    if self.enabled and self.tty:
+      self.stream.write("\n")
+      self.stream.flush()
+
+
+def plot_losses(records: list[dict], path: str) -> str | None:
+  """Train loss (and validation loss) against step, as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+  val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+  if not train and not val:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4))
+  if train:
+    ax.plot(*zip(*train), label="train loss", lw=1)
+  if val:
+    ax.plot(*zip(*val), "o-", label="validation loss")
+  ax.set_xlabel("step")
+  ax.set_ylabel("cross entropy (nats/token)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

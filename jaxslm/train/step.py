@@ -1,0 +1,59 @@
+"""Pure training and evaluation step functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxslm.models import Decoder, ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # int32 scalar: optimizer updates done
+  params: Any            # nested dict, param_dtype (fp32 master weights)
+  opt_state: Any
+  rng: jax.Array         # uint32[2] raw PRNG key, split every step
+
+
+def create_state(params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=jax.random.PRNGKey(seed + 1))
+
+
+def token_loss(model_cfg: ModelConfig, params, tokens_bt1: jax.Array):
+  """Mean next-token cross entropy (float32) over a [B, T+1] window batch."""
+  inputs_bt, targets_bt = tokens_bt1[:, :-1], tokens_bt1[:, 1:]
+  logits_btv = Decoder(model_cfg).apply({"params": params}, inputs_bt)
+  losses_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt)
+  return jnp.mean(losses_bt)
+
+
+def train_step(state: TrainState, batch_abt1: jax.Array, *, model_cfg: ModelConfig,
+               optimizer: optax.GradientTransformation, schedule) -> tuple[TrainState, dict]:
+  """One optimizer update from `A` accumulated micro-batches `[A, B, T+1]`."""
+  grad_fn = jax.value_and_grad(lambda p, b: token_loss(model_cfg, p, b))
+
+  def micro(carry, tokens_bt1):
+    loss_sum, grad_sum = carry
+    loss, grads = grad_fn(state.params, tokens_bt1)
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+  (loss_sum, grad_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_abt1)
+  n = batch_abt1.shape[0]
+  loss, grads = loss_sum / n, jax.tree.map(lambda g: g / n, grad_sum)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  rng, _ = jax.random.split(state.rng)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+
+def eval_step(params, tokens_bt1: jax.Array, *, model_cfg: ModelConfig) -> jax.Array:
+  """Mean cross entropy on one validation batch."""
+  return token_loss(model_cfg, params, tokens_bt1)
