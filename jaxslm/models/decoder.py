@@ -19,7 +19,9 @@ class Decoder(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array | None = None) -> jax.Array:
+  def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array | None = None,
+               embeds_btd: jax.Array | None = None) -> jax.Array:
+    """`embeds_btd`, when given, replaces the token lookup (gradients w.r.t. inputs)."""
     cfg = self.cfg
     b, t = tokens_bt.shape
     if positions_bt is None:
@@ -27,7 +29,9 @@ class Decoder(nn.Module):
     pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
     embedding_vd = self.param("embed", nn.initializers.normal(cfg.init_std),
                               (cfg.vocab_size, cfg.d_model), pdt)
-    x_btd = jnp.take(embedding_vd, tokens_bt, axis=0).astype(cdt)
+    if embeds_btd is None:
+      embeds_btd = jnp.take(embedding_vd, tokens_bt, axis=0)
+    x_btd = embeds_btd.astype(cdt)
     if cfg.position == "learned":
       pos_td = self.param("pos_embed", nn.initializers.normal(cfg.init_std / 2),
                           (cfg.max_seq_len, cfg.d_model), pdt)

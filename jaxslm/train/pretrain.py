@@ -96,6 +96,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   latest = checkpointer.latest_step()
   saved_meta = checkpointer.read_meta(latest) if latest is not None else None
   model_cfg = build_model_config(config)
+  optimizer, schedule = make_optimizer(t)  # validates the schedule before any slow work
   if saved_meta is not None:
     diff = _model_mismatch(saved_meta["model"], model_cfg)
     if not resume or diff:
@@ -122,7 +123,6 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
                            process_count=jax.process_count())
 
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-  optimizer, schedule = make_optimizer(t)
   abstract = jax.eval_shape(lambda: create_state(init_params(model_cfg, jax.random.PRNGKey(t.seed)),
                                                  optimizer, t.seed))
   state_sh = TrainState(step=parallel.replicated(mesh), rng=parallel.replicated(mesh),

@@ -1,0 +1,169 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxslm.models import Decoder, ModelConfig, count_params, flops_per_token, init_params, summary
+
+F32 = dict(dtype="float32")
+
+
+def _logits(cfg, params, tokens):
+  return Decoder(cfg).apply({"params": params}, tokens)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),                                                     # rmsnorm, swiglu, rope, GQA, untied
+    dict(norm="layernorm", mlp="gelu", position="learned", tie_embeddings=True, use_bias=True,
+         n_kv_heads=0),
+])
+def test_causality_zero_gradient_from_future_tokens(overrides):
+  cfg = ModelConfig.preset("tiny", **F32, **overrides)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, cfg.vocab_size)
+  embeds = jnp.take(params["embed"], tokens, axis=0)
+  t = 5
+
+  def loss_at_t(e):
+    logits = Decoder(cfg).apply({"params": params}, tokens, embeds_btd=e)
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, t], tokens[:, t + 1]).sum()
+
+  g = jax.grad(loss_at_t)(embeds)
+  assert np.all(np.asarray(g[:, t + 1:]) == 0.0)
+  assert np.all(np.abs(np.asarray(g[:, : t + 1])).sum(-1) > 0)
+
+
+def test_future_tokens_do_not_change_past_logits():
+  cfg = ModelConfig.preset("tiny", **F32)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  a = jax.random.randint(jax.random.PRNGKey(1), (1, 16), 0, cfg.vocab_size)
+  b = a.at[:, 10:].set((a[:, 10:] + 7) % cfg.vocab_size)
+  la, lb = _logits(cfg, params, a), _logits(cfg, params, b)
+  np.testing.assert_array_equal(la[:, :10], lb[:, :10])
+  assert not np.allclose(la[:, 10:], lb[:, 10:])
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+  """A GQA model equals an MHA model whose k/v kernels repeat each kv head."""
+  gqa = ModelConfig.preset("tiny", **F32)            # 4 heads, 2 kv heads
+  mha = gqa.replace(n_kv_heads=4)
+  p = init_params(gqa, jax.random.PRNGKey(0))
+  h = gqa.dim_per_head
+  p_mha = jax.tree.map(lambda x: x, p)
+  for i in range(gqa.n_layers):
+    attn = dict(p_mha[f"layers_{i}"]["attn"])
+    for name in ("k_proj", "v_proj"):
+      k = attn[name]["kernel"].reshape(gqa.d_model, 2, h)
+      attn[name] = {"kernel": jnp.repeat(k, 2, axis=1).reshape(gqa.d_model, 4 * h)}
+    p_mha[f"layers_{i}"] = {**p_mha[f"layers_{i}"], "attn": attn}
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, gqa.vocab_size)
+  np.testing.assert_allclose(_logits(gqa, p, tokens), _logits(mha, p_mha, tokens), atol=1e-5)
+
+
+def _reference_forward(cfg, params, tokens):
+  """Plain numpy forward of the same architecture (obviously-correct reference)."""
+  P = jax.tree.map(np.asarray, params)
+  x = P["embed"][tokens].astype(np.float64)
+  T = tokens.shape[1]
+  if cfg.position == "learned":
+    x = x + P["pos_embed"][:T]
+
+  def norm(x, p):
+    if cfg.norm == "layernorm":
+      x = x - x.mean(-1, keepdims=True)
+    y = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + cfg.norm_eps) * p["scale"]
+    return y + p["bias"] if cfg.norm == "layernorm" else y
+
+  def lin(x, p):
+    return x @ p["kernel"] + (p["bias"] if "bias" in p else 0)
+
+  def rope(x):
+    h = x.shape[-1]
+    inv = 1.0 / cfg.rope_theta ** (np.arange(0, h, 2) / h)
+    ang = np.arange(T)[:, None] * inv
+    c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+    x1, x2 = x[..., : h // 2], x[..., h // 2:]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+  n, k, h = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
+  for i in range(cfg.n_layers):
+    L = P[f"layers_{i}"]
+    a = norm(x, L["attn_norm"])
+    q = lin(a, L["attn"]["q_proj"]).reshape(*a.shape[:2], n, h)
+    kk = lin(a, L["attn"]["k_proj"]).reshape(*a.shape[:2], k, h)
+    v = lin(a, L["attn"]["v_proj"]).reshape(*a.shape[:2], k, h)
+    if cfg.position == "rope":
+      q, kk = rope(q), rope(kk)
+    kk, v = np.repeat(kk, n // k, 2), np.repeat(v, n // k, 2)
+    s = np.einsum("btnh,bsnh->bnts", q, kk) / np.sqrt(h)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    o = np.einsum("bnts,bsnh->btnh", w, v).reshape(*a.shape[:2], n * h)
+    x = x + lin(o, L["attn"]["o_proj"])
+    m = norm(x, L["mlp_norm"])
+    if cfg.mlp == "swiglu":
+      g = lin(m, L["mlp"]["gate_proj"])
+      act = g / (1 + np.exp(-g)) * lin(m, L["mlp"]["up_proj"])
+    else:
+      u = lin(m, L["mlp"]["up_proj"])
+      act = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+    x = x + lin(act, L["mlp"]["down_proj"])
+  x = norm(x, P["final_norm"])
+  return x @ P["embed"].T if cfg.tie_embeddings else x @ P["lm_head"]["kernel"]
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),
+    dict(norm="layernorm", mlp="gelu", position="learned", tie_embeddings=True, use_bias=True),
+])
+def test_forward_matches_numpy_reference(overrides):
+  cfg = ModelConfig.preset("tiny", **F32, **overrides)
+  params = init_params(cfg, jax.random.PRNGKey(3))
+  # Non-trivial norm/bias params so every term is exercised.
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(len(str(p))), x.shape)
+      if x.ndim == 1 else x, params)
+  tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(4), (2, 9), 0, cfg.vocab_size))
+  np.testing.assert_allclose(_logits(cfg, params, tokens), _reference_forward(cfg, params, tokens),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_compute_fp32_params_and_logits():
+  cfg = ModelConfig.preset("tiny")
+  assert cfg.dtype == "bfloat16"
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  logits = _logits(cfg, params, tokens)
+  assert logits.dtype == jnp.float32
+  ref = _logits(cfg.replace(dtype="float32"), params, tokens)
+  np.testing.assert_allclose(logits, ref, atol=5e-2)
+
+
+def test_presets_param_counts():
+  c = count_params(ModelConfig.preset("slm26m"))
+  # 12 x (4·384² + 2·384·1536 + biases + norms) + 50257·384 + final norm.
+  assert c["embedding"] == 50257 * 384
+  per_layer = 4 * 384 * 384 + 4 * 384 + 2 * 384 * 1536 + 1536 + 384 + 4 * 384
+  assert c["non_embedding"] == 12 * per_layer + 2 * 384
+  assert c["total"] == 40_593_024
+  assert count_params(ModelConfig.preset("gpt2_124m"))["total"] == 123_653_376
+  assert "40,593,024" in summary(ModelConfig.preset("slm26m"))
+  assert flops_per_token(ModelConfig.preset("slm26m"), 1024) == pytest.approx(
+      6 * (c["non_embedding"] + 50257 * 384) + 12 * 12 * 384 * 1024)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(norm="batchnorm"), "norm"), (dict(n_heads=5), "n_heads"), (dict(n_kv_heads=3), "n_kv_heads"),
+    (dict(mlp="relu"), "mlp"), (dict(d_model=0), "d_model"), (dict(dtype="int8"), "dtype"),
+])
+def test_bad_model_config_names_field(bad, match):
+  with pytest.raises(ValueError, match=match):
+    ModelConfig.preset("tiny", **bad)
+
+
+def test_unknown_preset_lists_available():
+  with pytest.raises(ValueError, match="slm26m"):
+    ModelConfig.preset("nope")
