@@ -46,12 +46,14 @@ _HF_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet",
 
 
 def resolve_source(data_cfg) -> str:
-  """The effective source name ("files" when ``path`` is set on a synthetic config)."""
+  """The effective source: a non-empty ``path`` means local files, whatever the
+  config's ``source`` ("synthetic" or "hf"), so ``--config.data.path=...``
+  points any config at local files."""
   source = str(data_cfg.source)
   if source not in SOURCES:
     raise ValueError(f"data.source={source!r} is not one of {SOURCES}; set "
                      f"--config.data.source=synthetic|files|hf.")
-  if source == "synthetic" and data_cfg.path:
+  if data_cfg.path:
     return "files"
   if source == "files" and not data_cfg.path:
     raise ValueError("data.source='files' needs data.path: pass "
