@@ -15,7 +15,7 @@ import pytest
 
 import jaxslm
 from jaxslm.config import load_config, parse_args
-from jaxslm.train import pretrain
+from jaxslm.train import step as step_module
 from jaxslm.train.pretrain import TrainingDiverged, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_exact_resume(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-  real = pretrain.train_step
+  real = step_module.train_step
 
   def poisoned(state, batch, **kw):
     state, m = real(state, batch, **kw)
@@ -63,7 +63,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     return state.replace(params=jax.tree.map(lambda p: p + bad, state.params)), \
         {**m, "loss": m["loss"] + bad}
 
-  monkeypatch.setattr(pretrain, "train_step", poisoned)
+  monkeypatch.setattr(step_module, "train_step", poisoned)
   with pytest.raises(TrainingDiverged, match="step 6.*last good checkpoint.*step 4"):
     run(tiny(), str(tmp_path / "w"))
   loaded = jaxslm.load(str(tmp_path / "w"))

@@ -100,7 +100,7 @@ DATA_PARALLEL = textwrap.dedent("""
   from jaxslm.models import ModelConfig, init_params
   from jaxslm.train import parallel
   from jaxslm.train.optim import make_optimizer
-  from jaxslm.train.step import TrainState, create_state, train_step
+  from jaxslm.train.step import create_state, jit_train_step, state_shardings
   assert jax.device_count() == 8, jax.devices()
   cfg = ModelConfig.preset("tiny", dtype="float32")
   tc = base_config().train; tc.update(steps=20, warmup_steps=2)
@@ -111,15 +111,10 @@ DATA_PARALLEL = textwrap.dedent("""
   def run(devices, data, fsdp):
     mesh = parallel.make_mesh(data, fsdp, devices)
     abstract = jax.eval_shape(lambda: create_state(init_params(cfg, jax.random.PRNGKey(0)), opt, 0))
-    sh = TrainState(step=parallel.replicated(mesh), rng=parallel.replicated(mesh),
-                    params=parallel.tree_shardings(abstract.params, mesh),
-                    opt_state=parallel.tree_shardings(abstract.opt_state, mesh))
-    bsh = parallel.batch_sharding(mesh, batch_dim=1, ndim=3)
+    sh = state_shardings(abstract, mesh)
     state = jax.jit(lambda: create_state(init_params(cfg, jax.random.PRNGKey(0)), opt, 0),
                     out_shardings=sh)()
-    step = jax.jit(functools.partial(train_step, model_cfg=cfg, optimizer=opt, schedule=sched),
-                   in_shardings=(sh, bsh), out_shardings=(sh, parallel.replicated(mesh)),
-                   donate_argnums=0)
+    step, bsh = jit_train_step(cfg, opt, sched, sh, mesh)
     losses = []
     for b in batches:
       state, m = step(state, parallel.global_array(b, bsh, b.shape))

@@ -29,7 +29,8 @@ from jaxslm.models import ModelConfig, count_params, flops_per_token, init_param
 from jaxslm.sampling import sample_reference
 from jaxslm.train import parallel, reporting
 from jaxslm.train.optim import make_optimizer
-from jaxslm.train.step import TrainState, create_state, eval_step, train_step
+from jaxslm.train.step import (TrainState, create_state, eval_step, jit_train_step,
+                               state_shardings)
 
 
 class TrainingDiverged(RuntimeError):
@@ -125,14 +126,8 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   abstract = jax.eval_shape(lambda: create_state(init_params(model_cfg, jax.random.PRNGKey(t.seed)),
                                                  optimizer, t.seed))
-  state_sh = TrainState(step=parallel.replicated(mesh), rng=parallel.replicated(mesh),
-                        params=parallel.tree_shardings(abstract.params, mesh),
-                        opt_state=parallel.tree_shardings(abstract.opt_state, mesh))
-  batch_sh = parallel.batch_sharding(mesh, batch_dim=1, ndim=3)
-  step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
-                                      schedule=schedule),
-                    in_shardings=(state_sh, batch_sh),
-                    out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=0)
+  state_sh = state_shardings(abstract, mesh)
+  step_fn, batch_sh = jit_train_step(model_cfg, optimizer, schedule, state_sh, mesh)
   eval_fn = jax.jit(functools.partial(eval_step, model_cfg=model_cfg),
                     in_shardings=(state_sh.params, parallel.batch_sharding(mesh)),
                     out_shardings=parallel.replicated(mesh))

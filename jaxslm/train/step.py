@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxslm.models import Decoder, ModelConfig
+from jaxslm.train import parallel
 
 
 @flax.struct.dataclass
@@ -57,3 +59,25 @@ def train_step(state: TrainState, batch_abt1: jax.Array, *, model_cfg: ModelConf
 def eval_step(params, tokens_bt1: jax.Array, *, model_cfg: ModelConfig) -> jax.Array:
   """Mean cross entropy on one validation batch."""
   return token_loss(model_cfg, params, tokens_bt1)
+
+
+def state_shardings(abstract: TrainState, mesh) -> TrainState:
+  """Shardings of a train state: params and optimizer moments by the axis
+  rules of `parallel`, step and RNG replicated."""
+  return TrainState(step=parallel.replicated(mesh), rng=parallel.replicated(mesh),
+                    params=parallel.tree_shardings(abstract.params, mesh),
+                    opt_state=parallel.tree_shardings(abstract.opt_state, mesh))
+
+
+def jit_train_step(model_cfg: ModelConfig, optimizer, schedule, state_sh: TrainState, mesh):
+  """`train_step` jitted once with explicit shardings and donated state.
+
+  The batch `[A, B, T+1]` is split over the mesh's batch axes along B.
+  Returns (step_fn, batch_sharding).
+  """
+  batch_sh = parallel.batch_sharding(mesh, batch_dim=1, ndim=3)
+  fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
+                                 schedule=schedule),
+               in_shardings=(state_sh, batch_sh),
+               out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=0)
+  return fn, batch_sh
