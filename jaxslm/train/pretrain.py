@@ -177,11 +177,16 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
 
   pending: list[tuple[int, dict]] = []
   last: dict = {}
-  first_val = None
   tokens_per_step = t.batch_size * t.seq_len
 
-  def flush(t_start: float, steps_done: int) -> None:
-    """Bring pending step metrics to the host, stop on NaN, log them."""
+  window = {"t0": time.perf_counter(), "steps": 0}  # training steps since the last log
+
+  def flush() -> None:
+    """Bring pending step metrics to the host, stop on NaN, log them.
+
+    Throughput covers the training steps since the previous log (device work
+    included: fetching the metrics waits for it), not evaluation or saving.
+    """
     nonlocal last
     if not pending:
       return
@@ -196,13 +201,16 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
             f"--resume.")
       last = {"step": s + 1, **m}
     pending.clear()
-    elapsed = time.perf_counter() - t_start
-    tps = tokens_per_step * steps_done / max(elapsed, 1e-9)
+    tps = tokens_per_step * window["steps"] / max(time.perf_counter() - window["t0"], 1e-9)
     mfu = tps * flops_tok / (peak * jax.device_count()) if peak else float("nan")
     last.update(tokens_per_s=tps, mfu=mfu)
     metrics_log.write(last)
     progress.update(last["step"], loss=last["loss"], lr=last["lr"], tok_s=round(tps),
                     mfu=f"{100 * mfu:.1f}%")
+    restart_window()
+
+  def restart_window() -> None:
+    window.update(t0=time.perf_counter(), steps=0)
 
   def save(step: int) -> None:
     checkpointer.save(step, state.params, state.opt_state, meta_for(step, state.rng, last))
@@ -224,32 +232,31 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   result: dict[str, Any] = {"workdir": workdir, "start_step": start}
   try:
     if start == 0:
-      first_val = evaluate()
-      metrics_log.write({"step": 0, "val_loss": first_val, "val_ppl": math.exp(first_val)})
-      log(f"step 0: validation loss {first_val:.4f} (ppl {math.exp(first_val):.1f})")
-    t_start, steps_since = time.perf_counter(), 0
+      val = evaluate()
+      metrics_log.write({"step": 0, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+      log(f"step 0: validation loss {val:.4f} (ppl {math.exp(min(val, 50)):.1f})")
+    restart_window()
     while step < t.steps:
       state, metrics = step_fn(state, device_batch(step))
       pending.append((step, metrics))
       step += 1
-      steps_since += 1
-      if step == start + 1:  # exclude compilation from throughput
-        flush(t_start, 1)
-        t_start, steps_since = time.perf_counter(), 0
-      if step % t.log_every == 0 or step == t.steps:
-        flush(t_start, max(steps_since, 1))
+      window["steps"] += 1
+      if step == start + 1 or step % t.log_every == 0 or step == t.steps:
+        flush()  # the first step's rate includes compilation
       if step % t.eval_every == 0 or step == t.steps:
-        flush(t_start, max(steps_since, 1))
+        flush()
         val = evaluate()
         metrics_log.write({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
         progress.newline()
         log(f"step {step}: validation loss {val:.4f} (ppl {math.exp(min(val, 50)):.2f})")
         last["val_loss"] = val
+        restart_window()
       if step % t.checkpoint_every == 0 or step == t.steps:
-        flush(t_start, max(steps_since, 1))
+        flush()
         save(step)
+        restart_window()
       if interrupted["flag"]:
-        flush(t_start, max(steps_since, 1))
+        flush()
         save(step)
         checkpointer.wait()
         progress.newline()
