@@ -5,7 +5,7 @@
         --out benchmarks/results/cpu_jax.json
 
 What is timed: the jitted `jaxslm.train.step.train_step` exactly as
-`jaxslm.train.pretrain.run` builds it — AdamW with warmup-cosine schedule,
+`jaxslm.train.pretrain.run` builds it (`state_shardings` + `jit_train_step`) — AdamW with warmup-cosine schedule,
 global-norm clipping and matrix-only weight decay from
 `jaxslm.config.base_config().train`, the ("data", "fsdp") mesh with the
 trainer's parameter/optimizer/batch shardings, donated state — fed random
@@ -23,17 +23,17 @@ FLOPs (jaxslm.models.flops_per_token, PaLM appendix B):
     tokens/s = B·T / median step time
     MFU      = tokens/s · FLOPs/token / (peak FLOP/s per device · devices)
 
-The peak is `jaxslm.train.reporting.peak_flops_per_device()`: the vendor's
+The peak is `jaxslm.train.reporting.peak_flops_per_device()`'s: the vendor's
 dense bf16 figure on GPU/TPU (e.g. 989 TFLOP/s for an H100 SXM), and on a CPU
-the best measured fp32 1024x1024 matmul rate of this machine; `--peak-flops`
-overrides it. The JSON says which was used.
+the best measured fp32 1024x1024 matmul rate of this machine
+(`reporting.measure_matmul_peak`, best of 30); `--peak-flops` overrides it.
+The JSON says which was used.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import platform
@@ -65,6 +65,23 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                  help="peak FLOP/s per device for MFU; 0 looks it up (GPU/TPU) or measures (CPU)")
   p.add_argument("--out", default="", help="write the results here as JSON")
   return p
+
+
+CPU_PEAK_REPEATS = 30
+
+
+def peak_flops(configured: float, backend: str) -> tuple[float, str]:
+  """(peak FLOP/s per device, its source): jaxslm's lookup; on a CPU, a steadier measurement.
+
+  `reporting.peak_flops_per_device` measures best-of-5 1024x1024 fp32 matmuls on a
+  CPU; best of `CPU_PEAK_REPEATS` varies less from run to run.
+  """
+  from jaxslm.train import reporting
+  if backend == "cpu" and not configured:
+    peak = reporting.measure_matmul_peak(n=1024, repeats=CPU_PEAK_REPEATS)
+    return peak, (f"measured fp32 matmul on this CPU (jaxslm.train.reporting.measure_matmul_peak,"
+                  f" best of {CPU_PEAK_REPEATS} 1024x1024 matmuls under JAX)")
+  return reporting.peak_flops_per_device(configured)
 
 
 def check_args(args) -> list[str]:
@@ -223,9 +240,8 @@ def bench_preset(preset: str, args, mesh, peak: float) -> dict:
 
   from jaxslm.config import base_config
   from jaxslm.models import count_params, flops_per_token, init_params
-  from jaxslm.train import parallel
   from jaxslm.train.optim import make_optimizer
-  from jaxslm.train.step import TrainState, create_state, train_step
+  from jaxslm.train.step import create_state, jit_train_step, state_shardings
 
   cfg = model_config(preset, args.dtype, args.seq)
   n_dev = mesh.devices.size
@@ -235,17 +251,11 @@ def bench_preset(preset: str, args, mesh, peak: float) -> dict:
   optimizer, schedule = make_optimizer(train_cfg)
   seed = int(train_cfg.seed)
 
-  # As jaxslm.train.pretrain.run: shardings from the abstract state, donated state.
+  # As jaxslm.train.pretrain.run: shardings from the abstract state, the step
+  # jitted once by jit_train_step (explicit shardings, donated state).
   make_state = lambda: create_state(init_params(cfg, jax.random.PRNGKey(seed)), optimizer, seed)
-  abstract = jax.eval_shape(make_state)
-  state_sh = TrainState(step=parallel.replicated(mesh), rng=parallel.replicated(mesh),
-                        params=parallel.tree_shardings(abstract.params, mesh),
-                        opt_state=parallel.tree_shardings(abstract.opt_state, mesh))
-  batch_sh = parallel.batch_sharding(mesh, batch_dim=1, ndim=3)
-  step_fn = jax.jit(functools.partial(train_step, model_cfg=cfg, optimizer=optimizer,
-                                      schedule=schedule),
-                    in_shardings=(state_sh, batch_sh),
-                    out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=0)
+  state_sh = state_shardings(jax.eval_shape(make_state), mesh)
+  step_fn, batch_sh = jit_train_step(cfg, optimizer, schedule, state_sh, mesh)
   state = jax.jit(make_state, out_shardings=state_sh)()
 
   # Random tokens, on the device before timing; a few distinct batches in turn.
@@ -298,10 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
 
   import jax
   from jaxslm.config import base_config
-  from jaxslm.train import parallel, reporting
+  from jaxslm.train import parallel
 
   mesh = parallel.make_mesh(-1, args.fsdp)
-  peak, peak_src = reporting.peak_flops_per_device(args.peak_flops)
+  peak, peak_src = peak_flops(args.peak_flops, jax.default_backend())
   dev = jax.devices()[0]
   result = header(args, argv, implementation="jaxslm", peak=peak, peak_source=peak_src)
   result.update(

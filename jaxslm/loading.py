@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 from jaxslm import checkpoint as ckpt
 from jaxslm import tokenizers
 from jaxslm.models import ModelConfig
+from jaxslm.models.summary import param_shapes
 
 
 @dataclasses.dataclass
@@ -22,10 +25,17 @@ class Loaded:
     return iter((self.model_cfg, self.params, self.tokenizer))
 
 
-def load(path: str) -> Loaded:
-  """Restore from a run's workdir (latest step), its checkpoints/ dir or a step dir."""
+def load(path: str, device: jax.Device | None = None) -> Loaded:
+  """Restore from a run's workdir (latest step), its checkpoints/ dir or a step dir.
+
+  Params land on one `device` (default: the first), whatever mesh saved them,
+  so a checkpoint from a GPU pod opens on a laptop.
+  """
   step_dir = ckpt.resolve_step_dir(path)
   meta = ckpt.read_step_meta(step_dir)
   model_cfg = ModelConfig.from_dict(meta["model"])
-  params = ckpt.read_step_params(step_dir)
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        param_shapes(model_cfg))
+  params = ckpt.read_step_params(step_dir, target)
   return Loaded(model_cfg, params, tokenizers.from_spec(meta["tokenizer"]), meta, step_dir)

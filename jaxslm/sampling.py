@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslm.models import Decoder, ModelConfig
+from jaxslm.errors import UserError
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "max_new_tokens"))
@@ -44,11 +45,11 @@ def sample_reference(model_cfg: ModelConfig, params, prompts: list[list[int]], *
                      eos_id: int | None = None) -> list[list[int]]:
   """New token ids for each prompt (greedy when temperature is 0), cut at EOS."""
   if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("Every prompt needs at least one token.")
+    raise UserError("Every prompt needs at least one token.")
   lengths = np.array([len(p) for p in prompts], np.int32)
   buf = int(lengths.max()) + max_new_tokens
   if buf > model_cfg.max_seq_len:
-    raise ValueError(f"Prompt ({lengths.max()}) + max_new_tokens ({max_new_tokens}) = {buf} "
+    raise UserError(f"Prompt ({lengths.max()}) + max_new_tokens ({max_new_tokens}) = {buf} "
                      f"exceeds the model's max_seq_len {model_cfg.max_seq_len}; ask for fewer tokens.")
   tokens = np.zeros((len(prompts), buf), np.int32)
   for i, p in enumerate(prompts):

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from jaxslm.errors import ResourceUnavailable, UserError
 
 _SPEC_VERSION = 1
 _TIKTOKEN_ALIASES = {"gpt2": "r50k_base"}
@@ -84,15 +85,15 @@ class Tokenizer(abc.ABC):
         if arr.ndim == 0:
             arr = arr.reshape(1)
         if arr.ndim != 1:
-            raise ValueError(f"decode expects 1-D ids, got shape {arr.shape}; decode each row.")
+            raise UserError(f"decode expects 1-D ids, got shape {arr.shape}; decode each row.")
         if arr.size == 0:
             return ""
         if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"decode expects integer ids, got dtype {arr.dtype}.")
+            raise UserError(f"decode expects integer ids, got dtype {arr.dtype}.")
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= self.vocab_size:
             bad = lo if lo < 0 else hi
-            raise ValueError(
+            raise UserError(
                 f"token id {bad} is outside [0, {self.vocab_size}) for tokenizer {self.name!r}; "
                 "were these ids produced by a different tokenizer or model vocab size?"
             )
@@ -101,7 +102,7 @@ class Tokenizer(abc.ABC):
     def _add_specials(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
         if add_bos:
             if self.bos_id is None:
-                raise ValueError(
+                raise UserError(
                     f"tokenizer {self.name!r} has no BOS token (bos_id is None); pass "
                     "add_bos=False (GPT-2 style models separate documents with add_eos=True)."
                 )
@@ -128,10 +129,10 @@ def _tiktoken_names() -> list[str]:
     return sorted(tiktoken.list_encoding_names())
 
 
-def _tiktoken_load_error(name: str, err: Exception) -> RuntimeError:
+def _tiktoken_load_error(name: str, err: Exception) -> ResourceUnavailable:
     cache = os.environ.get("TIKTOKEN_CACHE_DIR")
     where = f"TIKTOKEN_CACHE_DIR={cache!r} lacks them" if cache else "TIKTOKEN_CACHE_DIR is unset"
-    return RuntimeError(
+    return ResourceUnavailable(
         f"Could not load the tiktoken encoding {name!r}: its BPE ranks could not be "
         f"downloaded or found in a local cache ({where}). Either allow network access "
         "so tiktoken can download them once, or set the TIKTOKEN_CACHE_DIR environment "
@@ -150,7 +151,7 @@ class TiktokenTokenizer(Tokenizer):
         name = _TIKTOKEN_ALIASES.get(encoding_name, encoding_name)
         known = _tiktoken_names()
         if name not in known:
-            raise ValueError(
+            raise UserError(
                 f"Unknown tiktoken encoding {encoding_name!r}; expected one of "
                 f"{sorted(set(_TIKTOKEN_ALIASES) | set(known))}."
             )
@@ -177,7 +178,7 @@ class TiktokenTokenizer(Tokenizer):
         try:
             return self._enc.decode(ids)
         except KeyError as e:  # a hole in the id space (e.g. cl100k_base 100256)
-            raise ValueError(f"token id {e.args[0]} is not defined in {self.name!r}.") from e
+            raise UserError(f"token id {e.args[0]} is not defined in {self.name!r}.") from e
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "tiktoken", "version": _SPEC_VERSION, "name": self.name,
@@ -212,11 +213,11 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             sp.LoadFromSerializedProto(self._model_proto)
         except Exception as e:
-            raise ValueError(f"Bytes given are not a valid SentencePiece model proto: {e}") from e
+            raise UserError(f"Bytes given are not a valid SentencePiece model proto: {e}") from e
         self._sp = sp
         self.vocab_size = sp.get_piece_size()
         if sp.eos_id() < 0:
-            raise ValueError(
+            raise UserError(
                 "This SentencePiece model has no EOS piece (eos_id=-1); retrain it with an "
                 "EOS id, e.g. with jaxslm.tokenizers.train_sentencepiece."
             )
@@ -291,20 +292,20 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: st
     import sentencepiece as spm
 
     if model_type not in _SP_MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {_SP_MODEL_TYPES}, got {model_type!r}.")
+        raise UserError(f"model_type must be one of {_SP_MODEL_TYPES}, got {model_type!r}.")
     if isinstance(texts, str):
         raise TypeError("train_sentencepiece expects an iterable of strings, got one str; "
                         "wrap it in a list.")
     if not isinstance(vocab_size, int) or vocab_size <= _SP_MIN_VOCAB:
-        raise ValueError(
+        raise UserError(
             f"vocab_size must be an int above {_SP_MIN_VOCAB} (4 special ids, '\\n' and 256 "
             f"byte-fallback pieces, plus one per distinct character), got {vocab_size!r}."
         )
     if max_sentences is not None and max_sentences <= 0:
-        raise ValueError(f"max_sentences must be positive or None, got {max_sentences!r}.")
+        raise UserError(f"max_sentences must be positive or None, got {max_sentences!r}.")
     lines = _training_lines(texts, max_sentences)
     if not lines:
-        raise ValueError("train_sentencepiece got no non-empty text to train on.")
+        raise UserError("train_sentencepiece got no non-empty text to train on.")
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
     try:
@@ -312,7 +313,7 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: st
             sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
             model_type=model_type, character_coverage=character_coverage, **_SP_TRAIN_OPTIONS)
     except RuntimeError as e:
-        raise ValueError(
+        raise UserError(
             f"SentencePiece training failed (vocab_size={vocab_size}, model_type={model_type!r}, "
             f"{len(lines)} lines): {str(e).rstrip('.')}. Change vocab_size as the message says, "
             "or train on more text."
@@ -333,7 +334,7 @@ def get_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     known = [n for n in _tiktoken_names() if n not in _TIKTOKEN_ALIASES]
     if _TIKTOKEN_ALIASES.get(s, s) in known:
         return TiktokenTokenizer(s)
-    raise ValueError(
+    raise UserError(
         f"Unknown tokenizer {s!r}. Accepted: 'gpt2' (alias of 'r50k_base'), a tiktoken "
         f"encoding name ({', '.join(known)}), or the path of a SentencePiece '.model' file."
     )
@@ -351,13 +352,13 @@ def from_spec(spec: Mapping[str, Any]) -> Tokenizer:
             proto = base64.b64decode(spec["model_proto_b64"])
             tok = SentencePieceTokenizer(proto, name=spec.get("name"))
         else:
-            raise ValueError(f"Unknown tokenizer spec kind {kind!r}; expected 'tiktoken' or "
+            raise UserError(f"Unknown tokenizer spec kind {kind!r}; expected 'tiktoken' or "
                              "'sentencepiece'.")
     except KeyError as e:
-        raise ValueError(f"Tokenizer spec of kind {kind!r} lacks the key {e.args[0]!r}.") from e
+        raise UserError(f"Tokenizer spec of kind {kind!r} lacks the key {e.args[0]!r}.") from e
     expected = spec.get("vocab_size")
     if expected is not None and expected != tok.vocab_size:
-        raise ValueError(
+        raise UserError(
             f"Tokenizer spec says vocab_size={expected} but {tok.name!r} has {tok.vocab_size}; "
             "the spec was written by an incompatible tokenizer version."
         )

@@ -44,6 +44,9 @@ def test_exact_resume(tmp_path):
   second = run(tiny(), str(tmp_path / "b"), resume=True)
   assert second["start_step"] == 4 and second["step"] == 8
   la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+  steps_b = [json.loads(l).get("step") for l in open(tmp_path / "b" / "metrics.jsonl")
+             if "loss" in json.loads(l)]
+  assert steps_b == sorted(set(steps_b)), "a resumed run logs each step once"
   assert set(la) == set(lb) and all(la[s] == lb[s] for s in la), (la, lb)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight["params"]),
                jax.device_get(second["params"]))
@@ -54,20 +57,22 @@ def test_exact_resume(tmp_path):
   assert tok.encode("Question: 3+4") == straight["tokenizer"].encode("Question: 3+4")
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nan_params_stop_the_run_before_they_are_saved(tmp_path, monkeypatch):
+  """Update 4 makes the params NaN while its own loss (computed before the
+  update) is finite: the step-4 checkpoint must not be written."""
   real = step_module.train_step
 
   def poisoned(state, batch, **kw):
     state, m = real(state, batch, **kw)
-    bad = jnp.where(state.step >= 6, jnp.nan, 0.0)
-    return state.replace(params=jax.tree.map(lambda p: p + bad, state.params)), \
-        {**m, "loss": m["loss"] + bad}
+    bad = jnp.where(state.step >= 4, jnp.nan, 0.0)
+    params = jax.tree.map(lambda p: p + bad, state.params)
+    return state.replace(params=params), {**m, "param_norm": m["param_norm"] + bad}
 
   monkeypatch.setattr(step_module, "train_step", poisoned)
-  with pytest.raises(TrainingDiverged, match="step 6.*last good checkpoint.*step 4"):
-    run(tiny(), str(tmp_path / "w"))
+  with pytest.raises(TrainingDiverged, match="step 4.*last good checkpoint.*step 2"):
+    run(tiny(checkpoint_every=2), str(tmp_path / "w"))
   loaded = jaxslm.load(str(tmp_path / "w"))
-  assert loaded.meta["step"] == 4
+  assert loaded.meta["step"] == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(loaded.params))
 
 
@@ -83,16 +88,17 @@ def _read_until(proc, needle, timeout):
   raise AssertionError(f"{needle!r} not seen:\n" + "".join(lines))
 
 
-def _launch_args(workdir, steps):
+def _launch_args(workdir, steps, *extra):
   return ["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
           "--config.data.synthetic_documents=1200", "--config.tokenizer.train_documents=600",
           f"--config.train.steps={steps}", "--config.train.decay_steps=100000",
           "--config.train.batch_size=8", "--config.train.seq_len=32",
-          "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
-          "--config.train.log_every=1", "--config.train.sample_prompts=()"]
+          "--config.train.eval_every=100000", "--config.train.checkpoint_every=1",
+          "--config.train.log_every=1", "--config.train.sample_prompts=()", *extra]
 
 
 def test_ctrl_c_saves_and_resume_continues(tmp_path):
+  # A checkpoint every step: the signal always lands on a step that was just saved.
   proc = subprocess.Popen(LAUNCH + _launch_args(tmp_path / "w", 100000), cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
@@ -101,15 +107,32 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path):
     out, _ = proc.communicate(timeout=120)
   finally:
     proc.kill()
-  assert proc.returncode == 0, out
-  assert "Interrupted: saved step" in out
+  assert proc.returncode == 130, out
+  assert "Interrupted: saved step" in out and "Traceback" not in out
   saved = jaxslm.load(str(tmp_path / "w")).meta["step"]
   assert saved >= 3
-  res = subprocess.run(LAUNCH + _launch_args(tmp_path / "w", saved + 2) + ["--resume"], cwd=ROOT,
+  # --resume without --config continues with the run's own saved config.
+  res = subprocess.run(LAUNCH + ["--workdir", str(tmp_path / "w"), "--resume",
+                                 f"--config.train.steps={saved + 2}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=180)
   assert res.returncode == 0, res.stdout + res.stderr
-  assert f"Resumed from step {saved}" in res.stdout
+  assert f"Resumed from step {saved}" in res.stdout and "Warning" not in res.stdout
   assert jaxslm.load(str(tmp_path / "w")).meta["step"] == saved + 2
+
+
+def test_fsdp_checkpoint_from_8_devices_loads_on_one(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  res = subprocess.run(LAUNCH + _launch_args(tmp_path / "w", 3, "--config.mesh.fsdp=2",
+                                             "--config.train.sample_prompts=('Question:',)",
+                                             "--config.train.sample_tokens=4"),
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stdout + res.stderr
+  assert "mesh {'data': 4, 'fsdp': 2}" in res.stdout and "--- sample" in res.stdout
+  loaded = jaxslm.load(str(tmp_path / "w"))
+  assert loaded.meta["step"] == 3 and jax.device_count() == 1
+  logits = jaxslm.Decoder(loaded.model_cfg).apply({"params": loaded.params},
+                                                  jnp.zeros((1, 4), jnp.int32))
+  assert np.isfinite(np.asarray(logits)).all()
 
 
 CRASH = """
@@ -170,6 +193,21 @@ def test_unknown_config_field_lists_valid_ones():
     parse_args(["--config.train.stepz=3"])
   with pytest.raises(ValueError, match="expected a int"):
     parse_args(["--config.train.steps=abc"])
+  config, _ = parse_args(["--config.train.sample_prompts=Hello"])
+  assert config.train.sample_prompts == ("Hello",)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("--config.train.log_every=0", "log_every"),
+    ("--config.train.steps=20", "train.steps=20 .*warmup_steps"),
+    ("--config.mesh.fsdp=3", "mesh.fsdp"),
+    ("--config.train.grad_accum=3", "grad_accum"),
+])
+def test_bad_train_values_fail_before_any_data_work(override, match, tmp_path):
+  config, _ = parse_args([override])
+  with pytest.raises(ValueError, match=match):
+    run(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 def test_launcher_reports_bad_field_without_traceback():

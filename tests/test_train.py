@@ -75,16 +75,6 @@ def test_gradient_accumulation_equals_full_batch():
                s1.params, s2.params)
 
 
-def test_frozen_step_is_pure():
-  """Same state and batch give the same result (no hidden Python state)."""
-  cfg, s, step = _setup()
-  batch = jax.random.randint(jax.random.PRNGKey(1), (1, 4, 17), 0, cfg.vocab_size)
-  a, ma = step(s, batch)
-  b, mb = step(s, batch)
-  assert float(ma["loss"]) == float(mb["loss"])
-  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
-
-
 def test_fsdp_specs_and_divisibility_error():
   mesh = parallel.make_mesh(1, 1)
   assert parallel.spec_for("layers_0/attn/q_proj/kernel", (64, 64), mesh) == jax.sharding.PartitionSpec(None, None)
@@ -92,6 +82,10 @@ def test_fsdp_specs_and_divisibility_error():
   assert parallel.logical_axes("layers_0/attn_norm/scale", 1) == (None,)
   with pytest.raises(ValueError, match="mesh.fsdp"):
     parallel.make_mesh(1, 3)
+  # A parameter dimension the fsdp axis does not divide is named.
+  with pytest.raises(ValueError, match="up_proj.*not divisible"):
+    parallel.spec_for("layers_0/mlp/up_proj/kernel", (63, 128),
+                      type("M", (), {"shape": {"data": 1, "fsdp": 2}})())
 
 
 DATA_PARALLEL = textwrap.dedent("""

@@ -15,17 +15,18 @@ at step ``k`` needs nothing but ``k``.
 from __future__ import annotations
 
 import numpy as np
+from jaxslm.errors import UserError
 
 
 def _check_process(global_batch_size: int, process_index: int, process_count: int,
                    what: str) -> int:
   if global_batch_size <= 0:
-    raise ValueError(f"{what}={global_batch_size} must be positive.")
+    raise UserError(f"{what}={global_batch_size} must be positive.")
   if process_count <= 0 or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} must be in [0, process_count="
+    raise UserError(f"process_index={process_index} must be in [0, process_count="
                      f"{process_count}).")
   if global_batch_size % process_count:
-    raise ValueError(f"{what}={global_batch_size} is not divisible by process_count="
+    raise UserError(f"{what}={global_batch_size} is not divisible by process_count="
                      f"{process_count}; use a multiple of {process_count} (e.g. "
                      f"{(global_batch_size // process_count + 1) * process_count}).")
   return global_batch_size // process_count
@@ -33,11 +34,11 @@ def _check_process(global_batch_size: int, process_index: int, process_count: in
 
 def _check_tokens(tokens: np.ndarray, seq_len: int, what: str) -> None:
   if seq_len <= 0:
-    raise ValueError(f"seq_len={seq_len} must be positive.")
+    raise UserError(f"seq_len={seq_len} must be positive.")
   if tokens.ndim != 1:
-    raise ValueError(f"{what} tokens must be a 1-D array, got shape {tokens.shape}.")
+    raise UserError(f"{what} tokens must be a 1-D array, got shape {tokens.shape}.")
   if tokens.shape[0] < seq_len + 1:
-    raise ValueError(f"{what} split has {tokens.shape[0]:,} tokens, fewer than seq_len + 1 = "
+    raise UserError(f"{what} split has {tokens.shape[0]:,} tokens, fewer than seq_len + 1 = "
                      f"{seq_len + 1:,}; use more data or a smaller seq_len.")
 
 
@@ -61,7 +62,7 @@ class BatchSampler:
                                            "global_batch_size")
     _check_tokens(tokens, seq_len, "training")
     if seed < 0:
-      raise ValueError(f"seed={seed} must be >= 0.")
+      raise UserError(f"seed={seed} must be >= 0.")
     self.tokens = tokens
     self.seq_len = int(seq_len)
     self.global_batch_size = int(global_batch_size)
@@ -73,7 +74,7 @@ class BatchSampler:
   def starts(self, step: int) -> np.ndarray:
     """The global batch's window starts at ``step`` (all processes agree on them)."""
     if step < 0:
-      raise ValueError(f"step={step} must be >= 0.")
+      raise UserError(f"step={step} must be >= 0.")
     rng = np.random.default_rng([self.seed, int(step)])
     return rng.integers(0, self.num_starts, size=self.global_batch_size, dtype=np.int64)
 
@@ -103,14 +104,14 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int, num_batch
   local = _check_process(batch_size, process_index, process_count, "batch_size")
   _check_tokens(tokens, seq_len, "validation")
   if num_batches is not None and num_batches <= 0:
-    raise ValueError(f"num_batches={num_batches} must be positive (or None for all windows).")
+    raise UserError(f"num_batches={num_batches} must be positive (or None for all windows).")
   windows = (int(tokens.shape[0]) - 1) // seq_len
   if num_batches is not None and windows >= batch_size * num_batches:
     need = batch_size * num_batches
     index = np.arange(need, dtype=np.int64) * windows // need
   else:
     if windows < batch_size:
-      raise ValueError(
+      raise UserError(
           f"the validation split has {tokens.shape[0]:,} tokens = {windows} windows of "
           f"seq_len + 1 = {seq_len + 1}, fewer than one batch of {batch_size}; use a smaller "
           f"eval batch size or seq_len, or a larger data.val_fraction.")

@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 from typing import Any, Iterator
+from jaxslm.errors import ResourceUnavailable, UserError
 
 SOURCES = ("synthetic", "files", "hf")
 TEXT_SUFFIXES = (".txt",)
@@ -51,12 +52,12 @@ def resolve_source(data_cfg) -> str:
   points any config at local files."""
   source = str(data_cfg.source)
   if source not in SOURCES:
-    raise ValueError(f"data.source={source!r} is not one of {SOURCES}; set "
+    raise UserError(f"data.source={source!r} is not one of {SOURCES}; set "
                      f"--config.data.source=synthetic|files|hf.")
   if data_cfg.path:
     return "files"
   if source == "files" and not data_cfg.path:
-    raise ValueError("data.source='files' needs data.path: pass "
+    raise UserError("data.source='files' needs data.path: pass "
                      "--config.data.path='/data/*.jsonl' (a glob or comma-separated globs).")
   return source
 
@@ -65,7 +66,7 @@ def iter_texts(data_cfg) -> Iterator[str]:
   """Yields the documents of the configured source, in a deterministic order."""
   max_documents = int(data_cfg.max_documents)
   if max_documents < 0:
-    raise ValueError(f"data.max_documents={max_documents} must be >= 0 (0 means all).")
+    raise UserError(f"data.max_documents={max_documents} must be >= 0 (0 means all).")
   source = resolve_source(data_cfg)
   if source == "files":
     texts = _iter_files(expand_paths(data_cfg.path), data_cfg.text_field)
@@ -138,7 +139,7 @@ def expand_paths(path_spec: str) -> list[str]:
   """
   patterns = [p.strip() for p in str(path_spec).split(",") if p.strip()]
   if not patterns:
-    raise ValueError(f"data.path={path_spec!r} names no files; pass a glob such as "
+    raise UserError(f"data.path={path_spec!r} names no files; pass a glob such as "
                      f"--config.data.path='/data/*.jsonl'.")
   files: list[str] = []
   for pattern in patterns:
@@ -175,7 +176,7 @@ def _file_kind(path: str, strict: bool = True) -> str | None:
     if name.endswith(suffixes) and not (kind == "parquet" and path.lower().endswith(".gz")):
       return kind
   if strict:
-    raise ValueError(
+    raise UserError(
         f"unsupported file {path!r}: expected .txt, .jsonl or .parquet (.txt/.jsonl may be "
         f"gzipped); narrow data.path to those files or convert this one.")
   return None
@@ -214,10 +215,10 @@ def _iter_jsonl(path: str, text_field: str) -> Iterator[str]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno} is not valid JSON ({e}); every line of a .jsonl "
+        raise UserError(f"{path}:{lineno} is not valid JSON ({e}); every line of a .jsonl "
                          f"file must be one JSON object.") from None
       if not isinstance(row, dict):
-        raise ValueError(f"{path}:{lineno} holds a {type(row).__name__}, expected a JSON "
+        raise UserError(f"{path}:{lineno} holds a {type(row).__name__}, expected a JSON "
                          f"object with a {text_field!r} field.")
       yield _text_of(row, text_field, f"{path}:{lineno}")
 
@@ -228,7 +229,7 @@ def _iter_parquet(path: str, text_field: str) -> Iterator[str]:
   pf = pq.ParquetFile(path)
   names = pf.schema_arrow.names
   if text_field not in names:
-    raise ValueError(f"parquet file {path!r} has no column {text_field!r}; its columns are "
+    raise UserError(f"parquet file {path!r} has no column {text_field!r}; its columns are "
                      f"{names}. Set --config.data.text_field to one of them.")
   for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
     for text in batch.column(0).to_pylist():
@@ -240,7 +241,7 @@ def _text_of(row: dict, text_field: str, where: str) -> str:
   try:
     text = row[text_field]
   except KeyError:
-    raise ValueError(f"{where} has no field {text_field!r}; its keys are {sorted(row)}. Set "
+    raise UserError(f"{where} has no field {text_field!r}; its keys are {sorted(row)}. Set "
                      f"--config.data.text_field to the key holding the text.") from None
   return _check_str(text, text_field, where)
 
@@ -249,7 +250,7 @@ def _check_str(text: Any, text_field: str, where: str) -> str:
   if text is None:
     return ""
   if not isinstance(text, str):
-    raise ValueError(f"{where}: field {text_field!r} holds a {type(text).__name__}, expected "
+    raise UserError(f"{where}: field {text_field!r} holds a {type(text).__name__}, expected "
                      f"a string; point data.text_field at a text column.")
   return text
 
@@ -265,14 +266,14 @@ def _load_hf(data_cfg):
   if os.path.isfile(name):
     suffix = os.path.splitext(name[:-3] if name.endswith(".gz") else name)[1].lower()
     if suffix not in _HF_BUILDERS:
-      raise ValueError(f"data.hf_name={data_cfg.hf_name!r} is a local file of unsupported type "
+      raise UserError(f"data.hf_name={data_cfg.hf_name!r} is a local file of unsupported type "
                        f"{suffix!r}; use one of {sorted(_HF_BUILDERS)}.")
     return datasets.load_dataset(_HF_BUILDERS[suffix], data_files=name, **kwargs)
   return datasets.load_dataset(name, data_cfg.hf_config or None, **kwargs)
 
 
-def _hub_error(data_cfg, e: Exception) -> RuntimeError:
-  return RuntimeError(
+def _hub_error(data_cfg, e: Exception) -> ResourceUnavailable:
+  return ResourceUnavailable(
       f"could not read Hugging Face dataset {data_cfg.hf_name!r} (config "
       f"{data_cfg.hf_config or None!r}, split {data_cfg.hf_split!r}): {type(e).__name__}: {e}\n"
       f"If this machine is offline or cannot reach the hub, train on local files with "
@@ -290,7 +291,7 @@ def _iter_hf(data_cfg) -> Iterator[str]:
   field = data_cfg.text_field
   columns = getattr(ds, "column_names", None)
   if columns is not None and field not in columns:
-    raise ValueError(f"dataset {data_cfg.hf_name!r} has no column {field!r}; its columns are "
+    raise UserError(f"dataset {data_cfg.hf_name!r} has no column {field!r}; its columns are "
                      f"{columns}. Set --config.data.text_field to one of them.")
   rows = iter(ds)
   index = 0
@@ -313,6 +314,6 @@ def _iter_synthetic(data_cfg) -> Iterator[str]:
 
   n = int(data_cfg.synthetic_documents)
   if n <= 0:
-    raise ValueError(f"data.synthetic_documents={n} must be > 0.")
+    raise UserError(f"data.synthetic_documents={n} must be > 0.")
   return iter_documents(int(data_cfg.synthetic_seed), n,
                         max_steps=int(data_cfg.synthetic_max_steps))

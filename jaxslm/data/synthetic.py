@@ -24,6 +24,7 @@ import random
 import re
 from collections.abc import Iterator
 from fractions import Fraction
+from jaxslm.errors import UserError
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer: {answer}"
 _MAX_EXPR_CHARS = 256
@@ -450,20 +451,20 @@ class SyntheticMath:
     def __init__(self, seed: int, max_steps: int = 4, min_steps: int = 1):
         for label, value in (("seed", seed), ("max_steps", max_steps), ("min_steps", min_steps)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-                raise ValueError(f"{label}={value!r}: expected an int")
+                raise UserError(f"{label}={value!r}: expected an int")
         seed, max_steps, min_steps = int(seed), int(max_steps), int(min_steps)
         if seed < 0:
-            raise ValueError(f"seed={seed}: expected a non-negative int")
+            raise UserError(f"seed={seed}: expected a non-negative int")
         if max_steps < 1:
-            raise ValueError(f"max_steps={max_steps}: expected >= 1 reasoning steps")
+            raise UserError(f"max_steps={max_steps}: expected >= 1 reasoning steps")
         if not 1 <= min_steps <= max_steps:
-            raise ValueError(f"min_steps={min_steps}: expected 1 <= min_steps <= "
+            raise UserError(f"min_steps={min_steps}: expected 1 <= min_steps <= "
                              f"max_steps={max_steps}")
         self.seed, self.max_steps, self.min_steps = seed, max_steps, min_steps
 
     def problem(self, index: int) -> Problem:
         if not isinstance(index, numbers.Integral) or isinstance(index, bool) or index < 0:
-            raise ValueError(f"index={index!r}: expected a non-negative int")
+            raise UserError(f"index={index!r}: expected a non-negative int")
         index = int(index)
         # str seeds go through SHA-512: identical in every process, no hash randomization.
         rng = random.Random(f"jaxslm.synthetic:{self.seed}:{index}")
@@ -487,7 +488,7 @@ def iter_documents(seed: int, n: int | None = None, *, max_steps: int = 4,
                    min_steps: int = 1) -> Iterator[str]:
     """`to_text` documents for problems 0, 1, ... (n None: unlimited)."""
     if n is not None and (not isinstance(n, int) or n < 0):
-        raise ValueError(f"n={n!r}: expected None (unlimited) or a non-negative int")
+        raise UserError(f"n={n!r}: expected None (unlimited) or a non-negative int")
     gen = SyntheticMath(seed, max_steps=max_steps, min_steps=min_steps)
     indices = itertools.count() if n is None else range(n)
     return (to_text(gen.problem(i)) for i in indices)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxslm.data import sources
+from jaxslm.errors import UserError
 
 FORMAT_VERSION = 1
 ENCODE_CHUNK_DOCS = 1024
@@ -59,16 +60,16 @@ def cache_root(data_cfg) -> str:
 def token_dtype(vocab_size: int) -> np.dtype:
   """uint16 when every id fits (vocab_size <= 65536), else uint32; little-endian."""
   if vocab_size <= 0:
-    raise ValueError(f"tokenizer vocab_size={vocab_size} must be positive.")
+    raise UserError(f"tokenizer vocab_size={vocab_size} must be positive.")
   if vocab_size > 2**32:
-    raise ValueError(f"tokenizer vocab_size={vocab_size} does not fit uint32 token files.")
+    raise UserError(f"tokenizer vocab_size={vocab_size} does not fit uint32 token files.")
   return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
 
 
 def val_period(val_fraction: float) -> int:
   """Every ``period``-th document (index % period == 0) goes to the validation split."""
   if not 0.0 < float(val_fraction) <= 0.5:
-    raise ValueError(f"data.val_fraction={val_fraction} must be in (0, 0.5]; e.g. 0.01 holds "
+    raise UserError(f"data.val_fraction={val_fraction} must be in (0, 0.5]; e.g. 0.01 holds "
                      f"out every 100th document for validation.")
   return max(2, round(1.0 / float(val_fraction)))
 
@@ -101,7 +102,7 @@ def build_token_dataset(data_cfg, tokenizer, *, seq_len: int | None = None,
   period = val_period(data_cfg.val_fraction)
   dtype = token_dtype(int(tokenizer.vocab_size))
   if not 0 <= int(tokenizer.eos_id) < int(tokenizer.vocab_size):
-    raise ValueError(f"tokenizer {tokenizer.name!r} has eos_id={tokenizer.eos_id} outside "
+    raise UserError(f"tokenizer {tokenizer.name!r} has eos_id={tokenizer.eos_id} outside "
                      f"[0, vocab_size={tokenizer.vocab_size}).")
   key = cache_key(data_cfg, tokenizer)
   root = cache_root(data_cfg)
@@ -128,7 +129,7 @@ def open_token_dataset(path: str) -> TokenDataset:
   with open(meta_path) as f:
     meta = json.load(f)
   if meta.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"token cache {path!r} has format_version {meta.get('format_version')}, "
+    raise UserError(f"token cache {path!r} has format_version {meta.get('format_version')}, "
                      f"this jaxslm reads {FORMAT_VERSION}; delete the directory to rebuild it.")
   dtype = np.dtype(meta["dtype"]).newbyteorder("<")
   arrays = {}
@@ -164,10 +165,10 @@ def _build(data_cfg, tokenizer, path, key, period, dtype, log) -> None:
         _write_chunk(chunk, n_docs, tokenizer, period, dtype, files, counts)
         n_docs += len(chunk)
     if n_docs == 0:
-      raise ValueError(f"the corpus {description} yielded no documents; check data.path / "
+      raise UserError(f"the corpus {description} yielded no documents; check data.path / "
                        f"data.hf_name / data.text_field (empty documents are skipped).")
     if counts["train_documents"] == 0:
-      raise ValueError(
+      raise UserError(
           f"the corpus {description} has only {n_docs} document(s), all of which went to the "
           f"validation split (val_fraction={data_cfg.val_fraction} holds out every "
           f"{period}th document, starting with the first); add more documents.")
@@ -205,7 +206,7 @@ def _build(data_cfg, tokenizer, path, key, period, dtype, log) -> None:
 def _write_chunk(texts, first_index, tokenizer, period, dtype, files, counts) -> None:
   encoded = tokenizer.encode_batch(texts)
   if len(encoded) != len(texts):
-    raise ValueError(f"tokenizer {tokenizer.name!r}.encode_batch returned {len(encoded)} "
+    raise UserError(f"tokenizer {tokenizer.name!r}.encode_batch returned {len(encoded)} "
                      f"sequences for {len(texts)} texts.")
   eos = np.asarray([tokenizer.eos_id], dtype=np.int64)
   parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
@@ -220,7 +221,7 @@ def _write_chunk(texts, first_index, tokenizer, period, dtype, files, counts) ->
     ids = np.concatenate(arrays)
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= int(tokenizer.vocab_size) or hi > limit:
-      raise ValueError(f"tokenizer {tokenizer.name!r} produced token id {lo if lo < 0 else hi} "
+      raise UserError(f"tokenizer {tokenizer.name!r} produced token id {lo if lo < 0 else hi} "
                        f"outside [0, vocab_size={tokenizer.vocab_size}); fix its vocab_size.")
     files[split].write(ids.astype(dtype).tobytes())
     counts[f"{split}_tokens"] += int(ids.size)
@@ -231,7 +232,7 @@ def _check_length(dataset: TokenDataset, seq_len: int, data_cfg) -> None:
   for split in ("train", "val"):
     have = int(dataset.meta[f"{split}_tokens"])
     if have < need:
-      raise ValueError(
+      raise UserError(
           f"the {split} split of {dataset.meta['source']} has {have:,} tokens "
           f"({dataset.meta[f'{split}_documents']:,} documents), fewer than seq_len + 1 = "
           f"{need:,} needed for one training window. Use more data (data.max_documents / "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from jaxslm.errors import UserError
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -44,7 +45,7 @@ class ModelConfig:
 
   def __post_init__(self):
     def bad(field, value, expected):
-      raise ValueError(f"ModelConfig.{field}={value!r} is invalid: expected {expected}.")
+      raise UserError(f"ModelConfig.{field}={value!r} is invalid: expected {expected}.")
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
       v = getattr(self, field)
       if not isinstance(v, int) or v <= 0:
@@ -86,13 +87,13 @@ class ModelConfig:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:
-      raise ValueError(f"Unknown ModelConfig fields {unknown}; valid fields: {sorted(fields)}.")
+      raise UserError(f"Unknown ModelConfig fields {unknown}; valid fields: {sorted(fields)}.")
     return cls(**d)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "ModelConfig":
     if name not in PRESETS:
-      raise ValueError(f"Unknown model preset {name!r}; available: {sorted(PRESETS)}.")
+      raise UserError(f"Unknown model preset {name!r}; available: {sorted(PRESETS)}.")
     return cls(**{**PRESETS[name], **overrides})
 
 

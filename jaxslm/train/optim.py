@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from jaxslm.errors import UserError
 
 
 def lr_schedule(peak_lr: float, min_lr: float, warmup_steps: int, decay_steps: int):
@@ -16,10 +17,10 @@ def lr_schedule(peak_lr: float, min_lr: float, warmup_steps: int, decay_steps: i
     step > decay:            min
   """
   if warmup_steps < 0 or decay_steps < warmup_steps:
-    raise ValueError(f"Schedule needs 0 <= warmup_steps ({warmup_steps}) <= decay_steps "
+    raise UserError(f"Schedule needs 0 <= warmup_steps ({warmup_steps}) <= decay_steps "
                      f"({decay_steps}); lower train.warmup_steps or raise train.decay_steps.")
   if min_lr > peak_lr:
-    raise ValueError(f"train.min_lr={min_lr} is above train.lr={peak_lr}; it must not be.")
+    raise UserError(f"train.min_lr={min_lr} is above train.lr={peak_lr}; it must not be.")
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
@@ -39,6 +40,10 @@ def decay_mask(params):
 def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, callable]:
   """The optimizer and its schedule, from a `config.train` section."""
   decay_steps = train_cfg.decay_steps or train_cfg.steps
+  if not train_cfg.decay_steps and train_cfg.steps < train_cfg.warmup_steps:
+    raise UserError(f"train.steps={train_cfg.steps} (the decay length, as train.decay_steps is 0) "
+                    f"is below train.warmup_steps={train_cfg.warmup_steps}; lower "
+                    f"train.warmup_steps or raise train.steps.")
   schedule = lr_schedule(train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_steps, decay_steps)
   chain = []
   if train_cfg.grad_clip and train_cfg.grad_clip > 0:

@@ -12,6 +12,7 @@ import re
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxslm.errors import UserError
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
@@ -31,18 +32,22 @@ PARAM_AXES: tuple[tuple[str, tuple], ...] = (
 AXIS_RULES = {"embed": "fsdp", "vocab": None, "heads": None, "mlp": None}
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
-  """A ("data", "fsdp") mesh; -1 for `data` takes every remaining device."""
-  devices = list(jax.devices() if devices is None else devices)
-  n = len(devices)
-  if fsdp < 1 or n % fsdp:
-    raise ValueError(f"mesh.fsdp={fsdp} must be a positive divisor of the {n} devices.")
+def mesh_shape(data: int, fsdp: int, n_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes for `n_devices`; -1 for `data` takes every remaining device."""
+  if fsdp < 1 or n_devices % fsdp:
+    raise UserError(f"mesh.fsdp={fsdp} must be a positive divisor of the {n_devices} devices.")
   if data == -1:
-    data = n // fsdp
-  if data * fsdp != n:
-    raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} but there are {n} "
-                     f"devices; set mesh.data=-1 to use them all.")
-  return Mesh(np.asarray(devices).reshape(data, fsdp), MESH_AXES)
+    data = n_devices // fsdp
+  if data * fsdp != n_devices:
+    raise UserError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} but there are "
+                    f"{n_devices} devices; set mesh.data=-1 to use them all.")
+  return data, fsdp
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+  """A ("data", "fsdp") mesh over `devices` (default: all)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(np.asarray(devices).reshape(mesh_shape(data, fsdp, len(devices))), MESH_AXES)
 
 
 def path_str(path) -> str:
@@ -62,10 +67,10 @@ def spec_for(path: str, shape: tuple, mesh: Mesh) -> P:
   mesh_axes = [AXIS_RULES.get(a) if a else None for a in axes]
   used = [m for m in mesh_axes if m]
   if len(used) != len(set(used)):
-    raise ValueError(f"Sharding rules map two axes of {path} {axes} to the same mesh axis.")
+    raise UserError(f"Sharding rules map two axes of {path} {axes} to the same mesh axis.")
   for dim, m in zip(shape, mesh_axes):
     if m and dim % mesh.shape[m]:
-      raise ValueError(f"Cannot shard {path} (shape {shape}) over mesh axis {m!r} of size "
+      raise UserError(f"Cannot shard {path} (shape {shape}) over mesh axis {m!r} of size "
                        f"{mesh.shape[m]}: {dim} is not divisible. Choose mesh.{m} dividing {dim}.")
   return P(*[m if m and mesh.shape[m] > 1 else None for m in mesh_axes])
 

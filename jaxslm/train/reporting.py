@@ -66,6 +66,16 @@ class MetricsLog:
     with open(self.path, "a") as f:
       f.write(json.dumps(clean) + "\n")
 
+  def truncate_after(self, step: int) -> None:
+    """Drop records past `step` (a resumed run recomputes them)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    keep = [r for r in self.read() if r.get("step", 0) <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in keep)
+    os.replace(tmp, self.path)
+
   def read(self) -> list[dict]:
     if not os.path.exists(self.path):
       return []

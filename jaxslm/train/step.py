@@ -52,7 +52,10 @@ def train_step(state: TrainState, batch_abt1: jax.Array, *, model_cfg: ModelConf
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   rng, _ = jax.random.split(state.rng)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+  # The norm of the *updated* params makes a NaN update visible at this step,
+  # before it could be checkpointed (the loss only shows it one step later).
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+             "param_norm": optax.tree.norm(params)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
