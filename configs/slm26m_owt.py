@@ -5,8 +5,10 @@ exactly, 21.3M non-embedding) on OpenWebText with the GPT-2 vocabulary
 
   python launch/pretrain.py --config configs/slm26m_owt.py --workdir runs/slm26m_owt
 
-Streams `Skylion007/openwebtext` through `datasets` (needs the hub, or a local
-copy: --config.data.hf_name=/path/to/owt or --config.data.path='owt/*.jsonl').
+Streams `Skylion007/openwebtext` through `datasets` (needs the hub; when the
+installed `datasets` refuses the repository's loading script, the hub's Parquet
+export is read instead). Offline, point it at a local copy:
+--config.data.hf_name=/path/to/owt or --config.data.path='owt/*.jsonl'.
 data.max_documents bounds how much of the 8M documents is tokenized.
 """
 

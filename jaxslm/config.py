@@ -46,7 +46,8 @@ def base_config() -> ConfigDict:
   ))
   c.data = ConfigDict(dict(
       source="synthetic", path="", text_field="text",
-      hf_name="Skylion007/openwebtext", hf_config="", hf_split="train", streaming=True,
+      hf_name="Skylion007/openwebtext", hf_config="", hf_split="train", hf_revision="",
+      streaming=True,
       max_documents=0, synthetic_documents=20000, synthetic_seed=0, synthetic_max_steps=4,
       val_fraction=0.01,     # document i is held out when i % round(1/val_fraction) == 0
       cache_dir="",          # token cache; "" = $JAXSLM_CACHE or ~/.cache/jaxslm

@@ -350,3 +350,24 @@ def test_end_to_end_files_to_batches(tmp_path):
   rows = BatchSampler(ds.train, seq_len=64, global_batch_size=4, seed=0).batch(0)
   assert rows.shape == (4, 65) and rows.max() <= 256
   assert len(eval_batches(ds.val, seq_len=64, batch_size=2, num_batches=2)) == 2
+
+
+def test_hf_script_repository_retries_on_parquet_export(monkeypatch, tmp_path):
+  """datasets >= 4 refuses script-based hub repos; the loader retries on the
+  hub's Parquet conversion branch instead of failing."""
+  import datasets
+
+  from jaxslm.data import sources
+
+  calls = []
+
+  def fake_load(name, config=None, *, revision=None, split=None, streaming=None):
+    calls.append(revision)
+    if revision is None:
+      raise RuntimeError("Dataset scripts are no longer supported, but found openwebtext.py")
+    return datasets.Dataset.from_dict({"text": ["first doc", "second doc"]})
+
+  monkeypatch.setattr(datasets, "load_dataset", fake_load)
+  cfg = data_config(tmp_path, source="hf", streaming=False)
+  assert list(sources.iter_texts(cfg)) == ["first doc", "second doc"]
+  assert calls == [None, sources.PARQUET_REVISION]

@@ -16,6 +16,8 @@ Every source is read through one function, :func:`iter_texts`, driven by the
                          local data file (.jsonl/.json/.parquet/.csv/.txt).
   hf_config: str         dataset config name, "" for none.
   hf_split: str          split to read ("train").
+  hf_revision: str       hub revision ("" = default; a script-only repository is
+                         retried on "refs/convert/parquet", its Parquet export).
   streaming: bool        stream from the hub instead of downloading first.
   max_documents: int     0 = all; otherwise stop after this many documents.
   synthetic_documents: int, synthetic_seed: int, synthetic_max_steps: int
@@ -42,6 +44,7 @@ SOURCES = ("synthetic", "files", "hf")
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
+PARQUET_REVISION = "refs/convert/parquet"
 _HF_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet",
                 ".csv": "csv", ".txt": "text"}
 
@@ -110,7 +113,8 @@ def source_key(data_cfg) -> dict[str, Any]:
     key.update(text_field=data_cfg.text_field, files=_file_stats(expand_paths(data_cfg.path)))
   elif source == "hf":
     key.update(hf_name=data_cfg.hf_name, hf_config=data_cfg.hf_config,
-               hf_split=data_cfg.hf_split, text_field=data_cfg.text_field)
+               hf_split=data_cfg.hf_split, text_field=data_cfg.text_field,
+               hf_revision=data_cfg.get("hf_revision", ""))
     local = os.path.expanduser(data_cfg.hf_name)
     if os.path.exists(local):
       key["files"] = _file_stats(_walk(local) if os.path.isdir(local) else [local])
@@ -269,7 +273,16 @@ def _load_hf(data_cfg):
       raise UserError(f"data.hf_name={data_cfg.hf_name!r} is a local file of unsupported type "
                        f"{suffix!r}; use one of {sorted(_HF_BUILDERS)}.")
     return datasets.load_dataset(_HF_BUILDERS[suffix], data_files=name, **kwargs)
-  return datasets.load_dataset(name, data_cfg.hf_config or None, **kwargs)
+  revision = data_cfg.get("hf_revision", "") or None
+  try:
+    return datasets.load_dataset(name, data_cfg.hf_config or None, revision=revision, **kwargs)
+  except RuntimeError as e:
+    # datasets >= 4 refuses repositories that still ship a loading script; the
+    # hub keeps an automatic Parquet conversion of them on this branch.
+    if revision is None and "scripts are no longer supported" in str(e):
+      return datasets.load_dataset(name, data_cfg.hf_config or None,
+                                   revision=PARQUET_REVISION, **kwargs)
+    raise
 
 
 def _hub_error(data_cfg, e: Exception) -> ResourceUnavailable:
