@@ -120,6 +120,14 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path):
   assert jaxslm.load(str(tmp_path / "w")).meta["step"] == saved + 2
 
 
+def test_resume_warns_when_the_schedule_changes(tmp_path, capsys):
+  run(tiny(steps=4, decay_steps=0), str(tmp_path / "w"))
+  capsys.readouterr()
+  run(tiny(steps=6, decay_steps=0), str(tmp_path / "w"), resume=True)
+  out = capsys.readouterr().out
+  assert "Warning: resuming with a changed config" in out and "cosine decay length" in out
+
+
 def test_fsdp_checkpoint_from_8_devices_loads_on_one(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   res = subprocess.run(LAUNCH + _launch_args(tmp_path / "w", 3, "--config.mesh.fsdp=2",

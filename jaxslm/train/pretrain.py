@@ -155,6 +155,10 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   if saved_meta is not None:
     changed = [c for c in config_changes(saved_meta["config"], config_json)
                if c.startswith(_EXACTNESS_FIELDS)]
+    saved_t = saved_meta["config"]["train"]
+    if not t.decay_steps and not saved_t["decay_steps"] and saved_t["steps"] != t.steps:
+      changed.append(f"train.steps: {saved_t['steps']} -> {t.steps} (the cosine decay length, "
+                     f"as train.decay_steps is 0)")
     if changed:
       log("Warning: resuming with a changed config; the run will not match an uninterrupted "
           "one: " + "; ".join(changed))
