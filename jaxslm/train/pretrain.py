@@ -216,7 +216,8 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     return float(np.mean(jax.device_get(losses)))
 
   metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"), is_main_process())
-  metrics_log.truncate_after(start)  # a resumed run rewrites what came after its checkpoint
+  # A resumed run rewrites what came after its checkpoint; a fresh one starts a new log.
+  metrics_log.truncate_after(start if start else -1)
   peak, peak_src = reporting.peak_flops_per_device(t.peak_flops)
   flops_tok = flops_per_token(model_cfg, t.seq_len)
   log(f"MFU denominator: {peak / 1e12:.3g} TFLOP/s per device ({peak_src}); "
