@@ -5,15 +5,11 @@ gradient accumulation.
   python launch/pretrain.py --config configs/gpt2_124m_owt.py --workdir runs/gpt2_124m
 """
 
-from jaxslm.config import base_config, model_config
+from jaxslm.config import openwebtext_config
 
 
 def get_config():
-  c = base_config()
-  c.model = model_config("gpt2_124m")
-  c.tokenizer.name = "r50k_base"
-  c.data.update(source="hf", hf_name="Skylion007/openwebtext", streaming=True,
-                max_documents=2_000_000, val_fraction=0.005)
+  c = openwebtext_config("gpt2_124m", max_documents=2_000_000)
   c.train.update(steps=50000, batch_size=512, grad_accum=8, seq_len=1024, lr=6e-4, min_lr=6e-5,
                  warmup_steps=2000, eval_every=1000, eval_batches=20, log_every=20,
                  checkpoint_every=2000, sample_prompts=("The meaning of life is",),

@@ -12,16 +12,11 @@ export is read instead). Offline, point it at a local copy:
 data.max_documents bounds how much of the 8M documents is tokenized.
 """
 
-from jaxslm.config import base_config, model_config
+from jaxslm.config import openwebtext_config
 
 
 def get_config():
-  c = base_config()
-  c.model = model_config("slm26m")
-  c.tokenizer.name = "r50k_base"
-  c.data.update(source="hf", hf_name="Skylion007/openwebtext", streaming=True,
-                max_documents=1_000_000, val_fraction=0.005)
-  # Batch 64 x 1024 tokens = 65,536 tokens per step; 20k steps = 1.3B tokens.
+  c = openwebtext_config("slm26m", max_documents=1_000_000)
   c.train.update(steps=20000, batch_size=64, grad_accum=1, seq_len=1024, lr=6e-4, min_lr=6e-5,
                  warmup_steps=1000, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0,
                  eval_every=500, eval_batches=20, log_every=20, checkpoint_every=1000,

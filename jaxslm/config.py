@@ -76,6 +76,17 @@ def base_config() -> ConfigDict:
   return c
 
 
+def openwebtext_config(preset: str, *, max_documents: int) -> ConfigDict:
+  """`base_config()` with a model preset, the GPT-2 vocabulary (r50k_base) and
+  OpenWebText streamed through `datasets`: the shared base of the OWT configs."""
+  c = base_config()
+  c.model = model_config(preset)
+  c.tokenizer.name = "r50k_base"
+  c.data.update(source="hf", hf_name="Skylion007/openwebtext", streaming=True,
+                max_documents=max_documents, val_fraction=0.005)
+  return c
+
+
 def load_config(path: str | os.PathLike) -> ConfigDict:
   """Import `get_config()` from a Python config file."""
   path = os.fspath(path)

@@ -6,7 +6,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxslm.models.config import ModelConfig
 from jaxslm.models.decoder import Decoder
@@ -59,11 +58,3 @@ def summary(cfg: ModelConfig) -> str:
           f"params {c['total']:,} total, {c['non_embedding']:,} non-embedding "
           f"({c['embedding']:,} embedding)")
 
-
-def param_table(params) -> list[tuple[str, tuple, int]]:
-  """(path, shape, size) for each leaf, in path order."""
-  rows = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    rows.append((name, tuple(np.shape(leaf)), int(np.size(leaf))))
-  return rows
