@@ -15,15 +15,26 @@ class Decoder(nn.Module):
 
   Used functionally: `params = Decoder(cfg).init(rng, tokens)["params"]`,
   `logits = Decoder(cfg).apply({"params": params}, tokens)`.
+
+  Incremental decoding passes a KV cache (`init_cache`) and gets it back:
+  `logits, cache = apply(..., tokens, positions, cache=cache, cache_index=i,
+  kv_mask_bs=m)` writes this call's keys/values at slots [i, i + T). `kv_mask_bs`
+  [B, S] marks the slots holding real tokens (this call's included; padding
+  False); a query at slot q sees the allowed slots <= q. A Python-int
+  `cache_index` (the prefill) attends only over slots [0, i + T).
+  `last_only=True` computes logits for the last position only ([B, 1, V]).
   """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array | None = None,
-               embeds_btd: jax.Array | None = None) -> jax.Array:
+               embeds_btd: jax.Array | None = None, *, cache=None, cache_index=0,
+               kv_mask_bs: jax.Array | None = None, last_only: bool = False):
     """`embeds_btd`, when given, replaces the token lookup (gradients w.r.t. inputs)."""
     cfg = self.cfg
     b, t = tokens_bt.shape
+    if cache is not None and kv_mask_bs is None:
+      raise ValueError("Decoder: a cache needs kv_mask_bs, the [B, S] mask of filled slots.")
     if positions_bt is None:
       positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
@@ -36,9 +47,19 @@ class Decoder(nn.Module):
       pos_td = self.param("pos_embed", nn.initializers.normal(cfg.init_std / 2),
                           (cfg.max_seq_len, cfg.d_model), pdt)
       x_btd = x_btd + jnp.take(pos_td, positions_bt, axis=0).astype(cdt)
-    block = nn.remat(Block) if cfg.remat else Block
-    for i in range(cfg.n_layers):
-      x_btd = block(cfg, name=f"layers_{i}")(x_btd, positions_bt)
+    if cache is None:
+      block = nn.remat(Block) if cfg.remat else Block
+      for i in range(cfg.n_layers):
+        x_btd = block(cfg, name=f"layers_{i}")(x_btd, positions_bt)
+    else:
+      mask_bts = _cache_mask(kv_mask_bs, cache_index, t)
+      cache = dict(cache)
+      for i in range(cfg.n_layers):
+        name = f"layers_{i}"
+        x_btd, cache[name] = Block(cfg, name=name)(x_btd, positions_bt, cache[name],
+                                                   cache_index, mask_bts)
+    if last_only:
+      x_btd = x_btd[:, -1:]
     x_btd = Norm(cfg, name="final_norm")(x_btd)
     if cfg.tie_embeddings:
       logits_btv = jnp.einsum("btd,vd->btv", x_btd, embedding_vd.astype(cdt),
@@ -46,4 +67,30 @@ class Decoder(nn.Module):
     else:
       logits_btv = Linear(cfg.vocab_size, cfg, use_bias=False, out_dtype="float32",
                           name="lm_head")(x_btd)
-    return logits_btv.astype(jnp.float32)
+    logits_btv = logits_btv.astype(jnp.float32)
+    return logits_btv if cache is None else (logits_btv, cache)
+
+
+def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int) -> jax.Array:
+  """[B, T, S']: query t (at slot index + t) may see filled slots s <= index + t.
+
+  Every query also sees its own slot, so a padding query has one finite key
+  instead of none. With a static `cache_index` only slots [0, index + t) exist
+  for the keys (S' = index + T), which keeps the prefill's attention T x T.
+  """
+  if isinstance(cache_index, int):
+    kv_mask_bs = kv_mask_bs[:, : cache_index + t]
+  s = kv_mask_bs.shape[-1]
+  q_slot_t = cache_index + jnp.arange(t, dtype=jnp.int32)
+  s_idx = jnp.arange(s, dtype=jnp.int32)
+  causal_ts = s_idx[None, :] <= q_slot_t[:, None]
+  own_ts = s_idx[None, :] == q_slot_t[:, None]
+  return (kv_mask_bs[:, None, :] & causal_ts[None]) | own_ts[None]
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
+  """An empty KV cache: per layer {"k", "v"} of [B, S, K, H] in the compute dtype."""
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+  return {f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for i in range(cfg.n_layers)}

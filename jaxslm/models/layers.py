@@ -67,11 +67,34 @@ def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_btnh.dtype)
 
 
+def masked_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+                     mask_bts: jax.Array) -> jax.Array:
+  """Softmax(q k^T / sqrt(H)) v over the keys `mask_bts` allows, GQA by grouping.
+
+  Scores and softmax in float32. Disallowed keys get the most negative finite
+  float, never -inf, so a row with no allowed key stays finite (its result is
+  unused) and can never leak NaN into the cache.
+  """
+  b, t, n, h = q_btnh.shape
+  k = k_bskh.shape[2]
+  q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
+  scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+                            preferred_element_type=jnp.float32) * (h ** -0.5)
+  scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
+  weights_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bskh.dtype)
+  o_btkgh = jnp.einsum("bkgts,bskh->btkgh", weights_bkgts, v_bskh)
+  return o_btkgh.reshape(b, t, n, h)
+
+
 class Attention(nn.Module):
+  """Causal self-attention. Without a cache: the training path (one call over
+  the whole sequence). With a cache ({"k", "v"}: [B, S, K, H]): this call's
+  keys/values are written at slots [index, index + T) and the queries attend
+  to every slot `mask_bts` allows; returns (output, updated cache)."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_btd, positions_bt):
+  def __call__(self, x_btd, positions_bt, cache=None, cache_index=None, mask_bts=None):
     cfg = self.cfg
     b, t, _ = x_btd.shape
     n, k, h = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
@@ -81,14 +104,23 @@ class Attention(nn.Module):
     if cfg.position == "rope":
       q_btnh = rope(q_btnh, positions_bt, cfg.rope_theta)
       k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
-    # jax.nn.dot_product_attention handles GQA (N a multiple of K), computes the
-    # softmax in float32 and picks cuDNN flash attention where available.
-    o_btnh = jax.nn.dot_product_attention(
-        q_btnh, k_btkh, v_btkh, is_causal=True, implementation=cfg.attention_impl or None)
+    if cache is None:
+      # jax.nn.dot_product_attention handles GQA (N a multiple of K), computes the
+      # softmax in float32 and picks cuDNN flash attention where available.
+      o_btnh = jax.nn.dot_product_attention(
+          q_btnh, k_btkh, v_btkh, is_causal=True, implementation=cfg.attention_impl or None)
+    else:
+      start = (0, cache_index, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_btkh.astype(cache["k"].dtype), start),
+               "v": jax.lax.dynamic_update_slice(cache["v"], v_btkh.astype(cache["v"].dtype), start)}
+      s = mask_bts.shape[-1]  # the caller may restrict attention to the first S slots
+      o_btnh = masked_attention(q_btnh, cache["k"][:, :s].astype(q_btnh.dtype),
+                                cache["v"][:, :s].astype(q_btnh.dtype), mask_bts)
     # Residual-branch output projections get the GPT-2 scaled init.
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-    return Linear(cfg.d_model, cfg, cfg.use_bias, std=out_std, name="o_proj")(
+    out_btd = Linear(cfg.d_model, cfg, cfg.use_bias, std=out_std, name="o_proj")(
         o_btnh.reshape(b, t, n * h))
+    return out_btd if cache is None else (out_btd, cache)
 
 
 class MLP(nn.Module):
@@ -112,8 +144,13 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_btd, positions_bt):
-    x_btd = x_btd + Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x_btd),
-                                                     positions_bt)
+  def __call__(self, x_btd, positions_bt, cache=None, cache_index=None, mask_bts=None):
+    attn = Attention(self.cfg, name="attn")
+    if cache is None:
+      x_btd = x_btd + attn(Norm(self.cfg, name="attn_norm")(x_btd), positions_bt)
+    else:
+      a_btd, cache = attn(Norm(self.cfg, name="attn_norm")(x_btd), positions_bt, cache,
+                          cache_index, mask_bts)
+      x_btd = x_btd + a_btd
     x_btd = x_btd + MLP(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_btd))
-    return x_btd
+    return x_btd if cache is None else (x_btd, cache)

@@ -1,0 +1,84 @@
+"""`jaxslm.sample`: text in, text out, for notebooks.
+
+    import jaxslm
+    jaxslm.sample("runs/default", "Question: Ava has 3 boxes of 12 pens. ...\\nAnswer:")
+    jaxslm.sample(model, ["Q1", "Q2"], max_new_tokens=128, temperature=0.8, top_p=0.95, n=4)
+    result = jaxslm.sample(model, "...", return_result=True)   # tokens, log-probs, reasons
+
+`model` is a checkpoint path (loaded once and kept: later calls with the same
+path reuse it), the `Loaded` that `jaxslm.load` returns, or a tuple
+(model_cfg, params, tokenizer). Compiled functions are cached by JAX across
+calls: a new prompt length only recompiles when it crosses a power of two.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+from jaxslm.errors import UserError
+from jaxslm.loading import Loaded, load
+from jaxslm.sampling.generate import Generation, generate
+
+_LOADED: dict[str, Loaded] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_model(model) -> Loaded:
+  """A `Loaded` from a path (cached by its resolved step directory), a
+  `Loaded`, or a (model_cfg, params, tokenizer) tuple."""
+  if isinstance(model, Loaded):
+    return model
+  if isinstance(model, (str, os.PathLike)):
+    from jaxslm.checkpoint import resolve_step_dir
+    step_dir = resolve_step_dir(os.fspath(model))
+    with _LOCK:
+      if step_dir not in _LOADED:
+        _LOADED[step_dir] = load(step_dir)
+      return _LOADED[step_dir]
+  if isinstance(model, (tuple, list)) and len(model) == 3:
+    cfg, params, tok = model
+    return Loaded(cfg, params, tok, {}, "")
+  raise UserError(f"model={type(model).__name__}: expected a checkpoint path, the result of "
+                  "jaxslm.load(path), or a (model_cfg, params, tokenizer) tuple.")
+
+
+def sample(model, prompt: str | Sequence[str], *, max_new_tokens: int = 128,
+           temperature=0.0, top_k: int | None = None, top_p: float = 1.0, min_p: float = 0.0,
+           n: int = 1, seed=0, stop: str | Sequence[str] | None = None,
+           stop_at_eos: bool = True, calculator: bool = False, truncate: bool = False,
+           add_bos: bool = False, return_result: bool = False, **kwargs):
+  """Continue `prompt` (a str or a list of str).
+
+  Returns a str for one prompt, a list of str for a list of prompts; with
+  n > 1 each prompt's entry is a list of its n completions. Stop strings
+  (`stop`) are removed from the text. `return_result=True` returns the whole
+  `jaxslm.sampling.Generation` instead (token ids, log-probabilities, finish
+  reasons, timing). Other keywords go to `jaxslm.sampling.generate`.
+  """
+  loaded = resolve_model(model)
+  tok = loaded.tokenizer
+  single = isinstance(prompt, str)
+  prompts = [prompt] if single else list(prompt)
+  if not prompts:
+    raise UserError("sample: got an empty list of prompts; pass at least one prompt string.")
+  for i, p in enumerate(prompts):
+    if not isinstance(p, str):
+      raise UserError(f"sample: prompt {i} is a {type(p).__name__}; expected a str.")
+    if not p and not add_bos:
+      raise UserError(f"sample: prompt {i} is empty; give some text to continue "
+                      "(or add_bos=True to start from the BOS token).")
+  stops = [stop] if isinstance(stop, str) else list(stop or ())
+  ids = [tok.encode(p, add_bos=add_bos) for p in prompts]
+  out: Generation = generate(
+      loaded.model_cfg, loaded.params, ids, max_new_tokens=max_new_tokens,
+      temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, n=n, seed=seed,
+      eos_id=tok.eos_id if stop_at_eos else None, stop_strings=stops, tokenizer=tok,
+      calculator=calculator, truncate=truncate, pad_id=tok.pad_id, **kwargs)
+  if return_result:
+    return out
+  texts = [[c.text for c in group] for group in out.grouped()]
+  if n == 1:
+    texts = [t[0] for t in texts]
+  return texts[0] if single else texts

@@ -1,0 +1,343 @@
+"""`generate`: batched sampling from token ids, the host side of the engine.
+
+    out = generate(model_cfg, params, [ids_a, ids_b], max_new_tokens=64,
+                   temperature=[0.6, 0.8, 1.0, 1.2], n=4, seed=0, tokenizer=tok,
+                   stop_strings=["\\nQuestion:"])
+    out.texts                  # prompt-major: prompt i's completion j is out.completions[i * n + j]
+    out.completions[0].tokens, .logprobs, .finish_reason
+
+What happens: validate; left-truncate (only if asked); bucket the batch to a
+power of two and the prompt length / token budget to powers of two (so a new
+prompt length rarely recompiles); `engine.prefill`; then `engine.decode` in
+chunks. Without stop strings, the calculator or a stream callback the whole
+budget is one call (the loop never leaves the device). Otherwise the host
+looks after each chunk (or pause): it cuts rows at stop strings and, for the
+calculator hook, queues the value of a just-written `<<expr=` as forced tokens.
+
+Reproducibility: prompt i's completion j draws from
+fold_in(fold_in(PRNGKey(s), c), j) with (s, c) = (seed, i), or (seeds[i], 0) when
+`seed` is a list: a completion depends on its prompt, its seed and its index,
+never on the rest of the batch or on the padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxslm.errors import UserError
+from jaxslm.models import ModelConfig
+from jaxslm.sampling import engine
+from jaxslm.sampling.filters import Filters
+
+_QUEUE_LEN = 16                   # longest calculator result, in tokens
+_CALC_PATTERN = re.compile(r"<<([^<>=\n]{1,200})=$")
+
+
+@dataclasses.dataclass
+class Completion:
+  prompt_index: int
+  sample_index: int
+  tokens: list[int]            # generated ids (the EOS / stop token / stop string's tokens included)
+  logprobs: np.ndarray         # float32 [len(tokens)]: log p(token) under the model (temperature 1)
+  finish_reason: str           # eos | stop_token | stop_string | length | context
+  text: str | None = None      # decoded, without EOS / stop token / stop string (None: no tokenizer)
+  forced: np.ndarray | None = None  # bool [len(tokens)]: inserted by the calculator hook
+  temperature: float = 0.0
+
+
+@dataclasses.dataclass
+class Generation:
+  completions: list[Completion]
+  prompt_tokens: list[list[int]]   # the prompts as run (after any truncation)
+  n: int
+  timing: dict
+
+  @property
+  def texts(self) -> list[str | None]:
+    return [c.text for c in self.completions]
+
+  def grouped(self) -> list[list[Completion]]:
+    """completions[i] = the n completions of prompt i."""
+    return [self.completions[i * self.n:(i + 1) * self.n] for i in range(len(self.prompt_tokens))]
+
+
+def bucket(x: int, minimum: int = 8) -> int:
+  """The next power of two >= max(x, minimum)."""
+  return 1 << max(int(x), minimum, 1).__sub__(1).bit_length()
+
+
+def _per_row(name, value, n_prompts, n, cast):
+  """A scalar, one value per completion index (n), or one per row (prompts * n)."""
+  if np.ndim(value) == 0:
+    return np.full(n_prompts * n, cast(value))
+  vals = [cast(v) for v in value]
+  if len(vals) == n:
+    return np.tile(np.array(vals), n_prompts)
+  if len(vals) == n_prompts * n:
+    return np.array(vals)
+  raise UserError(f"{name} has {len(vals)} values; give one number, n={n} (one per completion "
+                  f"of each prompt) or len(prompts) * n = {n_prompts * n} (one per row).")
+
+
+def _check_settings(temperature_r, top_k, top_p, min_p):
+  if np.any(~np.isfinite(temperature_r)) or np.any(temperature_r < 0):
+    raise UserError(f"temperature={temperature_r.tolist()} is invalid: expected finite values "
+                    ">= 0 (0 means greedy).")
+  if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    raise UserError(f"top_k={top_k!r} is invalid: expected an int >= 1, or None for no top-k.")
+  if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+    raise UserError(f"top_p={top_p!r} is invalid: expected 0 < top_p <= 1 (1 disables it).")
+  if not isinstance(min_p, (int, float)) or not 0 <= min_p < 1:
+    raise UserError(f"min_p={min_p!r} is invalid: expected 0 <= min_p < 1 (0 disables it).")
+
+
+def _prepare_prompts(prompts, model_cfg: ModelConfig, max_new_tokens: int, truncate: bool):
+  if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+    raise UserError("prompts must be a non-empty list of token-id lists "
+                    "(use jaxslm.sample for text).")
+  out = []
+  ctx = model_cfg.max_seq_len
+  for i, p in enumerate(prompts):
+    ids = np.asarray(p)
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+      raise UserError(f"prompt {i} is empty or not a 1-D list of token ids (got shape "
+                      f"{ids.shape}, dtype {ids.dtype}); every prompt needs at least one token.")
+    if ids.min() < 0 or ids.max() >= model_cfg.vocab_size:
+      raise UserError(f"prompt {i} has token id {int(ids.max() if ids.max() >= 0 else ids.min())} "
+                      f"outside [0, {model_cfg.vocab_size}): wrong tokenizer for this model?")
+    keep = max(1, ctx - max_new_tokens)
+    if truncate and ids.size > keep:
+      warnings.warn(f"prompt {i}: {ids.size} tokens + max_new_tokens {max_new_tokens} exceed the "
+                    f"context of {ctx}; keeping its last {keep} tokens.", stacklevel=3)
+      ids = ids[-keep:]
+    elif ids.size >= ctx:
+      raise UserError(f"prompt {i} has {ids.size} tokens but the model's context is {ctx} "
+                      f"(max_seq_len), leaving no room to generate; shorten it or pass "
+                      f"truncate=True to keep its last {keep} tokens.")
+    out.append(ids.astype(np.int32).tolist())
+  return out
+
+
+def _pause_table(tokenizer, vocab_size: int) -> np.ndarray:
+  """Tokens whose text ends with '=': after one, the host checks for `<<expr=`."""
+  cache = getattr(tokenizer, "_jaxslm_pause_eq", None)
+  if cache is None or cache.shape[0] != vocab_size:
+    cache = np.zeros(vocab_size, bool)
+    for i in range(min(vocab_size, tokenizer.vocab_size)):
+      try:
+        cache[i] = tokenizer.decode([i]).endswith("=")
+      except Exception:  # special ids some tokenizers refuse to decode alone
+        pass
+    tokenizer._jaxslm_pause_eq = cache
+  return cache
+
+
+def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
+             max_new_tokens: int = 64, temperature=0.0, top_k: int | None = None,
+             top_p: float = 1.0, min_p: float = 0.0, n: int = 1, seed=0,
+             eos_id: int | None = None, stop_token_ids: Sequence[int] = (),
+             stop_strings: Sequence[str] = (), tokenizer=None, calculator: bool = False,
+             truncate: bool = False, pad_id: int = 0, chunk_size: int | None = None,
+             on_tokens: Callable[[int, list[int]], None] | None = None) -> Generation:
+  """Sample `n` completions for each prompt (lists of token ids); see the module doc.
+
+  temperature: one value, one per completion index (n values, e.g. GRPO's
+  [0.6, 0.8, 1.0, 1.2]) or one per row; 0 is greedy. top_k (>= 1 or None),
+  top_p in (0, 1], min_p in [0, 1). Stops: `eos_id`, `stop_token_ids`,
+  `stop_strings` (needs `tokenizer`; cut from the text), `max_new_tokens`, the
+  context. `calculator=True` (needs `tokenizer`): after the model writes
+  `<<expr=`, the value of expr is written for it (GSM8K's calculator).
+  `on_tokens(row, new_ids)` streams each row's new tokens after every chunk of
+  `chunk_size` steps.
+  """
+  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+    raise UserError(f"n={n!r} is invalid: expected the number of completions per prompt, >= 1.")
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    raise UserError(f"max_new_tokens={max_new_tokens!r} is invalid: expected an int >= 1.")
+  prompts = _prepare_prompts(prompts, model_cfg, max_new_tokens, truncate)
+  temperature_r = _per_row("temperature", temperature, len(prompts), n, float)
+  _check_settings(temperature_r, top_k, top_p, min_p)
+  if (stop_strings or calculator) and tokenizer is None:
+    raise UserError("stop_strings and calculator need the tokenizer: pass tokenizer=...")
+  if isinstance(stop_strings, str):
+    stop_strings = [stop_strings]
+  if any(not isinstance(s, str) or not s for s in stop_strings):
+    raise UserError(f"stop_strings={list(stop_strings)!r}: expected non-empty strings.")
+  seeds = _seeds(seed, len(prompts))
+
+  # Buckets: batch, prompt length, token budget.
+  b = bucket(len(prompts), 1)
+  p = bucket(max(len(x) for x in prompts))
+  m = bucket(max_new_tokens)
+  tokens_bp = np.full((b, p), pad_id, np.int32)
+  lengths_b = np.ones(b, np.int32)
+  seeds_b2 = np.zeros((b, 2), np.uint32)
+  for i in range(b):
+    ids = prompts[i] if i < len(prompts) else prompts[0]
+    tokens_bp[i, p - len(ids):] = ids
+    lengths_b[i] = len(ids)
+    seeds_b2[i] = seeds[i] if i < len(prompts) else (0, 0)
+  rows, real_rows = b * n, len(prompts) * n
+  pad_r = lambda x, fill: np.concatenate([x, np.full(rows - real_rows, fill, x.dtype)])
+  stop_ids = sorted({int(t) for t in stop_token_ids})
+  settings = {
+      "temperature_b": jnp.asarray(pad_r(temperature_r.astype(np.float32), 0.0)),
+      "top_k_b": jnp.full((rows,), top_k or 0, jnp.int32),
+      "top_p_b": jnp.full((rows,), top_p, jnp.float32),
+      "min_p_b": jnp.full((rows,), min_p, jnp.float32),
+      "stop_ids_k": jnp.asarray(np.array(stop_ids or [-1], np.int32)),
+      "eos_id": jnp.int32(-1 if eos_id is None else eos_id),
+      "pad_id": jnp.int32(pad_id),
+      "max_new": jnp.int32(max_new_tokens),
+      "pause_v": jnp.asarray(_pause_table(tokenizer, model_cfg.vocab_size) if calculator
+                             else np.zeros((1,), bool)),
+  }
+  filters = Filters(greedy_only=bool(np.all(temperature_r == 0)),
+                    top_k=0 if top_k is None else min(bucket(top_k, 1), model_cfg.vocab_size),
+                    top_p=top_p < 1.0, min_p=min_p > 0.0)
+
+  t0 = time.perf_counter()
+  state = engine.prefill(params, jnp.asarray(tokens_bp), jnp.asarray(lengths_b),
+                         jnp.asarray(seeds_b2), model_cfg=model_cfg, n=n, max_new=m,
+                         queue_len=_QUEUE_LEN)
+  if rows > real_rows:  # batch padding: done from the start, so it never holds the loop up
+    state = state.replace(done_b=state.done_b.at[real_rows:].set(True))
+  jax.block_until_ready(state.logits_bv)
+  t_prefill = time.perf_counter() - t0
+
+  host_work = bool(stop_strings) or calculator or on_tokens is not None
+  chunk = chunk_size or (16 if host_work else max_new_tokens)
+  lengths_r = np.repeat(lengths_b[:len(prompts)], n)
+  cut_r = np.full(real_rows, -1)       # host-decided lengths (stop strings)
+  streamed_r = np.zeros(real_rows, int)
+  checked_r = np.zeros(real_rows, int)  # tokens already searched for stop strings
+  step = 0
+  while True:
+    limit = min(max_new_tokens, step + chunk)
+    state = engine.decode(params, state, settings, jnp.int32(limit), model_cfg=model_cfg,
+                          filters=filters, pause=calculator)
+    step, done = int(state.step), np.asarray(state.done_b)[:real_rows]
+    if not host_work and (done.all() or step >= max_new_tokens):
+      break
+    tokens = np.asarray(state.tokens_bm)[:real_rows, :step]
+    gen_len = np.where(cut_r >= 0, cut_r, np.asarray(state.pos_b)[:real_rows] - lengths_r)
+    newly_done = []
+    if stop_strings:
+      for r in np.flatnonzero((cut_r < 0) & (gen_len > checked_r)):
+        k = _stop_string_cut(tokenizer, tokens[r, :gen_len[r]], stop_strings, checked_r[r] + 1)
+        checked_r[r] = gen_len[r]
+        if k is not None:
+          cut_r[r], gen_len[r] = k, k
+          newly_done.append(r)
+    if calculator and bool(state.paused):
+      state = _queue_calculator_results(state, tokenizer, tokens, gen_len, done, newly_done,
+                                        [prompts[r // n] for r in range(real_rows)])
+    if newly_done:
+      state = state.replace(done_b=state.done_b.at[np.array(newly_done)].set(True),
+                            reason_b=state.reason_b.at[np.array(newly_done)].set(engine.STOP_STRING))
+    if on_tokens is not None:
+      for r in range(real_rows):
+        if gen_len[r] > streamed_r[r]:
+          on_tokens(r, tokens[r, streamed_r[r]:gen_len[r]].tolist())
+          streamed_r[r] = gen_len[r]
+    if bool(np.asarray(state.done_b)[:real_rows].all()) or step >= max_new_tokens:
+      break
+  jax.block_until_ready(state.tokens_bm)
+  t_total = time.perf_counter() - t0
+  return _collect(state, prompts, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id,
+                  stop_ids, stop_strings,
+                  {"prefill_s": t_prefill, "decode_s": t_total - t_prefill, "total_s": t_total,
+                   "steps": step, "batch_bucket": b, "prompt_bucket": p, "budget_bucket": m})
+
+
+def _seeds(seed, n_prompts: int) -> np.ndarray:
+  def u32(x, what):
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+      raise UserError(f"{what}={x!r} is invalid: expected an int.")
+    return int(x) % (1 << 32)
+  if np.ndim(seed) == 0:
+    s = u32(seed, "seed")
+    return np.array([(s, i) for i in range(n_prompts)], np.uint32)
+  if len(seed) != n_prompts:
+    raise UserError(f"seed has {len(seed)} values for {n_prompts} prompts: give one int, or one "
+                    "per prompt.")
+  return np.array([(u32(s, "seed"), 0) for s in seed], np.uint32)
+
+
+def _stop_string_cut(tokenizer, ids: np.ndarray, stops, start: int) -> int | None:
+  """Fewest tokens whose text contains a stop string (None if none does)."""
+  text = tokenizer.decode(ids)
+  if not any(s in text for s in stops):
+    return None
+  for k in range(max(start, 1), len(ids) + 1):   # the stop string ends in a new token
+    if any(s in tokenizer.decode(ids[:k]) for s in stops):
+      return k
+  return len(ids)
+
+
+def _queue_calculator_results(state, tokenizer, tokens, gen_len, done, skip, prompts):
+  from jaxslm import tools  # the safe calculator
+  queue = np.asarray(state.queue_bq).copy()
+  qlen = np.asarray(state.queue_len_b).copy()
+  qpos = np.asarray(state.queue_pos_b).copy()
+  changed = False
+  for r in range(tokens.shape[0]):
+    if done[r] or r in skip or gen_len[r] == 0 or qpos[r] < qlen[r]:
+      continue
+    tail = tokenizer.decode(prompts[r][-16:]) + tokenizer.decode(tokens[r, :gen_len[r]])
+    match = _CALC_PATTERN.search(tail)
+    if match is None:
+      continue
+    try:
+      value = tools.format_number(tools.calculate(match.group(1)))
+    except (tools.CalculatorError, ValueError):
+      continue   # not arithmetic after all: the model writes on by itself
+    ids = tokenizer.encode(value)
+    if not 0 < len(ids) <= queue.shape[1]:
+      continue
+    queue[r, :len(ids)] = ids
+    qlen[r], qpos[r] = len(ids), 0
+    changed = True
+  if not changed:
+    return state
+  return state.replace(queue_bq=jnp.asarray(queue), queue_len_b=jnp.asarray(qlen),
+                       queue_pos_b=jnp.asarray(qpos))
+
+
+def _collect(state, prompts, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id, stop_ids,
+             stop_strings, timing) -> Generation:
+  real_rows = len(prompts) * n
+  tokens = np.asarray(state.tokens_bm)[:real_rows]
+  logprobs = np.asarray(state.logprobs_bm)[:real_rows]
+  forced = np.asarray(state.forced_bm)[:real_rows]
+  reasons = np.asarray(state.reason_b)[:real_rows]
+  gen_len = np.asarray(state.pos_b)[:real_rows] - lengths_r
+  completions, new_tokens = [], 0
+  for r in range(real_rows):
+    k = int(cut_r[r]) if cut_r[r] >= 0 else int(gen_len[r])
+    ids = tokens[r, :k].tolist()
+    reason = engine.REASONS[int(reasons[r])]
+    if reason == "running":   # only a chunk boundary at the budget leaves one here
+      reason = "length"
+    text = None
+    if tokenizer is not None:
+      body = ids[:-1] if reason in ("eos", "stop_token") else ids
+      text = tokenizer.decode(body)
+      if reason == "stop_string":
+        text = text[:min(text.find(s) for s in stop_strings if s in text)] if any(
+            s in text for s in stop_strings) else text
+    new_tokens += k
+    completions.append(Completion(
+        prompt_index=r // n, sample_index=r % n, tokens=ids,
+        logprobs=logprobs[r, :k].copy(), finish_reason=reason, text=text,
+        forced=forced[r, :k].copy(), temperature=float(temperature_r[r])))
+  timing["new_tokens"] = new_tokens
+  return Generation(completions, prompts, n, timing)
