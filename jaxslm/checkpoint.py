@@ -99,3 +99,30 @@ def read_step_meta(step_dir: str) -> dict[str, Any]:
 def read_step_params(step_dir: str, abstract_params=None):
   ckptr = ocp.StandardCheckpointer()
   return ckptr.restore(os.path.join(step_dir, "params"), abstract_params)
+
+
+def save_params(directory: str, params, meta: dict[str, Any]) -> str:
+  """Write a params-only checkpoint (no optimizer state): `directory/params`
+  and `directory/meta`, the layout `jaxslm.load` reads (a converted model,
+  an export for sampling). Written to a temporary sibling and renamed into
+  place, so an interrupted write never leaves a half checkpoint behind.
+  Refuses to overwrite an existing directory.
+  """
+  import shutil
+  import tempfile
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory):
+    raise FileExistsError(f"{directory!r} already exists; choose a new directory or remove it.")
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, "params"), params)
+    ckptr.wait_until_finished()
+    ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(os.path.join(tmp, "meta"), meta)
+    os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory

@@ -108,6 +108,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2_124m": dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
                       max_seq_len=1024, norm="layernorm", mlp="gelu", position="rope",
                       tie_embeddings=True, use_bias=True),
+    # SmolLM2-135M's shape (Llama: RMSNorm, SwiGLU, GQA 9/3, no biases, tied).
+    "llama135m": dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                      d_ff=1536, max_seq_len=8192, norm="rmsnorm", mlp="swiglu",
+                      position="rope", rope_theta=100000.0, tie_embeddings=True,
+                      use_bias=False),
     # The offline default run: small enough to learn synthetic math on a laptop CPU.
     "small": dict(vocab_size=1024, d_model=128, n_layers=4, n_heads=4, d_ff=512,
                   max_seq_len=256, norm="layernorm", mlp="gelu", position="rope",

@@ -57,6 +57,8 @@ def filter_logits(logits_bv, temperature_b, top_k_b, top_p_b, min_p_b, filters: 
       sorted_bv = jnp.where(keep_sorted_bv, sorted_bv, _NEG)
     kept_b = jnp.sum(sorted_bv > _NEG, axis=-1)
     threshold_b = jnp.take_along_axis(sorted_bv, (kept_b - 1)[:, None], axis=-1)[:, 0]
+    if not filters.top_p:  # only the top `filters.top_k` were looked at: rows without top-k keep all
+      threshold_b = jnp.where(top_k_b > 0, threshold_b, _NEG)
     keep_bv &= scaled_bv >= threshold_b[:, None]
   if filters.min_p:
     # p >= min_p * p_max  <=>  logit >= max logit + log(min_p)

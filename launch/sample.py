@@ -1,0 +1,73 @@
+"""Sample from a checkpoint, streaming tokens to the terminal as they are generated.
+
+  python launch/sample.py --checkpoint runs/default --prompt "Question: Ava has 3 boxes of 12 pens. How many pens does she have?
+Answer:"
+  python launch/sample.py --checkpoint runs/default --prompt "Question: ..." --temperature 0.8 --top-p 0.95 --seed 1
+  python launch/sample.py --checkpoint runs/default --prompt "..." --calculator --stop "Question:"
+  python launch/sample.py --checkpoint runs/default --prompt "A" --prompt "B" --n 2   # several: printed at the end
+
+--checkpoint takes a run's workdir (latest step), its checkpoints/ dir or one
+step's directory. With one prompt and --n 1 the text streams; otherwise every
+completion is printed when all are done. Exit codes: 0 ok, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jaxslm
+from jaxslm.errors import UserError
+from jaxslm.sampling.stream import TextStream
+
+
+def parse(argv):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--checkpoint", required=True)
+  ap.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+  ap.add_argument("--max-new-tokens", type=int, default=128)
+  ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  ap.add_argument("--top-k", type=int, default=None)
+  ap.add_argument("--top-p", type=float, default=1.0)
+  ap.add_argument("--min-p", type=float, default=0.0)
+  ap.add_argument("--n", type=int, default=1, help="completions per prompt")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+  ap.add_argument("--calculator", action="store_true", help="fill in <<expr= with its value")
+  ap.add_argument("--truncate", action="store_true", help="keep a long prompt's last tokens")
+  return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+  args = parse(argv)
+  try:
+    model = jaxslm.load(args.checkpoint)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, min_p=args.min_p, n=args.n, seed=args.seed, stop=args.stop,
+              calculator=args.calculator, truncate=args.truncate)
+    if len(args.prompt) == 1 and args.n == 1:
+      stream = TextStream(model.tokenizer, args.stop, skip_ids=[model.tokenizer.eos_id])
+      print(args.prompt[0], end="", flush=True)
+      out = jaxslm.sample(model, args.prompt[0], return_result=True, chunk_size=1,
+                          on_tokens=lambda row, ids: print(stream.push(ids), end="", flush=True),
+                          **kw)
+      print(stream.finish())
+      c = out.completions[0]
+      print(f"[{len(c.tokens)} tokens, {c.finish_reason}, {out.timing['total_s']:.2f} s]",
+            file=sys.stderr)
+    else:
+      texts = jaxslm.sample(model, args.prompt, **kw)
+      for i, (prompt, text) in enumerate(zip(args.prompt, texts)):
+        for j, t in enumerate([text] if args.n == 1 else text):
+          print(f"=== prompt {i} sample {j} ===\n{prompt}{t}")
+  except (UserError, FileNotFoundError) as e:
+    if os.environ.get("JAXSLM_DEBUG"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
