@@ -29,14 +29,15 @@ unfinished episode with a single `generate` call.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from jaxslm.tools import Tool, calculator
 
-Generate = Callable[[list[str], list[str], int], list[str]]
+# One completion per prompt; None for a prompt the model cannot continue (its
+# context is full), which ends that episode with stop reason "context_full".
+Generate = Callable[[list[str], list[str], int], list["str | None"]]
 STOP_REASONS = ("final_answer", "step_limit", "no_action", "context_full")
 
 DEFAULT_HEADER = (
@@ -141,6 +142,9 @@ def run_agent(generate: Generate, questions: list[str], *,
       raise ValueError(f"generate returned {len(completions)} completions for "
                        f"{len(active)} prompts; it must return one per prompt")
     for ep, completion in zip(active, completions):
+      if completion is None:   # the model's context cannot hold this prompt any more
+        ep.stop_reason = "context_full"
+        continue
       _advance(ep, completion, patterns, fmt, by_name)
   for ep in episodes:
     if ep.stop_reason is None:
@@ -153,20 +157,27 @@ def model_generator(model, *, temperature: float = 0.0, seed: int = 0,
                     **sample_kwargs) -> Generate:
   """A `Generate` backed by `jaxslm.sample`; `model` is a path or `jaxslm.load(path)`.
 
-  A path is loaded once here rather than on every round. Round r samples
+  A path is loaded once here rather than on every round. A prompt that fills
+  the model's context gets None (the episode ends "context_full"). Round r samples
   with seed `seed + r`, so rounds at temperature > 0 draw fresh randomness
   while the whole run stays reproducible.
   """
   import jaxslm  # lazy: the agent loop itself needs no JAX
 
-  if isinstance(model, (str, os.PathLike)):
-    model = jaxslm.load(os.fspath(model))
+  model = jaxslm.api.resolve_model(model)
+  tok, context = model.tokenizer, model.model_cfg.max_seq_len
   rounds = [0]
 
-  def generate(prompts: list[str], stop: list[str], max_new_tokens: int) -> list[str]:
+  def generate(prompts: list[str], stop: list[str], max_new_tokens: int) -> list[str | None]:
     r, rounds[0] = rounds[0], rounds[0] + 1
-    return jaxslm.sample(model, prompts, max_new_tokens=max_new_tokens,
-                         temperature=temperature, stop=stop, seed=seed + r, **sample_kwargs)
+    fits = [i for i, p in enumerate(prompts) if len(tok.encode(p)) < context]
+    out: list[str | None] = [None] * len(prompts)
+    if fits:
+      texts = jaxslm.sample(model, [prompts[i] for i in fits], max_new_tokens=max_new_tokens,
+                            temperature=temperature, stop=stop, seed=seed + r, **sample_kwargs)
+      for i, text in zip(fits, texts):
+        out[i] = text
+    return out
 
   return generate
 

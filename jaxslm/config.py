@@ -49,6 +49,7 @@ def base_config() -> ConfigDict:
       hf_name="Skylion007/openwebtext", hf_config="", hf_split="train", hf_revision="",
       streaming=True,
       max_documents=0, synthetic_documents=20000, synthetic_seed=0, synthetic_max_steps=4,
+      synthetic_format="gsm8k",  # "gsm8k" (Question/Answer, <<expr=value>>) or "react" (agent traces)
       val_fraction=0.01,     # document i is held out when i % round(1/val_fraction) == 0
       cache_dir="",          # token cache; "" = $JAXSLM_CACHE or ~/.cache/jaxslm
   ))

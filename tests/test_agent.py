@@ -205,3 +205,35 @@ def test_trace_to_dict_round_trips():
   assert d["steps"] == [{"thought": "t", "action": "calculator", "action_input": "1+1",
                          "observation": "2"}]
   assert Trace(**{**d, "steps": [Step(**s) for s in d["steps"]]}) == trace
+
+
+def test_agent_replays_synthetic_react_traces_exactly():
+  """`to_react` documents are what the default format parses: a model that
+  replays them (cut at each Observation) gets every tool result the trace shows
+  and the trace's final answer."""
+  from jaxslm.data.synthetic import SyntheticMath, to_react
+  problems = [SyntheticMath(5).problem(i) for i in range(30)]
+  docs = {p.question: to_react(p) for p in problems}
+
+  def replay(prompts, stop, max_new_tokens):
+    out = []
+    for prompt in prompts:
+      question = _QUESTION.findall(prompt)[0]
+      assert docs[question].startswith(prompt)
+      rest = docs[question][len(prompt):]   # what follows the prompt in the document
+      cut = min([rest.find(s) for s in stop if s in rest] or [len(rest)])
+      out.append(rest[:cut])
+    return out
+
+  traces = run_agent(replay, [p.question for p in problems], fmt=AgentFormat(header=""), max_steps=8)
+  for p, t in zip(problems, traces):
+    assert t.stop_reason == "final_answer" and t.final_answer == str(p.final_answer)
+    assert len(t.steps) == p.num_steps and t.transcript == docs[p.question]
+
+
+def test_a_prompt_the_model_cannot_hold_ends_with_context_full():
+  def gen(prompts, stop, max_new_tokens):
+    return [None if "long" in p else " thinking\nAction: calculator[1+1]" for p in prompts]
+  traces = run_agent(gen, ["a long one", "short"], max_steps=2)
+  assert traces[0].stop_reason == "context_full" and traces[0].steps == []
+  assert traces[1].stop_reason == "step_limit" and len(traces[1].steps) == 2

@@ -127,6 +127,8 @@ def source_key(data_cfg) -> dict[str, Any]:
     key.update(synthetic_seed=int(data_cfg.synthetic_seed),
                synthetic_documents=int(data_cfg.synthetic_documents),
                synthetic_max_steps=int(data_cfg.synthetic_max_steps),
+               **({"synthetic_format": fmt} if (fmt := data_cfg.get("synthetic_format", "gsm8k"))
+                  != "gsm8k" else {}),
                generator_sha256=hashlib.sha256(code).hexdigest())
   return key
 
@@ -329,4 +331,5 @@ def _iter_synthetic(data_cfg) -> Iterator[str]:
   if n <= 0:
     raise UserError(f"data.synthetic_documents={n} must be > 0.")
   return iter_documents(int(data_cfg.synthetic_seed), n,
-                        max_steps=int(data_cfg.synthetic_max_steps))
+                        max_steps=int(data_cfg.synthetic_max_steps),
+                        fmt=data_cfg.get("synthetic_format", "gsm8k"))

@@ -484,11 +484,42 @@ class SyntheticMath:
         return map(self.problem, itertools.count())
 
 
+def to_react(problem: Problem) -> str:
+    """The same solution as a thought / action / observation trace, the default
+    format of `jaxslm.agent` (with an empty header), so a model pretrained on it
+    can run the agent loop with the calculator tool:
+
+        Question: ...
+        Thought: The pens cost 3 * 12
+        Action: calculator[3*12]
+        Observation: 36
+        ...
+        Thought: I now know the answer.
+        Final Answer: 36
+    """
+    parts = [f"Question: {problem.question}"]
+    for line in problem.answer.split("\n")[:-1]:
+        for m in _ANNOTATION.finditer(line):
+            thought = line[:m.start()].rstrip(" =$") or "Compute it"
+            value = m.group(2)
+            parts += [f"Thought: {thought}", f"Action: calculator[{m.group(1)}]",
+                      f"Observation: {value}"]
+            break   # one calculation per line
+    parts += ["Thought: I now know the answer.", f"Final Answer: {problem.final_answer}"]
+    return "\n".join(parts)
+
+
+FORMATS = {"gsm8k": to_text, "react": to_react}
+
+
 def iter_documents(seed: int, n: int | None = None, *, max_steps: int = 4,
-                   min_steps: int = 1) -> Iterator[str]:
-    """`to_text` documents for problems 0, 1, ... (n None: unlimited)."""
+                   min_steps: int = 1, fmt: str = "gsm8k") -> Iterator[str]:
+    """Documents for problems 0, 1, ... (n None: unlimited), written by
+    `to_text` ("gsm8k") or `to_react` ("react")."""
     if n is not None and (not isinstance(n, int) or n < 0):
         raise UserError(f"n={n!r}: expected None (unlimited) or a non-negative int")
+    if fmt not in FORMATS:
+        raise UserError(f"synthetic format {fmt!r}: expected one of {sorted(FORMATS)}")
     gen = SyntheticMath(seed, max_steps=max_steps, min_steps=min_steps)
     indices = itertools.count() if n is None else range(n)
-    return (to_text(gen.problem(i)) for i in indices)
+    return (FORMATS[fmt](gen.problem(i)) for i in indices)

@@ -80,6 +80,9 @@ def validate_config(config: ConfigDict, *, device_count: int | None = None,
     raise UserError(f"The micro-batch train.batch_size / train.grad_accum = {micro} must be "
                     f"divisible by the {device_count} devices; choose train.batch_size as a "
                     f"multiple of {t.grad_accum * device_count}.")
+  fmt = config.data.get("synthetic_format", "gsm8k")
+  if fmt not in ("gsm8k", "react"):
+    raise UserError(f"data.synthetic_format={fmt!r} is invalid: expected 'gsm8k' or 'react'.")
   make_optimizer(t)  # schedule checks
   parallel.mesh_shape(config.mesh.data, config.mesh.fsdp, device_count)
   return model_cfg
