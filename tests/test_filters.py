@@ -77,3 +77,11 @@ def test_sampled_tokens_never_leave_the_allowed_set(kw):
   p /= p.sum()
   freq = np.bincount(drawn, minlength=logits.size) / drawn.size
   assert np.abs(freq - p).max() < 5 * np.sqrt(p.max() * (1 - p.max()) / drawn.size) + 0.01
+
+
+def test_fast_argmax_equals_jnp_argmax_with_ties():
+  from jaxslm.sampling.filters import argmax
+  x = jax.random.randint(jax.random.PRNGKey(0), (64, 1000), 0, 5).astype(jnp.float32)  # many ties
+  np.testing.assert_array_equal(argmax(x), jnp.argmax(x, axis=-1))
+  y = jax.random.normal(jax.random.PRNGKey(1), (8, 50257))
+  np.testing.assert_array_equal(argmax(y), jnp.argmax(y, axis=-1))

@@ -89,8 +89,9 @@ def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int) -> jax.Array:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
-  """An empty KV cache: per layer {"k", "v"} of [B, S, K, H] in the compute dtype."""
+  """An empty KV cache: per layer {"k", "v"} of [B, K, S, H] in the compute dtype
+  (each kv head's slots contiguous: a decode step reads one block per head)."""
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+  shape = (batch, cfg.num_kv_heads, length, cfg.dim_per_head)
   return {f"layers_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
           for i in range(cfg.n_layers)}

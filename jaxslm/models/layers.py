@@ -67,30 +67,33 @@ def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_btnh.dtype)
 
 
-def masked_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+def masked_attention(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array,
                      mask_bts: jax.Array) -> jax.Array:
   """Softmax(q k^T / sqrt(H)) v over the keys `mask_bts` allows, GQA by grouping.
 
-  Scores and softmax in float32. Disallowed keys get the most negative finite
-  float, never -inf, so a row with no allowed key stays finite (its result is
+  Keys and values come in the cache's layout [B, K, S, H] (each head's slots
+  contiguous, so a decode step reads them as one block per head). Scores and
+  softmax in float32. Disallowed keys get the most negative finite float,
+  never -inf, so a row with no allowed key stays finite (its result is
   unused) and can never leak NaN into the cache.
   """
   b, t, n, h = q_btnh.shape
-  k = k_bskh.shape[2]
-  q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
-  scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+  k = k_bksh.shape[1]
+  q_bkgth = q_btnh.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
+  scores_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh,
                             preferred_element_type=jnp.float32) * (h ** -0.5)
   scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
-  weights_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bskh.dtype)
-  o_btkgh = jnp.einsum("bkgts,bskh->btkgh", weights_bkgts, v_bskh)
-  return o_btkgh.reshape(b, t, n, h)
+  weights_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bksh.dtype)
+  o_bkgth = jnp.einsum("bkgts,bksh->bkgth", weights_bkgts, v_bksh)
+  return o_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 class Attention(nn.Module):
   """Causal self-attention. Without a cache: the training path (one call over
-  the whole sequence). With a cache ({"k", "v"}: [B, S, K, H]): this call's
+  the whole sequence). With a cache ({"k", "v"}: [B, K, S, H]): this call's
   keys/values are written at slots [index, index + T) and the queries attend
-  to every slot `mask_bts` allows; returns (output, updated cache)."""
+  to every slot `mask_bts` allows; returns (output, updated cache). The cache
+  is laid out [B, K, S, H] (see `init_cache`)."""
   cfg: ModelConfig
 
   @nn.compact
@@ -110,12 +113,13 @@ class Attention(nn.Module):
       o_btnh = jax.nn.dot_product_attention(
           q_btnh, k_btkh, v_btkh, is_causal=True, implementation=cfg.attention_impl or None)
     else:
-      start = (0, cache_index, 0, 0)
-      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_btkh.astype(cache["k"].dtype), start),
-               "v": jax.lax.dynamic_update_slice(cache["v"], v_btkh.astype(cache["v"].dtype), start)}
+      start = (0, 0, cache_index, 0)
+      cache = {name: jax.lax.dynamic_update_slice(
+                   cache[name], new_btkh.transpose(0, 2, 1, 3).astype(cache[name].dtype), start)
+               for name, new_btkh in (("k", k_btkh), ("v", v_btkh))}
       s = mask_bts.shape[-1]  # the caller may restrict attention to the first S slots
-      o_btnh = masked_attention(q_btnh, cache["k"][:, :s].astype(q_btnh.dtype),
-                                cache["v"][:, :s].astype(q_btnh.dtype), mask_bts)
+      o_btnh = masked_attention(q_btnh, cache["k"][:, :, :s].astype(q_btnh.dtype),
+                                cache["v"][:, :, :s].astype(q_btnh.dtype), mask_bts)
     # Residual-branch output projections get the GPT-2 scaled init.
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
     out_btd = Linear(cfg.d_model, cfg, cfg.use_bias, std=out_std, name="o_proj")(

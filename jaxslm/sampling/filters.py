@@ -68,10 +68,19 @@ def filter_logits(logits_bv, temperature_b, top_k_b, top_p_b, min_p_b, filters: 
   return jnp.where(keep_bv, scaled_bv, _NEG)
 
 
+def argmax(x_bv: jax.Array) -> jax.Array:
+  """First index of each row's maximum, as `jnp.argmax`, from two plain
+  reductions (max, then min over matching indices): on XLA:CPU this is several
+  times faster than argmax's variadic reduce over a 50k vocabulary."""
+  best_b = jnp.max(x_bv, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, x_bv.shape, x_bv.ndim - 1)
+  return jnp.min(jnp.where(x_bv == best_b, iota, x_bv.shape[-1]), axis=-1)
+
+
 def choose(logits_bv, keys_b, temperature_b, top_k_b, top_p_b, min_p_b, filters: Filters):
   """The next token of every row: argmax where temperature is 0, else a draw
   from the filtered distribution with the row's own key."""
-  greedy_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  greedy_b = argmax(logits_bv)
   if filters.greedy_only:
     return greedy_b
   masked_bv = filter_logits(logits_bv, temperature_b, top_k_b, top_p_b, min_p_b, filters)
