@@ -435,7 +435,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise AssertionError(f"{preset}: {arch} has {n_hf:,} parameters, jaxslm "
                              f"{info['params_jaxslm']:,}; the architectures differ.")
       info["logits_max_rel_error"] = logits_parity(model, cfg, params, args.prompt_len)
-      if info["logits_max_rel_error"] > 1e-4:
+      # float32: the same function to rounding; bfloat16 (8-bit mantissa) rounds
+      # differently in each framework, so only a gross mismatch is an error.
+      tolerance = 1e-4 if args.dtype == "float32" else 5e-2
+      if info["logits_max_rel_error"] > tolerance:
         raise AssertionError(f"{preset}: {arch} logits differ from jaxslm's (max relative error "
                              f"{info['logits_max_rel_error']:.2e}) with the same weights.")
       print(f"{preset}: {info['params_jaxslm']:,} params (jaxslm) = {n_hf:,} ({arch}); "

@@ -42,3 +42,12 @@ def test_config_loads_and_runs_one_step(path, tmp_path):
                  sample_prompts=())
   out = run(c, str(tmp_path / "w"))
   assert out["step"] == 1 and out["last"]["loss"] > 0
+
+
+def test_unknown_synthetic_format_is_refused_before_any_data_work():
+  from jaxslm.errors import UserError
+  c = load_config(ROOT / "configs" / "react.py")
+  assert c.data.synthetic_format == "react"
+  c.data.synthetic_format = "chat"
+  with pytest.raises(UserError, match="synthetic_format='chat'"):
+    validate_config(c, device_count=1, process_count=1)
