@@ -8,7 +8,9 @@
 `model` is a checkpoint path (loaded once and kept: later calls with the same
 path reuse it), the `Loaded` that `jaxslm.load` returns, or a tuple
 (model_cfg, params, tokenizer). Compiled functions are cached by JAX across
-calls: a new prompt length only recompiles when it crosses a power of two.
+calls, keyed by the bucketed shapes (batch, prompt length and token budget,
+each rounded up to a power of two), `n` and the kind of sampling: a new
+prompt length within its power of two reuses the compiled code.
 """
 
 from __future__ import annotations

@@ -158,3 +158,18 @@ def test_new_prompt_lengths_in_a_bucket_do_not_recompile(model):
   for length in (10, 13, 16):
     generate(cfg, params, [[2] * length], max_new_tokens=7)
   assert (engine.prefill._cache_size(), engine.decode._cache_size()) == before
+
+
+def test_more_bad_settings_are_refused(model):
+  cfg, params = model
+  for kw, match in [(dict(chunk_size=0), "chunk_size=0"), (dict(chunk_size=-1), "chunk_size=-1"),
+                    (dict(pad_id=cfg.vocab_size), "pad_id=512")]:
+    with pytest.raises(ValueError, match=match):
+      generate(cfg, params, [[1, 2]], **kw)
+
+
+def test_a_huge_budget_is_bounded_by_the_context(model):
+  cfg, params = model
+  out = generate(cfg, params, [[1, 2, 3]], max_new_tokens=10**9)
+  assert out.timing["budget_bucket"] == 128 and out.completions[0].finish_reason == "context"
+  assert len(out.completions[0].tokens) == cfg.max_seq_len - 3

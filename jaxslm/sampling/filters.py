@@ -49,7 +49,6 @@ def filter_logits(logits_bv, temperature_b, top_k_b, top_p_b, min_p_b, filters: 
     if filters.top_p:
       probs_bv = jax.nn.softmax(sorted_bv, axis=-1)
       mass_before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv
-      # Keep a token while the mass of the tokens before it is below p (the first always).
       # Keep a token while the mass before it is below p (the first always; all when p = 1,
       # so float rounding in the cumulative sum never drops a tail token).
       keep_sorted_bv = ((mass_before_bv < top_p_b[:, None]) | (rank[None] == 0)

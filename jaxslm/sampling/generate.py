@@ -16,8 +16,10 @@ calculator hook, queues the value of a just-written `<<expr=` as forced tokens.
 
 Reproducibility: prompt i's completion j draws from
 fold_in(fold_in(PRNGKey(s), c), j) with (s, c) = (seed, i), or (seeds[i], 0) when
-`seed` is a list: a completion depends on its prompt, its seed and its index,
-never on the rest of the batch or on the padding.
+`seed` is a list: the random draws of a completion depend on its seed, its
+prompt's position i (for an int seed) and its index j, never on the rest of the
+batch or on the padding. (Other prompts can change the bucketed shapes and so
+the float rounding of the logits; in float32 the tests see no token change.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from jaxslm.sampling import engine
 from jaxslm.sampling.filters import Filters
 
 _QUEUE_LEN = 16                   # longest calculator result, in tokens
-_CALC_PATTERN = re.compile(r"<<([^<>=\n]{1,200})=$")
+_CALC_PATTERN = re.compile(r"<<([^<>=\n]{1,200})=\Z")
 
 
 @dataclasses.dataclass
@@ -169,6 +171,11 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
     raise UserError("stop_strings and calculator need the tokenizer: pass tokenizer=...")
   if isinstance(stop_strings, str):
     stop_strings = [stop_strings]
+  if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+    raise UserError(f"chunk_size={chunk_size!r} is invalid: expected an int >= 1 or None.")
+  if not isinstance(pad_id, (int, np.integer)) or not 0 <= pad_id < model_cfg.vocab_size:
+    raise UserError(f"pad_id={pad_id!r} is invalid: expected a token id in [0, "
+                    f"{model_cfg.vocab_size}) (it is fed for padding, so it must embed).")
   if any(not isinstance(s, str) or not s for s in stop_strings):
     raise UserError(f"stop_strings={list(stop_strings)!r}: expected non-empty strings.")
   seeds = _seeds(seed, len(prompts))
@@ -176,7 +183,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   # Buckets: batch, prompt length, token budget.
   b = bucket(len(prompts), 1)
   p = bucket(max(len(x) for x in prompts))
-  m = bucket(max_new_tokens)
+  # No row can outlive the context, so the budget bucket never exceeds what is left of it.
+  m = bucket(min(max_new_tokens, model_cfg.max_seq_len - min(len(x) for x in prompts)))
   tokens_bp = np.full((b, p), pad_id, np.int32)
   lengths_b = np.ones(b, np.int32)
   seeds_b2 = np.zeros((b, 2), np.uint32)
@@ -196,7 +204,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
       "stop_ids_k": jnp.asarray(np.array(stop_ids or [-1], np.int32)),
       "eos_id": jnp.int32(-1 if eos_id is None else eos_id),
       "pad_id": jnp.int32(pad_id),
-      "max_new": jnp.int32(max_new_tokens),
+      "max_new": jnp.int32(min(max_new_tokens, 2**31 - 1)),
       "pause_v": jnp.asarray(_pause_table(tokenizer, model_cfg.vocab_size) if calculator
                              else np.zeros((1,), bool)),
   }
@@ -221,7 +229,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   checked_r = np.zeros(real_rows, int)  # tokens already searched for stop strings
   step = 0
   while True:
-    limit = min(max_new_tokens, step + chunk)
+    limit = min(max_new_tokens, step + chunk, 2**31 - 1)
     state = engine.decode(params, state, settings, jnp.int32(limit), model_cfg=model_cfg,
                           filters=filters, pause=calculator)
     step, done = int(state.step), np.asarray(state.done_b)[:real_rows]
