@@ -156,7 +156,8 @@ def decode(params, state: DecodeState, settings: dict, limit, *, model_cfg: Mode
       return logits_b1v[:, 0], cache
 
     # Runs even on a call's last step, whose logits nobody reads: skipping it
-    # with lax.cond made the cache be copied and decoding ~25% slower.
+    # with lax.cond made a decode step 41% longer (28.7 vs 20.3 ms, slm26m, B=16, CPU),
+    # most likely because the conditional copies the cache.
     logits_bv, cache = forward(st.cache)
     return st.replace(
         cache=cache, kv_mask_bs=kv_mask_bs, pos_b=st.pos_b + live_b, index=st.index + 1,

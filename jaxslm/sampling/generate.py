@@ -333,8 +333,6 @@ def _collect(state, prompts, n, lengths_r, cut_r, temperature_r, tokenizer, eos_
     k = int(cut_r[r]) if cut_r[r] >= 0 else int(gen_len[r])
     ids = tokens[r, :k].tolist()
     reason = engine.REASONS[int(reasons[r])]
-    if reason == "running":   # only a chunk boundary at the budget leaves one here
-      reason = "length"
     text = None
     if tokenizer is not None:
       body = ids[:-1] if reason in ("eos", "stop_token") else ids
