@@ -1,0 +1,353 @@
+"""GSM8K evaluation of one model: batched generation, scoring, statistics.
+
+    from jaxslm.data import gsm8k
+    from jaxslm.evaluation import EvalOptions, evaluate_gsm8k
+
+    test = gsm8k.load("test", path="../shared/data/gsm8k")
+    problems, _ = gsm8k.select(test.examples, limit=200, seed=1234)
+    result = evaluate_gsm8k("runs/sft", problems, EvalOptions(max_new_tokens=256))
+    result.summary["accuracy"]    # {"mean", "stderr", "ci95", "ci95_wilson", "n"}
+    result.records[0]             # question, prompt, completion, extracted, gold, correct, ...
+
+Modes: "zero-shot" (a prompt template, by default the checkpoint's training
+format), "few-shot" (`num_fewshot` exemplars from the train split in
+lm-evaluation-harness's gsm8k layout; greedy; stop at "Question:") and
+"agent" (the thought / action / observation loop of `jaxslm.agent` with the
+calculator). Prompts are generated in batches of `batch_size`, sorted by
+length so a batch pads little. Each problem samples with a seed derived from
+(seed, problem index), so its completions do not depend on the batch it ran
+in or on which other problems were selected.
+
+The headline accuracy uses the template's primary extractor; every extractor
+in `extractors` is scored too. With n > 1 samples (temperature > 0):
+pass@k (unbiased estimator) and maj@k for each k in `pass_k`; accuracy is then
+the mean over all samples (pass@1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import resource
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from jaxslm.data.gsm8k import Example
+from jaxslm.data.templates import Template, fewshot_prompt, get_template
+from jaxslm.errors import UserError
+from jaxslm.evaluation import extract, metrics, stats
+from jaxslm.evaluation.perplexity import perplexity
+
+MODES = ("zero-shot", "few-shot", "agent")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  mode: str | None = None             # None: "few-shot" if num_fewshot else the checkpoint's
+  template: str | None = None         # None: the checkpoint's training format ("qa" if unknown)
+  num_fewshot: int = 0
+  fewshot_sampler: str = "random"     # "random" (per problem, seeded) or "first_n"
+  fewshot_seed: int = 1234
+  max_new_tokens: int = 256
+  batch_size: int = 64
+  n: int = 1                          # samples per problem
+  temperature: float = 0.0
+  top_p: float = 1.0
+  seed: int = 0
+  pass_k: tuple[int, ...] = ()        # () -> (1, n) and the powers of two between
+  extractors: tuple[str, ...] = tuple(extract.EXTRACTORS)
+  calculator: bool = False            # the sampler's <<expr= hook
+  rouge: bool = True
+  perplexity: bool = True
+  agent_max_steps: int = 8
+
+
+@dataclasses.dataclass
+class EvalResult:
+  summary: dict
+  records: list[dict]
+
+
+def training_format(meta: dict) -> tuple[str, str]:
+  """(mode, template) the checkpoint was trained in, from its saved run config."""
+  config = meta.get("config") or {}
+  sft = config.get("sft") or {}
+  if sft.get("template"):
+    return "zero-shot", sft["template"]
+  if (config.get("data") or {}).get("synthetic_format") == "react":
+    return "agent", "qa"
+  return "zero-shot", "qa"
+
+
+def resolve_options(opts: EvalOptions, meta: dict) -> tuple[str, Template, tuple[int, ...]]:
+  mode, template = training_format(meta)
+  if opts.num_fewshot:
+    mode = "few-shot"
+  mode = opts.mode or mode
+  if mode not in MODES:
+    raise UserError(f"mode={mode!r}; valid modes: {', '.join(MODES)}.")
+  if mode == "few-shot" and opts.num_fewshot < 1:
+    raise UserError("mode='few-shot' needs num_fewshot >= 1 (e.g. --num-fewshot 5).")
+  if mode != "few-shot" and opts.num_fewshot:
+    raise UserError(f"num_fewshot={opts.num_fewshot} only applies to mode 'few-shot', "
+                    f"not {mode!r}.")
+  tmpl = get_template(opts.template or template)
+  extract.check_extractors(opts.extractors)
+  if opts.n < 1 or opts.batch_size < 1 or opts.max_new_tokens < 1:
+    raise UserError(f"n={opts.n}, batch_size={opts.batch_size} and max_new_tokens="
+                    f"{opts.max_new_tokens} must all be >= 1.")
+  if opts.n > 1 and opts.temperature == 0:
+    raise UserError(f"n={opts.n} samples at temperature 0 would all be the same greedy "
+                    "completion; set a temperature > 0 (e.g. 0.7) for pass@k / maj@k.")
+  if mode == "agent" and opts.n > 1:
+    raise UserError("the agent mode runs one episode per problem; use n=1.")
+  ks = opts.pass_k or tuple(sorted({1, opts.n} | {2 ** i for i in range(1, 12)
+                                                   if 2 ** i < opts.n}))
+  bad = [k for k in ks if not 1 <= k <= opts.n]
+  if bad:
+    raise UserError(f"pass_k={list(ks)}: each k must be in [1, n={opts.n}]; raise n or "
+                    "drop the larger k.")
+  return mode, tmpl, ks
+
+
+def build_prompts(problems: Sequence[Example], mode: str, tmpl: Template, opts: EvalOptions,
+                  train_pool: Sequence[Example] | None) -> list[str]:
+  if mode != "few-shot":
+    return [tmpl.prompt(p.question) for p in problems]
+  if not train_pool:
+    raise UserError("few-shot evaluation needs the train split for exemplars; none was given.")
+  from jaxslm.data.gsm8k import fewshot
+  prompts = []
+  for p in problems:
+    shots = fewshot(list(train_pool), opts.num_fewshot, sampler=opts.fewshot_sampler,
+                    seed=opts.fewshot_seed + p.index, exclude=p.question)
+    prompts.append(fewshot_prompt(tmpl, [(s.question, s.answer, s.gold) for s in shots],
+                                  p.question))
+  return prompts
+
+
+def _problem_seed(seed: int, index: int) -> int:
+  return (seed * 1_000_003 + index) % (2 ** 31 - 1)
+
+
+def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: EvalOptions,
+                  log: Callable[[str], None]):
+  """Completions for every prompt (n each) in batches; returns (samples, info)."""
+  from jaxslm.sampling.generate import generate
+  tok, cfg = loaded.tokenizer, loaded.model_cfg
+  ids = [tok.encode(p) for p in prompts]
+  budget = cfg.max_seq_len - opts.max_new_tokens
+  truncated = sum(len(x) > budget for x in ids)
+  order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+  samples: list[list[dict]] = [[] for _ in prompts]
+  times = [0.0] * len(prompts)
+  info = Counter()
+  t0 = time.perf_counter()
+  for b in range(0, len(order), opts.batch_size):
+    chunk = order[b:b + opts.batch_size]
+    tb = time.perf_counter()
+    with warnings.catch_warnings():   # prompt truncation is counted and reported once
+      warnings.simplefilter("ignore", UserWarning)
+      out = generate(cfg, loaded.params, [ids[i] for i in chunk],
+                     max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                     top_p=opts.top_p, n=opts.n,
+                     seed=[_problem_seed(opts.seed, problems[i].index) for i in chunk],
+                     eos_id=tok.eos_id, stop_strings=list(tmpl.stop), tokenizer=tok,
+                     calculator=opts.calculator, truncate=True, pad_id=tok.pad_id)
+    dt = time.perf_counter() - tb
+    info["new_tokens"] += out.timing["new_tokens"]
+    info["prefill_s"] += out.timing["prefill_s"]
+    info["decode_s"] += out.timing["decode_s"]
+    for r, group in enumerate(out.grouped()):
+      i = chunk[r]
+      times[i] = dt / len(chunk)
+      samples[i] = [{"completion": c.text, "tokens": len(c.tokens),
+                     "finish_reason": c.finish_reason} for c in group]
+    log(f"  generated {min(b + opts.batch_size, len(order))}/{len(order)} problems "
+        f"({time.perf_counter() - t0:.1f} s)")
+  info["prompts_truncated"] = truncated
+  return samples, times, dict(info)
+
+
+def _agent_all(loaded, problems, opts: EvalOptions, log):
+  """One agent episode per problem, advanced together, generate calls chunked."""
+  from jaxslm.agent import AgentFormat, model_generator, run_agent
+  from jaxslm.tools import calculator
+  base = model_generator(loaded, temperature=opts.temperature, seed=opts.seed,
+                         top_p=opts.top_p)
+  tok = loaded.tokenizer
+  counts = Counter()
+
+  def chunked(prompts, stop, max_new_tokens):
+    out = []
+    for b in range(0, len(prompts), opts.batch_size):
+      out += base(prompts[b:b + opts.batch_size], stop, max_new_tokens)
+    counts["calls"] += 1
+    counts["new_tokens"] += sum(len(tok.encode(t)) for t in out if t)
+    return out
+
+  t0 = time.perf_counter()
+  traces = run_agent(chunked, [p.question for p in problems], max_steps=opts.agent_max_steps,
+                     max_new_tokens=opts.max_new_tokens)
+  dt = time.perf_counter() - t0
+  log(f"  agent: {len(problems)} episodes, {counts['calls']} rounds ({dt:.1f} s)")
+  samples, prompts = [], []
+  fmt = AgentFormat()
+  for tr in traces:
+    prompt = fmt.prompt(tr.question, (calculator,))
+    prompts.append(prompt)
+    finish = {"final_answer": "eos", "no_action": "eos"}.get(tr.stop_reason, "length")
+    completion = tr.transcript[len(prompt):]
+    samples.append([{"completion": completion, "tokens": len(tok.encode(completion)),
+                     "finish_reason": finish, "agent_stop": tr.stop_reason,
+                     "agent_steps": len(tr.steps), "final_answer": tr.final_answer}])
+  info = {"new_tokens": counts["new_tokens"], "agent_rounds": counts["calls"]}
+  return prompts, samples, [dt / max(len(problems), 1)] * len(problems), info
+
+
+def _score_sample(s: dict, gold: str, tmpl: Template, mode: str, opts: EvalOptions) -> None:
+  text = s["completion"] or ""
+  s["extractors"] = extract.score_text(text, gold, opts.extractors)
+  primary = "final-answer" if mode == "agent" else tmpl.extractor
+  if mode == "agent":
+    raw = s.get("final_answer")
+    s["extracted"], s["correct"] = raw, extract.answers_match(raw, gold)
+  else:
+    got = s["extractors"].get(primary) or extract.score_text(text, gold, (primary,))[primary]
+    s["extracted"], s["correct"] = got["extracted"], got["correct"]
+  s["category"] = metrics.categorize(text, correct=s["correct"], extracted=s["extracted"],
+                                     finish_reason=s["finish_reason"])
+
+
+def _accuracy(values, binary: bool = True) -> dict:
+  """Mean, standard error (sample std / sqrt(n)) and 95% intervals; the Wilson
+  interval only for 0/1 outcomes."""
+  values = [float(v) for v in values]
+  mean, se = stats.mean_stderr(values)
+  lo, hi = stats.normal_ci(mean, se) if not math.isnan(se) else (float("nan"),) * 2
+  out = {"mean": mean, "stderr": se, "ci95": [lo, hi], "n": len(values)}
+  if binary:
+    out["ci95_wilson"] = list(stats.wilson_ci(int(sum(values)), len(values)))
+  return out
+
+
+def _peak_memory() -> dict:
+  dev = jax.local_devices()[0]
+  try:
+    ms = dev.memory_stats() or {}
+  except Exception:  # noqa: BLE001 (backends without memory stats)
+    ms = {}
+  return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+          "peak_device_memory_bytes": ms.get("peak_bytes_in_use"),
+          "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = EvalOptions(), *,
+                   train_pool: Sequence[Example] | None = None,
+                   log: Callable[[str], None] = lambda s: None) -> EvalResult:
+  """Evaluate `model` (path, `jaxslm.load(...)` or (cfg, params, tok)) on `problems`."""
+  from jaxslm.api import resolve_model
+  if not problems:
+    raise UserError("evaluate_gsm8k: no problems to evaluate.")
+  loaded = resolve_model(model)
+  mode, tmpl, ks = resolve_options(options, loaded.meta)
+  opts = options
+  t0 = time.perf_counter()
+  if mode == "agent":
+    prompts, samples, times, info = _agent_all(loaded, problems, opts, log)
+  else:
+    prompts = build_prompts(problems, mode, tmpl, opts, train_pool)
+    samples, times, info = _generate_all(loaded, prompts, problems, tmpl, opts, log)
+  gen_s = time.perf_counter() - t0
+  records = []
+  for p, prompt, group, dt in zip(problems, prompts, samples, times):
+    for s in group:
+      _score_sample(s, p.gold, tmpl, mode, opts)
+    first = group[0]
+    rec = {"index": p.index, "question": p.question, "prompt": prompt,
+           "completion": first["completion"], "extracted": first["extracted"],
+           "gold": p.gold, "correct": first["correct"], "category": first["category"],
+           "finish_reason": first["finish_reason"], "tokens": first["tokens"],
+           "time_s": dt, "extractors": {k: v["correct"] for k, v in first["extractors"].items()}}
+    if mode == "agent":
+      rec.update(agent_stop=first["agent_stop"], agent_steps=first["agent_steps"])
+    if opts.n > 1:
+      rec["samples"] = [{k: s[k] for k in ("completion", "extracted", "correct", "tokens",
+                                           "finish_reason", "category")} for s in group]
+      rec["num_correct"] = sum(s["correct"] for s in group)
+      rec["maj"] = {str(k): stats.maj_at_k([s["extracted"] for s in group], p.gold, k)
+                    for k in ks}
+    records.append(rec)
+  summary = _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, gen_s)
+  t1 = time.perf_counter()
+  _add_text_metrics(loaded, problems, records, summary, tmpl, opts, log)
+  summary["timing"]["metrics_s"] = time.perf_counter() - t1
+  return EvalResult(summary, records)
+
+
+def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, gen_s) -> dict:
+  all_samples = [s for g in samples for s in g]
+  correct = [s["correct"] for s in all_samples]
+  summary = {
+      "checkpoint": loaded.path, "step": loaded.meta.get("step"),
+      "mode": mode, "template": tmpl.name, "primary_extractor":
+          "final-answer" if mode == "agent" else tmpl.extractor,
+      "num_fewshot": opts.num_fewshot, "fewshot_sampler": opts.fewshot_sampler,
+      "sampling": {"temperature": opts.temperature, "top_p": opts.top_p, "n": opts.n,
+                   "max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
+                   "calculator": opts.calculator, "stop": list(tmpl.stop)},
+      "problems": len(problems),
+      "accuracy": _accuracy(correct),
+      "extractors": {name: _accuracy([s["extractors"][name]["correct"] for s in all_samples])
+                     for name in opts.extractors},
+      "errors": dict(Counter(s["category"] for s in all_samples if s["category"])),
+      "finish_reasons": dict(Counter(s["finish_reason"] for s in all_samples)),
+  }
+  if opts.n > 1:
+    ns, cs = [opts.n] * len(records), [r["num_correct"] for r in records]
+    summary["pass_at_k"] = {str(k): stats.mean_pass_at_k(ns, cs, k) for k in ks}
+    summary["maj_at_k"] = {str(k): _accuracy([r["maj"][str(k)] for r in records])["mean"]
+                           for k in ks}
+  fmt = tmpl.answer_format
+  if mode != "agent" and fmt in metrics.FORMATS:
+    scores = [metrics.format_compliance(s["completion"] or "", fmt) for s in all_samples]
+    summary["format"] = {"name": fmt, "strict": float(np.mean([f.strict for f in scores])),
+                         "partial": float(np.mean([f.partial for f in scores]))}
+  new_tokens = int(info.get("new_tokens", 0))
+  summary["efficiency"] = {
+      "generate_s": gen_s, "new_tokens": new_tokens,
+      "ms_per_token": 1000 * gen_s / new_tokens if new_tokens else None,
+      "tokens_per_s": new_tokens / gen_s if gen_s else None,
+      "problems_per_min": 60 * len(problems) / gen_s if gen_s else None,
+      **{k: v for k, v in info.items() if k not in ("new_tokens", "prompts_truncated")},
+      **_peak_memory()}
+  summary["timing"] = {"generate_s": gen_s}
+  summary["prompts_truncated"] = int(info.get("prompts_truncated", 0))
+  if summary["prompts_truncated"]:
+    summary.setdefault("notes", []).append(
+        f"{summary['prompts_truncated']} prompts were longer than the context allows with "
+        f"{opts.max_new_tokens} new tokens: their first tokens were cut")
+  summary["versions"] = {"jax": jax.__version__, "backend": jax.default_backend(),
+                         "date": datetime.datetime.now().isoformat(timespec="seconds")}
+  return summary
+
+
+def _add_text_metrics(loaded, problems, records, summary, tmpl, opts, log) -> None:
+  refs = [tmpl.target(p.answer, p.gold) for p in problems]
+  if opts.rouge:
+    scores = metrics.rouge1_f1_many([r["completion"] or "" for r in records], refs)
+    for r, s in zip(records, scores):
+      r["rouge1"] = s
+    summary["rouge1"] = _accuracy(scores, binary=False)
+  if opts.perplexity:
+    log("  perplexity of the reference solutions")
+    ppl = perplexity(loaded, refs, [tmpl.prompt(p.question) for p in problems])
+    for r, e in zip(records, ppl.pop("per_example")):
+      r["ref_nll"], r["ref_tokens"] = e["nll"], e["tokens"]
+    summary["perplexity"] = ppl

@@ -1,0 +1,121 @@
+"""Perplexity of given text under a model: reference solutions or any held-out text.
+
+    from jaxslm.evaluation.perplexity import perplexity
+    out = perplexity(jaxslm.load("runs/sft"), targets=[" 3 * 12 = 36\\n#### 36"],
+                     contexts=["Question: ...\\nAnswer:"])
+    out["ppl"], out["nll_per_token"], out["per_example"][0]["nll"]
+
+Each target is scored token by token given its context (teacher forcing):
+only the target's tokens count. Perplexity is the corpus-level
+exp(sum of NLL / number of target tokens), the usual definition; the mean of
+per-example perplexities is skewed by short targets and is not reported.
+
+Batched and jitted: sequences are right-padded to a power-of-two length (the
+model is causal, so padding on the right changes no real position) and
+grouped by length so the [B, T, V] float32 logits stay under
+`max_logit_bytes`. A sequence longer than the model's context keeps its
+target and the end of its context; a target that alone cannot fit is cut at
+the end and counted in `truncated`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxslm.errors import UserError
+from jaxslm.models import Decoder, ModelConfig
+from jaxslm.sampling.engine import compute_params
+from jaxslm.sampling.generate import bucket
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg",))
+def _nll(params, tokens_bt, mask_bt, *, model_cfg: ModelConfig):
+  """NLL of tokens[:, t+1] given tokens[:, :t+1], where mask[:, t+1] is set."""
+  logits_btv = Decoder(model_cfg).apply({"params": params}, tokens_bt[:, :-1])
+  logp_btv = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+  target_bt = tokens_bt[:, 1:]
+  nll_bt = -jnp.take_along_axis(logp_btv, target_bt[..., None], axis=-1)[..., 0]
+  return jnp.where(mask_bt[:, 1:], nll_bt, 0.0)
+
+
+def token_nll(model_cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
+              targets: Sequence[Sequence[int]], *, max_logit_bytes: int = 1 << 29,
+              max_batch: int = 64) -> tuple[list[np.ndarray], int]:
+  """Per-token NLL (float32 arrays, one per target) and the number of targets cut.
+
+  `contexts[i]` may be empty only if the target's first token is to be skipped
+  (nothing predicts it): then target token 0 is not scored.
+  """
+  if len(contexts) != len(targets):
+    raise UserError(f"token_nll: {len(contexts)} contexts but {len(targets)} targets; "
+                    "give one context (possibly empty) per target.")
+  ctx_len = model_cfg.max_seq_len
+  seqs, starts, truncated = [], [], 0
+  for i, (c, t) in enumerate(zip(contexts, targets)):
+    c, t = list(c), list(t)
+    if not t:
+      raise UserError(f"token_nll: target {i} is empty; every scored text needs a token.")
+    if len(t) > ctx_len:
+      t, truncated = t[:ctx_len], truncated + 1
+    keep = ctx_len + 1 - len(t)   # T+1 tokens give T predictions
+    c = c[max(0, len(c) - keep):] if keep > 0 else []
+    seqs.append(c + t)
+    starts.append(max(len(c), 1))
+  run_params = compute_params(params, model_cfg)
+  out: list[np.ndarray | None] = [None] * len(seqs)
+  order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+  pos = 0
+  while pos < len(order):
+    length = min(bucket(len(seqs[order[pos]]) , 16), ctx_len + 1)
+    per_row = length * model_cfg.vocab_size * 4
+    rows = max(1, min(max_batch, max_logit_bytes // per_row))
+    group = [i for i in order[pos:pos + rows] if len(seqs[i]) <= length]
+    pos += len(group)
+    batch = bucket(len(group), 1)
+    tokens = np.zeros((batch, length), np.int32)
+    mask = np.zeros((batch, length), bool)
+    for r, i in enumerate(group):
+      tokens[r, :len(seqs[i])] = seqs[i]
+      mask[r, starts[i]:len(seqs[i])] = True
+    nll = np.asarray(_nll(run_params, jnp.asarray(tokens), jnp.asarray(mask),
+                          model_cfg=model_cfg))
+    for r, i in enumerate(group):
+      out[i] = nll[r, starts[i] - 1:len(seqs[i]) - 1].astype(np.float32)
+  return out, truncated
+
+
+def perplexity(model, targets: Sequence[str], contexts: Sequence[str] | None = None,
+               **kwargs) -> dict:
+  """Perplexity of `targets` (strings) given `contexts` (strings or None = no context).
+
+  `model` is a checkpoint path, `jaxslm.load(...)` or (model_cfg, params, tokenizer).
+  Returns {"ppl", "nll_per_token", "tokens", "texts", "truncated", "per_example":
+  [{"nll", "tokens", "ppl"}]}.
+  """
+  from jaxslm.api import resolve_model
+  loaded = resolve_model(model)
+  tok = loaded.tokenizer
+  targets = list(targets)
+  if not targets:
+    raise UserError("perplexity: no texts to score; give at least one target string.")
+  contexts = [""] * len(targets) if contexts is None else list(contexts)
+  ctx_ids = [tok.encode(c) if c else ([tok.bos_id] if tok.bos_id is not None else [])
+             for c in contexts]
+  tgt_ids = [tok.encode(t) for t in targets]
+  for i, t in enumerate(tgt_ids):
+    if not t:
+      raise UserError(f"perplexity: target {i} ({targets[i]!r}) encodes to no tokens.")
+  nlls, truncated = token_nll(loaded.model_cfg, loaded.params, ctx_ids, tgt_ids, **kwargs)
+  total = float(sum(float(n.sum()) for n in nlls))
+  count = sum(n.size for n in nlls)
+  per = [{"nll": float(n.sum()), "tokens": int(n.size),
+          "ppl": math.exp(float(n.mean())) if n.size else float("nan")} for n in nlls]
+  return {"ppl": math.exp(total / count) if count else float("nan"),
+          "nll_per_token": total / count if count else float("nan"), "tokens": int(count),
+          "texts": len(targets), "truncated": truncated, "per_example": per}
