@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxslm.errors import UserError
-from jaxslm.evaluation.perplexity import perplexity, token_nll
+from jaxslm.evaluation.perplexity import perplexity, text_perplexity, token_nll
 from jaxslm.models import Decoder, ModelConfig, init_params
 from tests.scripted import CharTokenizer
 
@@ -80,3 +80,17 @@ def test_bad_input(model):
     token_nll(cfg, params, [[1]], [[]])
   with pytest.raises(UserError, match="no texts"):
     perplexity((cfg, params, CharTokenizer()), [])
+
+
+def test_text_perplexity_scores_every_token_once_with_history(model):
+  cfg, params = model   # context 32
+  tok = CharTokenizer()
+  text = "".join(chr(33 + (i * 7) % 90) for i in range(75))
+  out = text_perplexity((cfg, params, tok), text, stride=16)
+  assert out["tokens"] == 74 and out["windows"] == 5
+  ids = tok.encode(text)
+  want = np.concatenate([reference_nll(cfg, params, ids[max(0, s - 16):s], ids[s:s + 16])
+                         for s in range(0, 75, 16)])
+  assert out["nll_per_token"] == pytest.approx(want.mean(), rel=1e-5)
+  with pytest.raises(UserError, match="stride=40"):
+    text_perplexity((cfg, params, tok), text, stride=40)

@@ -154,12 +154,12 @@ def run(args, log=print) -> dict:
     s = result.summary
     s.update(label=label, dataset=dataset, notes=list(notes) + s.get("notes", []))
     if args.ppl_text:
-      from jaxslm.evaluation.perplexity import perplexity
+      from jaxslm.evaluation.perplexity import text_perplexity
       s["text_perplexity"] = {}
       for path in args.ppl_text:
         with open(path) as f:
-          s["text_perplexity"][path] = {k: v for k, v in perplexity(ckpt, [f.read()]).items()
-                                        if k != "per_example"}
+          s["text_perplexity"][path] = text_perplexity(ckpt, f.read())
+        log(f"{label}: perplexity of {path}: {s['text_perplexity'][path]['ppl']:.2f}")
     out = os.path.join(args.out, label)
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "summary.json"), s)

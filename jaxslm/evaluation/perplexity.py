@@ -75,6 +75,7 @@ def token_nll(model_cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
     length = min(bucket(len(seqs[order[pos]]) , 16), ctx_len + 1)
     per_row = length * model_cfg.vocab_size * 4
     rows = max(1, min(max_batch, max_logit_bytes // per_row))
+    rows = 1 << (rows.bit_length() - 1)   # a power of two: the batch bucket is never padded
     group = [i for i in order[pos:pos + rows] if len(seqs[i]) <= length]
     pos += len(group)
     batch = bucket(len(group), 1)
@@ -119,3 +120,30 @@ def perplexity(model, targets: Sequence[str], contexts: Sequence[str] | None = N
   return {"ppl": math.exp(total / count) if count else float("nan"),
           "nll_per_token": total / count if count else float("nan"), "tokens": int(count),
           "texts": len(targets), "truncated": truncated, "per_example": per}
+
+
+def text_perplexity(model, text: str, *, stride: int | None = None, **kwargs) -> dict:
+  """Perplexity of one long held-out text, in sliding windows.
+
+  The text's tokens are scored `stride` at a time (default: half the
+  context), each chunk conditioned on up to `context - stride` tokens before
+  it, so every token but the first is scored exactly once with at least
+  `context - stride` tokens of history (or all there is).
+  """
+  from jaxslm.api import resolve_model
+  loaded = resolve_model(model)
+  ctx = loaded.model_cfg.max_seq_len
+  stride = stride or max(1, ctx // 2)
+  if not 1 <= stride <= ctx:
+    raise UserError(f"text_perplexity: stride={stride} must be in [1, context={ctx}].")
+  ids = loaded.tokenizer.encode(text)
+  if len(ids) < 2:
+    raise UserError(f"text_perplexity: the text has {len(ids)} tokens; need at least 2.")
+  contexts, targets = [], []
+  for s in range(0, len(ids), stride):
+    contexts.append(ids[max(0, s - (ctx - stride)):s])
+    targets.append(ids[s:s + stride])
+  nlls, _ = token_nll(loaded.model_cfg, loaded.params, contexts, targets, **kwargs)
+  total, count = float(sum(float(n.sum()) for n in nlls)), sum(n.size for n in nlls)
+  return {"ppl": math.exp(total / count), "nll_per_token": total / count, "tokens": int(count),
+          "windows": len(targets)}
