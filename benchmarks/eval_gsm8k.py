@@ -52,7 +52,7 @@ def main(argv):
   ckpt = args.checkpoint
   if ckpt is None:
     tok = get_tokenizer("r50k_base")
-    cfg = ModelConfig.preset(args.preset, dtype=args.dtype)
+    cfg = ModelConfig.preset(args.preset, dtype=args.dtype, vocab_size=tok.vocab_size)
     params = init_params(cfg, jax.random.PRNGKey(0))
     ckpt = save_params(os.path.join(tempfile.mkdtemp(), "model"), params,
                        {"model": cfg.to_dict(), "tokenizer": tok.spec()})

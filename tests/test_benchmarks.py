@@ -40,3 +40,21 @@ def test_sample_throughput_smoke(tmp_path):
     assert data["models"]["tiny"]["logits_max_rel_error"] < 1e-4
     assert len(data["comparisons"]) == 2
   assert "| model | B |" in data["markdown_table"]
+
+
+def test_eval_gsm8k_smoke(tmp_path):
+  """The GSM8K evaluation benchmark on a random `tiny` model and 4 hand-made problems."""
+  data = tmp_path / "gsm8k"
+  data.mkdir()
+  rows = [{"question": f"Tom has {i} apples and buys 2 more. How many?",
+           "answer": f"{i}+2=<<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}"} for i in range(4)]
+  (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = tmp_path / "e.json"
+  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_gsm8k.py"),
+                        "--data", str(data), "--preset", "tiny", "--max-new-tokens", "8",
+                        "--batch-size", "2", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=180)
+  assert res.returncode == 0, res.stdout + res.stderr
+  r = json.loads(out.read_text())
+  assert r["problems"] == 4 and r["new_tokens"] == 32 and r["wall_s"] > 0
+  assert r["generate_s"] > 0 and r["metrics_s"] > 0 and r["jax"]

@@ -67,6 +67,42 @@ def test_pass_at_k_and_majority_with_samples():
                                       "4": pytest.approx(0.6)}
   assert out.summary["maj_at_k"]["4"] == pytest.approx(0.6)
   assert len(out.records[0]["samples"]) == 4
+  acc = out.summary["accuracy"]   # over problems (5), not samples (20)
+  assert acc["n"] == 5 and "ci95_wilson" not in acc
+  assert acc["stderr"] == pytest.approx(np.std([1, 1, 0, 1, 0], ddof=1) / np.sqrt(5))
+
+
+def test_agent_mode_reads_the_final_answer_line(monkeypatch):
+  import jaxslm.agent
+  calls = []
+
+  def fake_generator(model, **kw):
+    def generate(prompts, stop, max_new_tokens):
+      calls.append(len(prompts))
+      return [" I add them.\nFinal Answer: 7 apples" for _ in prompts]
+    return generate
+
+  monkeypatch.setattr(jaxslm.agent, "model_generator", fake_generator)
+  out = evaluate_gsm8k(scripted("7"), PROBLEMS, EvalOptions(mode="agent", batch_size=2,
+                                                           rouge=False, perplexity=False))
+  assert calls == [2, 2, 1]            # one round, chunked by batch_size
+  assert [r["extracted"] for r in out.records] == ["7"] * 5
+  assert [r["correct"] for r in out.records] == [True, True, False, True, False]
+  assert out.records[0]["agent_stop"] == "final_answer"
+  assert out.records[0]["prompt"].endswith("Question: Problem 0: how many?\nThought:")
+
+
+def test_kept_stop_string_is_put_back():
+  from jaxslm.data.templates import get_template
+  from jaxslm.evaluation.gsm8k import _with_kept_stop
+  from jaxslm.sampling.generate import Completion
+  tok = CharTokenizer()
+  text = "<reasoning>3+4=7</reasoning>\n<solution>7"
+  c = Completion(0, 0, tok.encode(text + "</solution>"), np.zeros(0), "stop_string", text)
+  assert _with_kept_stop(c, tok, get_template("structured")).endswith("<solution>7</solution>")
+  assert _with_kept_stop(c, tok, get_template("qa")) == text
+  c = Completion(0, 0, tok.encode(text + "Question:"), np.zeros(0), "stop_string", text)
+  assert _with_kept_stop(c, tok, get_template("structured")) == text
 
 
 def test_bad_options():
@@ -157,3 +193,12 @@ def test_launcher_bad_input_exits_2(checkpoint, data_dir, tmp_path, capsys):
   rc = eval_main(["--checkpoint", checkpoint, "--data", str(data_dir), "--extractors", "bogus",
                   "--out", str(tmp_path)])
   assert rc == 2 and "flexible-extract" in capsys.readouterr().err
+
+
+def test_json_outputs_never_hold_nan(tmp_path, data_dir):
+  from jaxslm.evaluation.cli import _finite
+  assert _finite({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}) == \
+      {"a": None, "b": [1.0, None], "c": "x"}
+  with pytest.raises(UserError, match="is a file"):
+    run(parse(["--checkpoint", "unused", "--data", str(data_dir / "test.jsonl"),
+               "--num-fewshot", "2", "--out", str(tmp_path)]), log=lambda s: None)

@@ -89,8 +89,9 @@ def test_text_perplexity_scores_every_token_once_with_history(model):
   out = text_perplexity((cfg, params, tok), text, stride=16)
   assert out["tokens"] == 74 and out["windows"] == 5
   ids = tok.encode(text)
-  want = np.concatenate([reference_nll(cfg, params, ids[max(0, s - 16):s], ids[s:s + 16])
+  want = np.concatenate([reference_nll(cfg, params, ids[max(0, s - 17):s], ids[s:s + 16])
                          for s in range(0, 75, 16)])
   assert out["nll_per_token"] == pytest.approx(want.mean(), rel=1e-5)
+  assert text_perplexity((cfg, params, tok), text, stride=32)["tokens"] == 74   # none skipped
   with pytest.raises(UserError, match="stride=40"):
     text_perplexity((cfg, params, tok), text, stride=40)

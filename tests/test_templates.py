@@ -27,7 +27,9 @@ def test_every_template_target_is_read_back_by_its_own_extractor_and_format():
     assert extract.answers_match(got, "13"), (t.name, target, got)
     if t.answer_format in metrics.FORMATS:
       assert metrics.format_compliance(target, t.answer_format).strict, t.name
-    assert not any(s in target for s in t.stop), t.name
+    assert not any(s in target for s in t.stop if s not in t.keep_stop), t.name
+    for s in t.keep_stop:   # a kept stop string ends the answer
+      assert target.index(s) == len(target) - len(s), t.name
 
 
 def test_steps_and_annotations():

@@ -11,7 +11,7 @@ and a worked solution becomes its target, shared by evaluation and fine-tuning.
 Each template also names how its answers are read: `extractor` (the primary
 answer extractor of `jaxslm.evaluation.extract`), `answer_format` (for format
 compliance) and `stop` (strings that end a completion: the start of the next
-question).
+question; those in `keep_stop`, like "</solution>", end it and stay in its text).
 
 | name | prompt | target |
 | --- | --- | --- |
@@ -57,6 +57,7 @@ class Template:
   extractor: str                   # primary answer extractor
   answer_format: str               # format-compliance checker name
   description: str = ""
+  keep_stop: tuple[str, ...] = ()  # stop strings that end the answer and stay in its text
 
   def prompt(self, question: str) -> str:
     return self.prompt_format.format(question=question.strip())
@@ -78,8 +79,9 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
     Template("final-only", "Question: {question}\nAnswer:", " {gold}", ("Question:", "\n"),
              "flexible-extract", "none", "final answer only, no breakdown"),
     Template("structured", STRUCTURED_INSTRUCTION + "Question: {question}\n",
-             "<reasoning>{steps}</reasoning>\n<solution>{gold}</solution>", ("Question:",),
-             "solution", "structured", "the GRPO <reasoning>/<solution> format"),
+             "<reasoning>{steps}</reasoning>\n<solution>{gold}</solution>",
+             ("</solution>", "Question:"), "solution", "structured",
+             "the GRPO <reasoning>/<solution> format", keep_stop=("</solution>",)),
 )}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -119,7 +120,16 @@ def _load_problems(args, log):
     notes.append(f"{split.num_skipped} malformed rows skipped (see dataset.skipped_examples)")
   train = None
   if args.num_fewshot:
-    train = gsm8k.load("train", "main", path=args.data).examples
+    if args.data and not os.path.isdir(args.data):
+      raise UserError(f"--num-fewshot needs exemplars from the train split: --data "
+                      f"{args.data!r} is a file; give the GSM8K directory (with train.jsonl).")
+    train_split = gsm8k.load("train", args.config, path=args.data)
+    if train_split.source == split.source:
+      raise UserError(f"few-shot exemplars would come from the evaluated problems "
+                      f"({split.source}); give the train split's directory with --data.")
+    log(train_split.describe())
+    notes.append("few-shot exemplars: " + train_split.describe())
+    train = train_split.examples
   return problems, train, dataset, notes
 
 
@@ -128,18 +138,29 @@ def _digest(problems) -> str:
   return hashlib.sha256(",".join(str(p.index) for p in problems).encode()).hexdigest()[:16]
 
 
+def _finite(obj):
+  """JSON-safe: NaN and infinities (a stderr of one problem, say) become null."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: _finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite(v) for v in obj]
+  return obj
+
+
 def _write_jsonl(path, rows):
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     for r in rows:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+      f.write(json.dumps(_finite(r), ensure_ascii=False, allow_nan=False) + "\n")
   os.replace(tmp, path)
 
 
 def _write_json(path, obj):
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, ensure_ascii=False)
+    json.dump(_finite(obj), f, indent=2, ensure_ascii=False, allow_nan=False)
   os.replace(tmp, path)
 
 

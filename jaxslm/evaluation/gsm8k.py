@@ -97,7 +97,8 @@ def resolve_options(opts: EvalOptions, meta: dict) -> tuple[str, Template, tuple
   if mode != "few-shot" and opts.num_fewshot:
     raise UserError(f"num_fewshot={opts.num_fewshot} only applies to mode 'few-shot', "
                     f"not {mode!r}.")
-  tmpl = get_template(opts.template or template)
+  # k-shot follows lm-evaluation-harness's gsm8k layout unless a template is asked for
+  tmpl = get_template(opts.template or ("qa" if mode == "few-shot" else template))
   extract.check_extractors(opts.extractors)
   if opts.n < 1 or opts.batch_size < 1 or opts.max_new_tokens < 1:
     raise UserError(f"n={opts.n}, batch_size={opts.batch_size} and max_new_tokens="
@@ -167,12 +168,23 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
     for r, group in enumerate(out.grouped()):
       i = chunk[r]
       times[i] = dt / len(chunk)
-      samples[i] = [{"completion": c.text, "tokens": len(c.tokens),
+      samples[i] = [{"completion": _with_kept_stop(c, tok, tmpl), "tokens": len(c.tokens),
                      "finish_reason": c.finish_reason} for c in group]
     log(f"  generated {min(b + opts.batch_size, len(order))}/{len(order)} problems "
         f"({time.perf_counter() - t0:.1f} s)")
   info["prompts_truncated"] = truncated
   return samples, times, dict(info)
+
+
+def _with_kept_stop(c, tok, tmpl: Template) -> str:
+  """The completion's text, with a stop string of `tmpl.keep_stop` that ended it put back."""
+  text = c.text or ""
+  if c.finish_reason == "stop_string" and tmpl.keep_stop:
+    rest = tok.decode(c.tokens)[len(text):]
+    for s in tmpl.keep_stop:
+      if rest.startswith(s):
+        return text + s
+  return text
 
 
 def _agent_all(loaded, problems, opts: EvalOptions, log):
@@ -217,6 +229,7 @@ def _score_sample(s: dict, gold: str, tmpl: Template, mode: str, opts: EvalOptio
   primary = "final-answer" if mode == "agent" else tmpl.extractor
   if mode == "agent":
     raw = s.get("final_answer")
+    raw = extract.final_answer("Final Answer: " + raw) if raw is not None else None
     s["extracted"], s["correct"] = raw, extract.answers_match(raw, gold)
   else:
     got = s["extractors"].get(primary) or extract.score_text(text, gold, (primary,))[primary]
@@ -281,6 +294,7 @@ def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = Ev
       rec["samples"] = [{k: s[k] for k in ("completion", "extracted", "correct", "tokens",
                                            "finish_reason", "category")} for s in group]
       rec["num_correct"] = sum(s["correct"] for s in group)
+      rec["score"] = rec["num_correct"] / len(group)
       rec["maj"] = {str(k): stats.maj_at_k([s["extracted"] for s in group], p.gold, k)
                     for k in ks}
     records.append(rec)
@@ -293,7 +307,9 @@ def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = Ev
 
 def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, gen_s) -> dict:
   all_samples = [s for g in samples for s in g]
-  correct = [s["correct"] for s in all_samples]
+  # One value per problem (the mean over its samples): samples of one problem are
+  # correlated, so the standard error is over problems, never over samples.
+  per_problem = [float(np.mean([s["correct"] for s in g])) for g in samples]
   summary = {
       "checkpoint": loaded.path, "step": loaded.meta.get("step"),
       "mode": mode, "template": tmpl.name, "primary_extractor":
@@ -303,8 +319,9 @@ def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, g
                    "max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
                    "calculator": opts.calculator, "stop": list(tmpl.stop)},
       "problems": len(problems),
-      "accuracy": _accuracy(correct),
-      "extractors": {name: _accuracy([s["extractors"][name]["correct"] for s in all_samples])
+      "accuracy": _accuracy(per_problem, binary=opts.n == 1),
+      "extractors": {name: _accuracy([np.mean([s["extractors"][name]["correct"] for s in g])
+                                      for g in samples], binary=opts.n == 1)
                      for name in opts.extractors},
       "errors": dict(Counter(s["category"] for s in all_samples if s["category"])),
       "finish_reasons": dict(Counter(s["finish_reason"] for s in all_samples)),

@@ -126,9 +126,9 @@ def text_perplexity(model, text: str, *, stride: int | None = None, **kwargs) ->
   """Perplexity of one long held-out text, in sliding windows.
 
   The text's tokens are scored `stride` at a time (default: half the
-  context), each chunk conditioned on up to `context - stride` tokens before
-  it, so every token but the first is scored exactly once with at least
-  `context - stride` tokens of history (or all there is).
+  context), each chunk conditioned on up to `context - stride + 1` tokens
+  before it, so every token but the first is scored exactly once, with at
+  least `context - stride + 1` tokens of history (or all there is).
   """
   from jaxslm.api import resolve_model
   loaded = resolve_model(model)
@@ -140,8 +140,8 @@ def text_perplexity(model, text: str, *, stride: int | None = None, **kwargs) ->
   if len(ids) < 2:
     raise UserError(f"text_perplexity: the text has {len(ids)} tokens; need at least 2.")
   contexts, targets = [], []
-  for s in range(0, len(ids), stride):
-    contexts.append(ids[max(0, s - (ctx - stride)):s])
+  for s in range(0, len(ids), stride):   # ctx + 1 tokens give ctx predictions
+    contexts.append(ids[max(0, s - (ctx - stride + 1)):s])
     targets.append(ids[s:s + stride])
   nlls, _ = token_nll(loaded.model_cfg, loaded.params, contexts, targets, **kwargs)
   total, count = float(sum(float(n.sum()) for n in nlls)), sum(n.size for n in nlls)

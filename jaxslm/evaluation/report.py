@@ -37,16 +37,24 @@ def _acc_cell(a: dict) -> str:
 
 
 def paired(base: list[dict], other: list[dict], seed: int = 0) -> dict | None:
-  """Paired comparison of two runs' per-problem correctness, on shared problem indices."""
-  a_by = {r["index"]: bool(r["correct"]) for r in base}
-  b_by = {r["index"]: bool(r["correct"]) for r in other}
+  """Paired comparison of two runs on their shared problem indices.
+
+  The bootstrap resamples problems and compares per-problem scores (the share
+  of a problem's samples that are right: 0 or 1 with one sample), so its Δ is
+  the difference of the accuracy column. McNemar's test needs one right/wrong
+  outcome per problem: each problem's first sample.
+  """
+  def by_index(records):
+    return {r["index"]: (bool(r["correct"]), float(r.get("score", r["correct"])))
+            for r in records}
+  a_by, b_by = by_index(base), by_index(other)
   common = sorted(a_by.keys() & b_by.keys())
   if not common:
     return None
-  a = [b_by[i] for i in common]     # "other" minus "base": positive = other is better
-  b = [a_by[i] for i in common]
-  mc = stats.mcnemar_exact(a, b)
-  bs = stats.paired_bootstrap(a, b, seed=seed)
+  # "other" minus "base": positive = other is better
+  mc = stats.mcnemar_exact([b_by[i][0] for i in common], [a_by[i][0] for i in common])
+  bs = stats.paired_bootstrap([b_by[i][1] for i in common], [a_by[i][1] for i in common],
+                              seed=seed)
   return {"n": len(common), "diff": bs["diff"], "diff_ci95": list(bs["ci95"]),
           "bootstrap_p": bs["p_value"], "mcnemar_p": mc["p_value"],
           "better": mc["a_only"], "worse": mc["b_only"]}
@@ -92,7 +100,9 @@ def markdown(entries: Sequence[Entry]) -> str:
   if len(entries) > 1:
     lines += ["", f"## Paired comparison with {entries[0][0]}", "",
               "Same problems, paired by index. McNemar: exact two-sided test on the problems "
-              "exactly one run solved. Bootstrap: 10,000 resamples of problems.", "",
+              "exactly one run solved" + (" (first sample of each problem)" if
+                                           s0["sampling"]["n"] > 1 else "") +
+              ". Bootstrap: 10,000 resamples of problems, of the accuracy difference.", "",
               "| checkpoint | problems | Δ accuracy % [95% CI] | gained / lost | McNemar p | "
               "bootstrap p |", "|---|---|---|---|---|---|"]
     for label, _, records in entries[1:]:
