@@ -196,3 +196,41 @@ def parse_args(argv: Sequence[str], default_config: str | None = None,
 
 def build_model_config(config: ConfigDict) -> ModelConfig:
   return ModelConfig.from_dict(config.model.to_dict())
+
+
+def finetune_config(method: str = "lora") -> ConfigDict:
+  """Defaults shared by the fine-tuning configs (`launch/finetune.py`).
+
+  The base model comes from `init_from` (any checkpoint `jaxslm.load` opens);
+  its architecture and tokenizer are the checkpoint's. LoRA defaults are the
+  Phi-2 study's: r=8, alpha=16, dropout 0.1, no bias, on attention q and v.
+  """
+  c = ConfigDict()
+  c.method = method           # lora | qlora | full | stacked
+  c.init_from = "runs/slm26m"  # the paper's 26M preset, pretrained (configs/slm26m_owt.py)
+  c.stack_from = ""           # stacked: the first stage's workdir (its adapters/)
+  c.model_dtype = "float32" if _on_cpu() else "bfloat16"   # compute dtype; "" = the base's
+  c.lora = ConfigDict(dict(rank=8, alpha=16.0, dropout=0.1, targets="qv", rslora=False))
+  c.qlora = ConfigDict(dict(targets=r"_proj/kernel$", block_size=64, double_quant=True))
+  c.data = ConfigDict(dict(
+      source="gsm8k",         # "gsm8k" or "instructions" (any local .jsonl/.json or hub dataset)
+      path="",                # GSM8K directory (e.g. ../shared/data/gsm8k) or instruction data
+      config="main", split="train",
+      template="qa",          # jaxslm.data.templates: qa, q_a, cot, answer-is, final-only, ...
+      keep_annotations=True,  # keep GSM8K's <<expr=value>> calculator annotations
+      mask_prompt=True,       # prompt tokens contribute nothing to the loss
+      packing=True,           # pack examples into rows (never split one); False: one per row
+      val_examples=200,       # held out from the training data for the validation loss
+      prompt_field="instruction", target_field="output", input_field="input",
+  ))
+  c.train = ConfigDict(dict(
+      seed=0, steps=500, batch_size=16, seq_len=256,
+      lr=2e-4 if method != "full" else 5e-5, min_lr=2e-5 if method != "full" else 5e-6,
+      warmup_steps=20, decay_steps=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      grad_clip=1.0, log_every=10, eval_every=100, checkpoint_every=100, keep_checkpoints=2,
+  ))
+  c.eval = ConfigDict(dict(
+      problems=100,           # GSM8K test problems for exact match at each evaluation (0: off)
+      split="test", path="", seed=1234, max_new_tokens=256, batch_size=32, rouge=True,
+  ))
+  return c

@@ -33,6 +33,9 @@ def load(path: str, device: jax.Device | None = None) -> Loaded:
   """
   step_dir = ckpt.resolve_step_dir(path)
   meta = ckpt.read_step_meta(step_dir)
+  if "finetune" in meta:   # trainable leaves only: rebuild base + adapters
+    from jaxslm.train.finetune import load_finetuned
+    return load_finetuned(step_dir, meta, device)
   model_cfg = ModelConfig.from_dict(meta["model"])
   sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),

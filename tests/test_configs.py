@@ -9,7 +9,8 @@ from jaxslm.config import ConfigDict, load_config
 from jaxslm.train.pretrain import run, validate_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py")
+                 if not p.name.startswith(("_", "sft_")))   # sft_*: tests/test_finetune.py
 
 
 def test_there_are_configs():

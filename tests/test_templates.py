@@ -38,3 +38,11 @@ def test_steps_and_annotations():
   assert strip_annotations(SOLUTION).startswith("He buys 3*4=12 pens.")
   with pytest.raises(UserError, match="valid templates: answer-is, cot"):
     get_template("chat")
+
+
+def test_python_and_socratic_templates():
+  program = get_template("python").target(SOLUTION, "13")
+  assert program == "step_1 = 3*4\nstep_2 = 12+1\nanswer = step_2\nprint(answer)\n#### 13"
+  assert get_template("python").prompt("How many?") == "Question: How many?\nAnswer (Python):\n"
+  socratic = "How many? ** 3*4=<<3*4=12>>12.\n#### 12"
+  assert get_template("socratic").target(socratic, "12") == " " + socratic

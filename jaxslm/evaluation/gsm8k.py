@@ -86,7 +86,7 @@ class EvalResult:
 def training_format(meta: dict) -> tuple[str, str]:
   """(mode, template) the checkpoint was trained in, from its saved run config."""
   config = meta.get("config") or {}
-  sft = config.get("sft") or {}
+  sft = config.get("sft") or meta.get("finetune") or {}
   if sft.get("template"):
     return "zero-shot", sft["template"]
   if (config.get("data") or {}).get("synthetic_format") == "react":

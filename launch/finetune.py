@@ -1,0 +1,54 @@
+"""Fine-tune a checkpoint: LoRA, QLoRA, stacked LoRA or full fine-tuning.
+
+  python launch/finetune.py --config configs/sft_gsm8k_lora.py --config.init_from=runs/default \
+      --config.data.path=../shared/data/gsm8k --workdir runs/sft_lora
+  python launch/finetune.py --config configs/sft_gsm8k_qlora.py --config.init_from=runs/default ...
+  python launch/finetune.py --config configs/sft_gsm8k_full.py --config.init_from=runs/default ...
+  python launch/finetune.py --config configs/sft_gsm8k_stacked.py --config.init_from=runs/default \
+      --config.stack_from=runs/sft_lora --config.data.source=instructions \
+      --config.data.path=code.jsonl --workdir runs/sft_stacked
+  python launch/finetune.py --workdir runs/sft_lora --resume     # continue exactly
+
+Any config field can be overridden with --config.SECTION.FIELD=VALUE. The
+workdir gets checkpoints/ (jaxslm.load(workdir) gives base + adapters),
+adapters/ (the adapters alone), export/ (the merged model), metrics.jsonl and
+loss.png. Then: python launch/eval.py --checkpoint runs/sft_lora ...
+Exit codes: 0 ok, 1 diverged, 2 bad input, 130 interrupted (saved).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jaxslm.config import ConfigDict, finetune_config, parse_args
+from jaxslm.errors import UserError
+from jaxslm.train.finetune import run
+from jaxslm.train.pretrain import TrainingDiverged
+
+
+def main(argv: list[str]) -> int:
+  if any(a in ("-h", "--help") for a in argv):
+    print(__doc__)
+    return 0
+  try:
+    config, options = parse_args(argv, base=finetune_config())
+    workdir = options["workdir"] or os.path.join("runs", f"sft_{config.method}")
+    if options["resume"] and not options["config_path"]:
+      from jaxslm import checkpoint as ckpt
+      try:
+        meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
+        config, _ = parse_args(argv, base=ConfigDict(meta["config"]))
+      except FileNotFoundError:
+        pass
+    result = run(config, workdir, resume=options["resume"])
+  except (UserError, FileNotFoundError, TrainingDiverged) as e:
+    if os.environ.get("JAXSLM_DEBUG"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 1 if isinstance(e, TrainingDiverged) else 2
+  return 130 if result["interrupted"] else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

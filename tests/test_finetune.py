@@ -1,0 +1,165 @@
+"""launch/finetune.py and jaxslm.train.finetune: every method trains at tiny scale, writes
+adapters and a merged export, resumes exactly, and loads back for sampling and evaluation."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import jaxslm
+from jaxslm import lora
+from jaxslm.checkpoint import save_params
+from jaxslm.config import load_config
+from jaxslm.data.synthetic import SyntheticMath
+from jaxslm.errors import UserError
+from jaxslm.models import ModelConfig, init_params
+from jaxslm.tokenizers import train_sentencepiece
+from jaxslm.train.finetune import run
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SFT_CONFIGS = sorted((ROOT / "configs").glob("sft_*.py"))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  """A tiny random base checkpoint with a SentencePiece tokenizer, and GSM8K-style data."""
+  root = tmp_path_factory.mktemp("ft")
+  gen = SyntheticMath(3)
+  problems = [gen.problem(i) for i in range(80)]
+  tok = train_sentencepiece([f"Question: {p.question}\nAnswer: {p.answer}" for p in problems],
+                            vocab_size=400)
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  ckpt = save_params(str(root / "base"), init_params(cfg, jax.random.PRNGKey(0)),
+                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  data = root / "gsm8k"
+  data.mkdir()
+  for split, rows in (("train", problems[:64]), ("test", problems[64:])):
+    (data / f"{split}.jsonl").write_text("".join(
+        json.dumps({"question": p.question, "answer": p.answer}) + "\n" for p in rows))
+  return ckpt, str(data)
+
+
+def tiny(config, base, **train):
+  ckpt, data = base
+  config.init_from = ckpt
+  config.model_dtype = "float32"
+  config.data.path = data
+  config.data.val_examples = 8
+  config.lora.rank = 4
+  config.qlora.block_size = 16
+  config.train.update({**dict(steps=2, batch_size=4, seq_len=128, warmup_steps=0, log_every=1,
+                              eval_every=2, checkpoint_every=2), **train})
+  config.eval.update(problems=4, max_new_tokens=16, batch_size=4)
+  return config
+
+
+def test_there_are_configs_for_every_method():
+  assert {p.stem for p in SFT_CONFIGS} == {f"sft_gsm8k_{m}" for m in
+                                           ("lora", "qlora", "full", "stacked")}
+  for p in SFT_CONFIGS:
+    assert "launch/finetune.py" in p.read_text().split('"""')[1], p
+
+
+@pytest.fixture(scope="module")
+def lora_run(base, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("lora") / "w"
+  c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base)
+  return run(c, str(workdir)), workdir
+
+
+@pytest.mark.parametrize("method", ["qlora", "full", "stacked"])
+def test_config_trains_two_steps(method, base, lora_run, tmp_path):
+  c = tiny(load_config(ROOT / f"configs/sft_gsm8k_{method}.py"), base)
+  if method == "stacked":
+    c.stack_from = str(lora_run[1])
+  out = run(c, str(tmp_path / "w"))
+  assert out["step"] == 2 and np.isfinite(out["last"]["loss"]) and "gsm8k_em" in out["last"]
+  assert "val_loss" in out["last"] and "rouge1" in out["last"]
+  assert (tmp_path / "w/export").is_dir()
+  assert (tmp_path / "w/adapters").is_dir() == (method != "full")
+  if method == "full":
+    assert out["counts"]["percent"] == pytest.approx(100.0)
+  if method == "qlora":
+    from jaxslm import quant
+    leaves = jax.tree.leaves(out["params"], is_leaf=lambda x: isinstance(x, lora.LoraWeight))
+    assert any(isinstance(x, lora.LoraWeight) and quant.is_quantized(x.w) for x in leaves)
+  if method == "stacked":   # adapter 1 (from the lora run) is exactly as it was trained
+    first = lora_run[0]["params"]["layers_0"]["attn"]["q_proj"]["kernel"]
+    now = out["params"]["layers_0"]["attn"]["q_proj"]["kernel"]
+    assert len(now.a) == 2
+    np.testing.assert_array_equal(np.asarray(now.a[0]), np.asarray(first.a[0]))
+    np.testing.assert_array_equal(np.asarray(now.b[0]), np.asarray(first.b[0]))
+
+
+def test_lora_run_outputs_load_back_and_agree(lora_run, base):
+  out, workdir = lora_run
+  assert out["counts"]["trainable"] < out["counts"]["total"] * 0.2
+  adapted = jaxslm.load(str(workdir))          # base + adapters, unmerged
+  merged = jaxslm.load(str(workdir / "export"))
+  leaf = adapted.params["layers_0"]["attn"]["v_proj"]["kernel"]
+  assert isinstance(leaf, lora.LoraWeight)
+  assert np.abs(np.asarray(leaf.b[0])).max() > 0          # it trained
+  base_loaded = jaxslm.load(base[0])                       # the base is untouched
+  np.testing.assert_array_equal(np.asarray(leaf.w),
+                                np.asarray(base_loaded.params["layers_0"]["attn"]["v_proj"]["kernel"]))
+  prompt = "Question: Ava has 3 boxes of 12 pens. How many pens?\nAnswer:"
+  assert jaxslm.sample(adapted, prompt, max_new_tokens=12) == \
+      jaxslm.sample(merged, prompt, max_new_tokens=12)
+  metrics = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+
+
+def test_resume_continues_exactly(base, tmp_path):
+  c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base, steps=4, decay_steps=4)
+  c.eval.problems = 0
+  straight = run(c, str(tmp_path / "a"))
+  c.train.steps = 2
+  run(c, str(tmp_path / "b"))
+  with pytest.raises(UserError, match="--resume"):
+    run(c, str(tmp_path / "b"))
+  c.train.steps = 4
+  resumed = run(c, str(tmp_path / "b"), resume=True)
+  for x, y in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_bad_config_errors(base, tmp_path):
+  c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base)
+  c.method = "prefix"
+  with pytest.raises(UserError, match="valid methods: lora, qlora, full, stacked"):
+    run(c, str(tmp_path / "a"))
+  c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base)
+  c.lora.rank = 100
+  with pytest.raises(UserError, match="rank"):
+    run(c, str(tmp_path / "b"))
+  c = tiny(load_config(ROOT / "configs/sft_gsm8k_stacked.py"), base)
+  c.stack_from = ""
+  with pytest.raises(UserError, match="stack_from"):
+    run(c, str(tmp_path / "c"))
+
+
+def test_launcher_and_eval_on_the_workdir(base, tmp_path):
+  ckpt, data = base
+  workdir = tmp_path / "sft"
+  args = ["--config", str(ROOT / "configs/sft_gsm8k_lora.py"), f"--config.init_from={ckpt}",
+          f"--config.data.path={data}", "--config.data.val_examples=8", "--config.lora.rank=4",
+          "--config.train.steps=2", "--config.train.batch_size=4", "--config.train.seq_len=128",
+          "--config.train.warmup_steps=0", "--config.eval.problems=0",
+          "--config.model_dtype=float32", "--workdir", str(workdir)]
+  res = subprocess.run([sys.executable, str(ROOT / "launch/finetune.py"), *args],
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stdout + res.stderr
+  res = subprocess.run([sys.executable, str(ROOT / "launch/eval.py"), "--checkpoint",
+                        str(workdir), "--data", data, "--max-new-tokens", "8",
+                        "--out", str(tmp_path / "eval")], capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == 0, res.stdout + res.stderr
+  summary = json.loads((tmp_path / "eval/summary.json").read_text())["sft"]
+  assert summary["template"] == "qa" and summary["problems"] == 16
+  bad = subprocess.run([sys.executable, str(ROOT / "launch/finetune.py"), *args[:2],
+                        "--config.init_from="], capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and "init_from" in bad.stderr
