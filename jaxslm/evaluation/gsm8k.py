@@ -259,7 +259,7 @@ def _accuracy(values, binary: bool = True) -> dict:
   return out
 
 
-def _peak_memory() -> dict:
+def peak_memory() -> dict:
   dev = jax.local_devices()[0]
   try:
     ms = dev.memory_stats() or {}
@@ -357,7 +357,7 @@ def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, g
       "tokens_per_s": new_tokens / run_s,
       "problems_per_min": 60 * len(problems) / run_s,
       **{k: v for k, v in info.items() if k not in ("new_tokens", "prompts_truncated")},
-      **_peak_memory()}
+      **peak_memory()}
   summary["timing"] = {"generate_s": gen_s}
   summary["prompts_truncated"] = int(info.get("prompts_truncated", 0))
   if summary["prompts_truncated"]:

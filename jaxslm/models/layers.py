@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxslm import ops
+from jaxslm.errors import UserError
 from jaxslm.models.config import ModelConfig
 
 
@@ -20,6 +21,8 @@ def _dt(name: str):
 
 
 class Linear(nn.Module):
+  """x @ kernel (+ bias) through `ops.dense`; the stored kernel may be a plain
+  array, a `jaxslm.lora.LoraWeight` or a quantized kernel."""
   features: int
   cfg: ModelConfig
   use_bias: bool = False
@@ -29,12 +32,23 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     std = self.cfg.init_std if self.std is None else self.std
-    kernel = self.param("kernel", nn.initializers.normal(std), (x.shape[-1], self.features),
-                        _dt(self.cfg.param_dtype))
+    shape = (x.shape[-1], self.features)
+    kernel = (self.get_variable("params", "kernel") if self.has_variable("params", "kernel")
+              else None)
+    if ops.is_wrapped_kernel(kernel):
+      # A LoRA / quantized kernel is a pytree of several arrays; self.param
+      # would compare the first of them with the initializer's shape.
+      if tuple(kernel.shape) != shape:
+        raise UserError(f"{'/'.join(self.scope.path)}/kernel has shape {tuple(kernel.shape)}, "
+                        f"but this layer needs {shape}; the params belong to another config.")
+    else:
+      kernel = self.param("kernel", nn.initializers.normal(std), shape, _dt(self.cfg.param_dtype))
     bias = (self.param("bias", nn.initializers.zeros, (self.features,), _dt(self.cfg.param_dtype))
             if self.use_bias else None)
+    # LoRA dropout only when the caller passes rngs={"lora_dropout": key}.
+    dropout_rng = self.make_rng("lora_dropout") if self.has_rng("lora_dropout") else None
     return ops.dense(x, kernel, _dt(self.cfg.dtype), bias,
-                     None if self.out_dtype is None else _dt(self.out_dtype))
+                     None if self.out_dtype is None else _dt(self.out_dtype), dropout_rng)
 
 
 class Norm(nn.Module):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxslm import ops
 from jaxslm.models import Decoder, ModelConfig, init_cache
 from jaxslm.sampling.filters import Filters, choose
 
@@ -63,9 +64,17 @@ def compute_params(params, model_cfg: ModelConfig):
   """Matrices (2-D leaves) in the compute dtype, once per call instead of once
   per decode step: the model casts them to that dtype before every use anyway,
   so the result is the same, and a bf16 decode step reads half the bytes.
-  Vectors (norm scales, biases) stay as they are."""
+  Vectors (norm scales, biases) stay as they are. A LoRA kernel's base and
+  adapters are matrices too; a quantized kernel is left packed (`ops.dense`
+  dequantizes it)."""
   dtype = jnp.dtype(model_cfg.dtype)
-  return jax.tree.map(lambda x: x.astype(dtype) if getattr(x, "ndim", 0) == 2 else x, params)
+
+  def cast(x):
+    if (ops.is_quantized(x) or getattr(x, "ndim", 0) != 2
+        or not jnp.issubdtype(x.dtype, jnp.floating)):
+      return x
+    return x.astype(dtype)
+  return jax.tree.map(cast, params, is_leaf=ops.is_quantized)
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "n", "max_new", "queue_len"))

@@ -332,6 +332,15 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
             "data": data_info, "train_s": t_train}
   if not interrupted and step >= t.steps:
     result.update(write_outputs(workdir, config, params, trainable_kind, meta_base, last))
+    from jaxslm.evaluation.gsm8k import peak_memory
+    summary = {"method": config.method, "step": step, "train_s": t_train, "params": counts,
+               "data": data_info, "last": last, **peak_memory()}
+    if config.method == "qlora":
+      from jaxslm import quant
+      summary["quantized"] = quant.quantized_bytes_report(lora.strip(params))
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    result["summary"] = summary
   result["plot"] = reporting.plot_losses(metrics_log.read(), os.path.join(workdir, "loss.png"))
   checkpointer.close()
   return result

@@ -1,0 +1,432 @@
+"""LoRA as parameter-tree transforms: add, stack, merge, freeze, save.
+
+    from jaxslm import lora
+    cfg = lora.LoraConfig(rank=8, alpha=16, targets="qv")       # attn q/v kernels
+    params = lora.add_adapter(base_params, cfg, jax.random.PRNGKey(0))
+    trainable, frozen = lora.split(params)                       # newest adapter only
+    opt_state = optimizer.init(trainable)                        # state for adapters only
+    grads = jax.grad(lambda t: loss(lora.combine(t, frozen)))(trainable)
+    lora.save_adapters("runs/x/adapters", lora.combine(trainable, frozen), {"base": "runs/base"})
+    params = lora.load_adapters("runs/x/adapters", base_params)
+    merged = lora.merge(params)                                  # plain kernels again
+
+A matched `*/kernel` leaf [in, out] becomes a `LoraWeight`: the base `w` (an
+array, or a `jaxslm.quant.NF4Weight` for QLoRA) plus a tuple of adapters,
+W = w + sum_i scales[i] * a[i] @ b[i]. `jaxslm.ops.dense` computes
+x @ w + sum_i scales[i] * (x @ a[i]) @ b[i] and never forms W, so the model
+code, the sampler and the trainer take LoRA trees as they are.
+`add_adapter` on an already wrapped kernel appends one adapter (stacked
+LoRA). A starts uniform in +-1/sqrt(in), B at zero, so a fresh adapter leaves
+the model's output unchanged.
+
+`split(params, trainable)` returns two trees. The trainable one is a plain
+nested dict holding only the arrays to train, keyed by parameter path plus
+the slot: `{"layers_0": {"attn": {"q_proj": {"kernel": {"a0": A, "b0": B}}}}}`
+(slots "a<i>"/"b<i>" name adapter i counted from 0, "w" the base; a plain
+leaf keeps its own path). The frozen one is `params` with those arrays
+replaced by None, so it keeps the LoraWeights' static fields; `combine`
+fills the Nones back. Give the optimizer and `jax.grad` only the trainable
+tree: the optimizer keeps no state for frozen leaves, which stay bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import re
+import sys
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxslm.errors import UserError
+
+TARGET_PRESETS = {
+    "qv": r"(^|/)attn/(q|v)_proj/kernel$",
+    "attn": r"(^|/)attn/(q|k|v|o)_proj/kernel$",
+    "all": r"(^|/)(attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel$",
+}
+TRAINABLE = ("last", "adapters", "all")
+FORMAT = "jaxslm-lora-adapters/1"
+
+
+@struct.dataclass
+class LoraWeight:
+  """A kernel [in, out] with stacked adapters a[i] [in, r_i], b[i] [r_i, out].
+
+  `scales` and `dropout` (rate on the input of the last adapter, applied only
+  when `dense` gets a dropout key) are static: not leaves, part of the treedef.
+  """
+  w: Any
+  a: tuple
+  b: tuple
+  scales: tuple = struct.field(pytree_node=False, default=())
+  dropout: float = struct.field(pytree_node=False, default=0.0)
+
+  @property
+  def shape(self) -> tuple:
+    return tuple(self.w.shape)
+
+  @property
+  def ranks(self) -> tuple:
+    return tuple(a.shape[-1] for a in self.a)
+
+  def delta(self) -> jax.Array:
+    """sum_i scales[i] * a[i] @ b[i] in float32."""
+    return sum(s * jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32),
+                              precision=jax.lax.Precision.HIGHEST)
+               for a, b, s in zip(self.a, self.b, self.scales))
+
+
+def is_quantized(leaf) -> bool:
+  """True for a `jaxslm.quant` kernel. Such a leaf can only exist once
+  `jaxslm.quant` is imported, so this never imports it."""
+  quant = sys.modules.get("jaxslm.quant")
+  return quant is not None and bool(quant.is_quantized(leaf))
+
+
+def dequantize(w, dtype) -> jax.Array:
+  """A plain kernel in `dtype` from an array or a quantized kernel."""
+  if is_quantized(w):
+    return sys.modules["jaxslm.quant"].dequantize(w, dtype)
+  return jnp.asarray(w).astype(dtype)
+
+
+def _is_kernel_node(x) -> bool:
+  return isinstance(x, LoraWeight) or is_quantized(x)
+
+
+def _key_str(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def map_with_paths(tree, fn, is_leaf=_is_kernel_node):
+  """`fn('/'-joined path, leaf)` over the leaves; LoraWeight and quantized kernels are leaves."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return jax.tree_util.tree_unflatten(
+      treedef, [fn("/".join(_key_str(k) for k in path), x) for path, x in flat])
+
+
+def flatten_paths(params) -> dict[str, Any]:
+  """{'/'-joined path: leaf}; a LoraWeight or a quantized kernel is one leaf."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_kernel_node)
+  return {"/".join(_key_str(k) for k in path): x for path, x in flat}
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+  out: dict = {}
+  for path, x in flat.items():
+    *parents, last = path.split("/")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = x
+  return out
+
+
+def lora_paths(params) -> list[str]:
+  """Paths of the LoRA-wrapped kernels, sorted."""
+  return sorted(p for p, x in flatten_paths(params).items() if isinstance(x, LoraWeight))
+
+
+def strip(params):
+  """The base tree: every LoraWeight replaced by its base kernel (adapters dropped)."""
+  return map_with_paths(params, lambda _, x: x.w if isinstance(x, LoraWeight) else x)
+
+
+def _append(x, a, b, scales, dropout: float) -> LoraWeight:
+  """`x` (a kernel or a LoraWeight) with adapters appended; `dropout` is the new last one's."""
+  old = x if isinstance(x, LoraWeight) else LoraWeight(x, (), (), (), 0.0)
+  return LoraWeight(old.w, old.a + tuple(a), old.b + tuple(b),
+                    old.scales + tuple(float(v) for v in scales), float(dropout))
+
+
+def _list_paths(params, limit: int = 60) -> str:
+  paths = sorted(flatten_paths(params))
+  more = f", ... ({len(paths) - limit} more)" if len(paths) > limit else ""
+  return ", ".join(paths[:limit]) + more
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """rank r, scale alpha / r (alpha / sqrt(r) with `rslora`), dropout on the
+  adapter input, `targets`: a preset ("qv", "attn", "all") or a regex searched
+  in '/'-joined parameter paths (only 2-D `*/kernel` leaves are adapted)."""
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+  targets: str = "qv"
+  rslora: bool = False
+
+  def __post_init__(self):
+    def bad(field, expected):
+      raise UserError(f"LoraConfig.{field}={getattr(self, field)!r} is invalid: "
+                      f"expected {expected}.")
+    if not isinstance(self.rank, (int, np.integer)) or isinstance(self.rank, bool) or self.rank < 1:
+      bad("rank", "an integer >= 1")
+    if not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+      bad("alpha", "a number > 0")
+    if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+      bad("dropout", "0 <= p < 1")
+    if not isinstance(self.targets, str) or not self.targets:
+      bad("targets", f"a preset {sorted(TARGET_PRESETS)} or a regex over parameter paths")
+    try:
+      re.compile(self.pattern)
+    except re.error as e:
+      bad("targets", f"a preset or a valid regex ({e})")
+
+  @property
+  def pattern(self) -> str:
+    return TARGET_PRESETS.get(self.targets, self.targets)
+
+  @property
+  def scale(self) -> float:
+    return float(self.alpha) / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+
+def add_adapter(params, cfg: LoraConfig, rng: jax.Array):
+  """Wrap every 2-D `*/kernel` whose path matches `cfg.targets` in a
+  LoraWeight, or append an adapter to one already wrapped. Adapters are kept
+  in the base's float dtype (float32 over a quantized base)."""
+  flat = flatten_paths(params)
+  pattern = re.compile(cfg.pattern)
+  hits = sorted(p for p, x in flat.items() if pattern.search(p)
+                and p.rsplit("/", 1)[-1] == "kernel" and len(getattr(x, "shape", ())) == 2)
+  if not hits:
+    raise UserError(f"LoRA targets {cfg.targets!r} (regex {cfg.pattern!r}) match no 2-D "
+                    f"'*/kernel' parameter; use a preset {sorted(TARGET_PRESETS)} or a regex "
+                    f"over these paths: {_list_paths(params)}")
+  for p in hits:
+    d_in, d_out = flat[p].shape
+    if cfg.rank > min(d_in, d_out):
+      raise UserError(f"LoRA rank {cfg.rank} is larger than min(in, out) = {min(d_in, d_out)} "
+                      f"of {p} (shape {tuple(flat[p].shape)}); use rank <= {min(d_in, d_out)} "
+                      f"or leave {p} out of targets.")
+  keys = dict(zip(hits, jax.random.split(rng, len(hits))))
+
+  def one(path, x):
+    if path not in keys:
+      return x
+    base = x.w if isinstance(x, LoraWeight) else x
+    d_in, d_out = base.shape
+    dtype = getattr(base, "dtype", None)
+    if is_quantized(base) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      dtype = jnp.float32
+    bound = 1.0 / math.sqrt(d_in)
+    a = jax.random.uniform(keys[path], (d_in, cfg.rank), dtype, -bound, bound)
+    return _append(x, [a], [jnp.zeros((cfg.rank, d_out), dtype)], [cfg.scale], cfg.dropout)
+  return map_with_paths(params, one)
+
+
+def merge(params):
+  """Fold every adapter into its base: w + sum scale * a @ b, in float32, cast
+  to the base dtype (a quantized base gives a float32 plain array)."""
+  def one(_, x):
+    if not isinstance(x, LoraWeight):
+      return x
+    w = dequantize(x.w, jnp.float32) + x.delta()
+    return w if is_quantized(x.w) else w.astype(x.w.dtype)
+  return map_with_paths(params, one)
+
+
+def unmerge(merged, adapted):
+  """Undo `merge`: the LoraWeight tree of `adapted` with each base set to
+  merged - sum scale * a @ b (in float32). Plain leaves come from `merged`.
+  Float rounding means the base matches the original to about one ulp of
+  the merged value, not bit for bit. A quantized base cannot be recovered
+  from a float kernel short of re-quantizing, so `adapted`'s is kept."""
+  flat = flatten_paths(merged)
+
+  def one(path, x):
+    if path not in flat:
+      raise UserError(f"unmerge: {path!r} is in the adapted tree but not in the merged one; "
+                      f"pass the tree merge() returned for it.")
+    m = flat[path]
+    if not isinstance(x, LoraWeight):
+      return m
+    if tuple(m.shape) != x.shape:
+      raise UserError(f"unmerge: {path} has shape {tuple(m.shape)} in the merged tree but "
+                      f"{x.shape} in the adapted one; they must come from the same model.")
+    if is_quantized(x.w):
+      return x
+    w = jnp.asarray(m, jnp.float32) - x.delta()
+    return x.replace(w=w.astype(x.w.dtype))
+  return map_with_paths(adapted, one)
+
+
+def split(params, trainable: str = "last"):
+  """(trainable_tree, frozen_tree); see the module doc. "last": the newest
+  adapter of every LoraWeight; "adapters": all adapters; "all": every leaf
+  (full fine-tuning; a quantized base stays frozen)."""
+  if trainable not in TRAINABLE:
+    raise UserError(f"trainable={trainable!r} is invalid: expected one of {TRAINABLE} "
+                    f"(newest adapter, all adapters, every leaf).")
+  train: dict[str, Any] = {}
+
+  def one(path, x):
+    if isinstance(x, LoraWeight):
+      a, b = list(x.a), list(x.b)
+      for i in (range(len(a)) if trainable != "last" else range(len(a) - 1, len(a))):
+        train[f"{path}/a{i}"], train[f"{path}/b{i}"] = a[i], b[i]
+        a[i] = b[i] = None
+      w = x.w
+      if trainable == "all" and not is_quantized(w):
+        train[f"{path}/w"], w = w, None
+      return x.replace(w=w, a=tuple(a), b=tuple(b))
+    if trainable == "all" and not is_quantized(x):
+      train[path] = x
+      return None
+    return x
+  frozen = map_with_paths(params, one)
+  if not train:
+    raise UserError(f"split(trainable={trainable!r}) found nothing to train: the tree has no "
+                    f"LoRA adapters. Call lora.add_adapter first, or use trainable='all'.")
+  return _nest(train), frozen
+
+
+def combine(trainable_tree, frozen_tree):
+  """The params `split` took apart (traceable: use it inside the loss)."""
+  flat = flatten_paths(trainable_tree)
+  used: set[str] = set()
+
+  def take(key):
+    if key not in flat:
+      raise UserError(f"combine: the trainable tree has no {key!r}; pass the two trees one "
+                      f"split() call returned.")
+    used.add(key)
+    return flat[key]
+
+  def one(path, x):
+    if x is None:
+      return take(path)
+    if isinstance(x, LoraWeight):
+      return x.replace(
+          w=take(f"{path}/w") if x.w is None else x.w,
+          a=tuple(take(f"{path}/a{i}") if v is None else v for i, v in enumerate(x.a)),
+          b=tuple(take(f"{path}/b{i}") if v is None else v for i, v in enumerate(x.b)))
+    return x
+  params = map_with_paths(frozen_tree, one, is_leaf=lambda x: x is None or _is_kernel_node(x))
+  extra = sorted(set(flat) - used)
+  if extra:
+    raise UserError(f"combine: trainable leaves {extra[:5]} have no place in the frozen tree; "
+                    f"pass the two trees one split() call returned.")
+  return params
+
+
+def _size(x) -> int:
+  if isinstance(x, LoraWeight):
+    return math.prod(x.shape) + sum(math.prod(v.shape) for v in x.a + x.b)
+  return math.prod(x.shape)
+
+
+def count_params(params, trainable: str = "last") -> dict[str, Any]:
+  """{"trainable", "total", "percent"}; total = base + adapters, a quantized
+  kernel counted by its logical [in, out] elements. Works on
+  `jax.eval_shape` trees."""
+  total = sum(_size(x) for x in flatten_paths(params).values())
+  n = sum(math.prod(x.shape) for x in jax.tree.leaves(split(params, trainable)[0]))
+  return {"trainable": n, "total": total, "percent": 100.0 * n / total}
+
+
+def adapter_fingerprint(base_params) -> str:
+  """A short hash identifying a base model: every path and logical shape,
+  plus the first 8 values (rounded to bfloat16, so a float32 and a bfloat16
+  copy agree) of every leaf that is not a `*/kernel` — kernels may be
+  quantized (QLoRA) and still be the same base. Adapters are ignored."""
+  h = hashlib.sha256()
+  for path, x in sorted(flatten_paths(strip(base_params)).items()):
+    h.update(f"{path}:{tuple(x.shape)};".encode())
+    if path.rsplit("/", 1)[-1] != "kernel" and not is_quantized(x):
+      head = jnp.asarray(x).reshape(-1)[:8].astype(jnp.bfloat16).astype(jnp.float32)
+      h.update(np.asarray(head).tobytes())
+  return h.hexdigest()[:16]
+
+
+def save_adapters(directory: str, params, meta: dict | None = None) -> str:
+  """Write only the adapters, as a params-only checkpoint (`jaxslm.checkpoint.
+  save_params`: atomic, never overwrites): `params/` holds the adapter arrays
+  (slots as in `split`), `meta/` your `meta` (base checkpoint path, ...) plus
+  a "lora" record: format, base fingerprint, targets and per kernel the base
+  shape/dtype, ranks, scales, dropout and adapter dtypes."""
+  from jaxslm import checkpoint
+  meta = dict(meta or {})
+  if "lora" in meta:
+    raise UserError("save_adapters: meta key 'lora' is reserved for the adapter record; rename it.")
+  wrapped = {p: x for p, x in flatten_paths(params).items() if isinstance(x, LoraWeight)}
+  if not wrapped:
+    raise UserError("save_adapters: the tree has no LoRA adapters (call lora.add_adapter first).")
+  record = {p: {"base_shape": list(x.shape), "base_dtype": str(getattr(x.w, "dtype", "")),
+                "base_quantized": is_quantized(x.w), "ranks": list(x.ranks),
+                "scales": list(x.scales), "dropout": x.dropout,
+                "dtypes": [str(a.dtype) for a in x.a]} for p, x in wrapped.items()}
+  meta["lora"] = {"format": FORMAT, "base_fingerprint": adapter_fingerprint(params),
+                  "targets": sorted(wrapped), "adapters": record}
+  arrays = {f"{p}/{ab}{i}": v for p, x in wrapped.items()
+            for ab, vs in (("a", x.a), ("b", x.b)) for i, v in enumerate(vs)}
+  return checkpoint.save_params(directory, _nest(arrays), meta)
+
+
+def read_adapter_meta(directory: str) -> dict:
+  """The meta `save_adapters` wrote (yours plus the "lora" record)."""
+  from jaxslm import checkpoint
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(os.path.join(directory, "meta")):
+    raise UserError(f"{directory!r} is not an adapter directory (no meta/); pass a directory "
+                    f"written by lora.save_adapters.")
+  meta = checkpoint.read_step_meta(directory)
+  if meta.get("lora", {}).get("format") != FORMAT:
+    raise UserError(f"{directory!r} holds no LoRA adapters of format {FORMAT!r} (meta has "
+                    f"{sorted(meta)}); pass a directory written by lora.save_adapters.")
+  return meta
+
+
+def load_adapters(directory: str, base_params, *, strict: bool = False):
+  """`base_params` with the saved adapters wrapped around their kernels
+  (appended after any adapters already there). A kernel missing or of
+  another shape than recorded is a UserError; another base fingerprint (same
+  shapes, other values) warns, or raises with `strict=True`."""
+  from jaxslm import checkpoint
+  meta = read_adapter_meta(directory)
+  rec, flat = meta["lora"], flatten_paths(base_params)
+  yours = {k: v for k, v in meta.items() if k != "lora"}
+  for p, info in rec["adapters"].items():
+    if p not in flat:
+      raise UserError(f"Adapter for {p!r} has no kernel in the base parameters; load the base "
+                      f"they were trained on ({yours}). Base paths: {_list_paths(base_params)}")
+    if tuple(flat[p].shape) != tuple(info["base_shape"]):
+      raise UserError(f"Adapter for {p} was trained on a base kernel of shape "
+                      f"{tuple(info['base_shape'])}, but this base's is {tuple(flat[p].shape)}; "
+                      f"load the base the adapters belong to ({yours}).")
+  fingerprint = adapter_fingerprint(base_params)
+  if fingerprint != rec["base_fingerprint"]:
+    msg = (f"Adapters in {directory!r} were saved with base fingerprint "
+           f"{rec['base_fingerprint']}, this base has {fingerprint}: same shapes, other values "
+           f"(another or a further-trained base? saved with {yours}).")
+    if strict:
+      raise UserError(msg + " Load the matching base, or pass strict=False.")
+    warnings.warn(msg, stacklevel=2)
+  abstract = {}
+  for p, info in rec["adapters"].items():
+    d_in, d_out = info["base_shape"]
+    for i, (r, dt) in enumerate(zip(info["ranks"], info["dtypes"])):
+      abstract[f"{p}/a{i}"] = jax.ShapeDtypeStruct((d_in, r), jnp.dtype(dt))
+      abstract[f"{p}/b{i}"] = jax.ShapeDtypeStruct((r, d_out), jnp.dtype(dt))
+  arrays = flatten_paths(checkpoint.read_step_params(os.path.abspath(directory), _nest(abstract)))
+
+  def one(path, x):
+    info = rec["adapters"].get(path)
+    if info is None:
+      return x
+    n = len(info["ranks"])
+    return _append(x, [arrays[f"{path}/a{i}"] for i in range(n)],
+                   [arrays[f"{path}/b{i}"] for i in range(n)], info["scales"], info["dropout"])
+  return map_with_paths(base_params, one)
