@@ -105,7 +105,7 @@ def load(split: str = "test", config: str = "main", path: str | None = None,
     return _finish(split, source, enumerate(_hf_rows(hf_name, config, split)))
   file = _resolve_file(os.path.expanduser(str(path)), split, config)
   name = split if os.path.isdir(os.path.expanduser(str(path))) else _stem(file)
-  return _finish(name, file, _file_rows(file))
+  return _finish(name, file, read_rows(file))
 
 
 def _resolve_file(path: str, split: str, config: str) -> str:
@@ -133,19 +133,20 @@ def _stem(file: str) -> str:
   return os.path.splitext(os.path.basename(file))[0]
 
 
-def _file_rows(file: str) -> Iterator[tuple[int, Any]]:
-  """(row index, row) pairs; a row that is not JSON comes as a ``_Bad`` reason."""
+def read_rows(file: str) -> Iterator[tuple[int, Any]]:
+  """(row index, row) pairs of a .jsonl file (or a .json list); a line that is
+  not JSON comes as a `BadRow` with the reason, for the caller to count or raise."""
   with open(file, encoding="utf-8", errors="replace") as f:
     text = f.read()
   if file.lower().endswith(".json") and not text.lstrip().startswith("{"):
     try:
       rows = json.loads(text)
     except json.JSONDecodeError as e:
-      raise UserError(f"GSM8K file {file!r} is not valid JSON ({e}); a .json file must hold "
+      raise UserError(f"{file!r} is not valid JSON ({e}); a .json file must hold "
                        f"a list of rows, or rename it .jsonl for one row per line.") from None
     if not isinstance(rows, list):
-      raise UserError(f"GSM8K file {file!r} holds a JSON {type(rows).__name__}, expected a "
-                       f"list of rows like {{\"question\": ..., \"answer\": ...}}.")
+      raise UserError(f"{file!r} holds a JSON {type(rows).__name__}, expected a "
+                       f"list of rows (JSON objects).")
     yield from enumerate(rows)
     return
   index = 0  # JSON Lines (also a .json file whose first row starts the text)
@@ -155,7 +156,7 @@ def _file_rows(file: str) -> Iterator[tuple[int, Any]]:
     try:
       yield index, json.loads(line)
     except json.JSONDecodeError as e:
-      yield index, _Bad(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})")
+      yield index, BadRow(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})")
     index += 1
 
 
@@ -188,7 +189,7 @@ def _hub_error(hf_name: str, config: str, split: str, e: Exception) -> ResourceU
 
 
 @dataclasses.dataclass(frozen=True)
-class _Bad:
+class BadRow:
   reason: str
 
 
@@ -216,7 +217,7 @@ def _finish(name: str, source: str, rows: Iterable[tuple[int, Any]]) -> Split:
 
 def _example(index: int, row: Any) -> Example | str:
   """The Example of a row, or the reason it is malformed."""
-  if isinstance(row, _Bad):
+  if isinstance(row, BadRow):
     return row.reason
   if not isinstance(row, dict):
     return f"a JSON {type(row).__name__}, expected an object"

@@ -200,24 +200,13 @@ def load_instruction_data(path_or_hf_name: str, split: str = "train", *,
 
 
 def _file_rows(path: str) -> list[Any]:
-  with open(path, encoding="utf-8", errors="replace") as f:
-    text = f.read()
-  if path.lower().endswith(".json") and not text.lstrip().startswith("{"):
-    try:
-      rows = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path!r} is not valid JSON ({e}); a .json file holds a list of "
-                      f"rows, or rename it .jsonl for one row a line.") from None
-    if not isinstance(rows, list):
-      raise UserError(f"{path!r} holds a JSON {type(rows).__name__}, expected a list of rows.")
-    return rows
+  from jaxslm.data.gsm8k import BadRow, read_rows
   rows = []
-  for lineno, line in enumerate(text.splitlines(), 1):
-    try:
-      rows += [json.loads(line)] if line.strip() else []
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{lineno} is not valid JSON ({e.msg} at column {e.colno}); "
-                      f"every line of a .jsonl file is one JSON object.") from None
+  for index, row in read_rows(path):
+    if isinstance(row, BadRow):
+      raise UserError(f"{path}: row {index}: {row.reason}; every line of a .jsonl file is one "
+                      "JSON object.")
+    rows.append(row)
   return rows
 
 
