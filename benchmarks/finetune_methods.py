@@ -100,6 +100,11 @@ def main(argv):
   ap.add_argument("--workdir", default="runs/finetune_methods")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
+  methods = args.methods.split(",")
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or ("stacked" in methods and "lora" not in methods[:methods.index("stacked")]):
+    raise SystemExit(f"--methods {args.methods}: valid methods are {', '.join(METHODS)}, and "
+                     "stacked needs lora before it (its first stage)")
   from jaxslm.data import gsm8k
   from jaxslm.evaluation.gsm8k import peak_memory
   problems, _ = gsm8k.select(gsm8k.load("test", path=args.data).examples, args.eval_problems)
@@ -108,7 +113,7 @@ def main(argv):
   rows.append({"method": "base (no fine-tuning)", "trainable": 0, "percent": 0.0, "train_s": 0.0,
                **{k: v for k, v in peak_memory().items() if k.startswith("peak")},
                "val_loss": None, **base_eval})
-  for name in args.methods.split(","):
+  for name in methods:
     workdir = os.path.join(args.workdir, name)
     if os.path.exists(workdir):
       raise SystemExit(f"{workdir} exists; remove it or pass another --workdir")

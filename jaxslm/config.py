@@ -207,7 +207,7 @@ def finetune_config(method: str = "lora") -> ConfigDict:
   """
   c = ConfigDict()
   c.method = method           # lora | qlora | full | stacked
-  c.init_from = "runs/slm26m"  # the paper's 26M preset, pretrained (configs/slm26m_owt.py)
+  c.init_from = "runs/slm26m_owt"  # the paper's 26M preset, pretrained by configs/slm26m_owt.py
   c.stack_from = ""           # stacked: the first stage's workdir (its adapters/)
   c.model_dtype = "float32" if _on_cpu() else "bfloat16"   # compute dtype; "" = the base's
   c.lora = ConfigDict(dict(rank=8, alpha=16.0, dropout=0.1, targets="qv", rslora=False))

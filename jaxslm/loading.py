@@ -33,6 +33,11 @@ def load(path: str, device: jax.Device | None = None) -> Loaded:
   """
   step_dir = ckpt.resolve_step_dir(path)
   meta = ckpt.read_step_meta(step_dir)
+  if "lora" in meta and "model" not in meta:
+    from jaxslm.errors import UserError
+    raise UserError(f"{path!r} holds LoRA adapters alone, not a model; load its base and "
+                    "apply them: jaxslm.lora.load_adapters(path, jaxslm.load(BASE).params), "
+                    "or load the fine-tuning workdir (or its export/) instead.")
   if "finetune" in meta:   # trainable leaves only: rebuild base + adapters
     from jaxslm.train.finetune import load_finetuned
     return load_finetuned(step_dir, meta, device)

@@ -195,8 +195,8 @@ class LoraConfig:
 
 def add_adapter(params, cfg: LoraConfig, rng: jax.Array):
   """Wrap every 2-D `*/kernel` whose path matches `cfg.targets` in a
-  LoraWeight, or append an adapter to one already wrapped. Adapters are kept
-  in the base's float dtype (float32 over a quantized base)."""
+  LoraWeight, or append an adapter to one already wrapped. Adapters are
+  float32 whatever the base's dtype (`dense` casts them to the compute dtype)."""
   flat = flatten_paths(params)
   pattern = re.compile(cfg.pattern)
   hits = sorted(p for p, x in flat.items() if pattern.search(p)
@@ -218,9 +218,7 @@ def add_adapter(params, cfg: LoraConfig, rng: jax.Array):
       return x
     base = x.w if isinstance(x, LoraWeight) else x
     d_in, d_out = base.shape
-    dtype = getattr(base, "dtype", None)
-    if is_quantized(base) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-      dtype = jnp.float32
+    dtype = jnp.float32   # whatever the base's dtype: bf16 adapters would lose small updates
     bound = 1.0 / math.sqrt(d_in)
     a = jax.random.uniform(keys[path], (d_in, cfg.rank), dtype, -bound, bound)
     return _append(x, [a], [jnp.zeros((cfg.rank, d_out), dtype)], [cfg.scale], cfg.dropout)

@@ -34,13 +34,15 @@ def main(argv: list[str]) -> int:
   try:
     config, options = parse_args(argv, base=finetune_config())
     workdir = options["workdir"] or os.path.join("runs", f"sft_{config.method}")
-    if options["resume"] and not options["config_path"]:
+    if options["resume"]:
       from jaxslm import checkpoint as ckpt
       try:
         meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
-        config, _ = parse_args(argv, base=ConfigDict(meta["config"]))
       except FileNotFoundError:
-        pass
+        raise UserError(f"--resume: {workdir!r} holds no fine-tuning checkpoint to continue; "
+                        "check --workdir, or drop --resume to start a new run.") from None
+      if not options["config_path"]:
+        config, _ = parse_args(argv, base=ConfigDict(meta["config"]))
     result = run(config, workdir, resume=options["resume"])
   except (UserError, FileNotFoundError, TrainingDiverged) as e:
     if os.environ.get("JAXSLM_DEBUG"):

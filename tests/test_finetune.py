@@ -90,7 +90,9 @@ def test_config_trains_two_steps(method, base, lora_run, tmp_path):
   if method == "stacked":   # adapter 1 (from the lora run) is exactly as it was trained
     first = lora_run[0]["params"]["layers_0"]["attn"]["q_proj"]["kernel"]
     now = out["params"]["layers_0"]["attn"]["q_proj"]["kernel"]
-    assert len(now.a) == 2
+    assert len(now.a) == 2 and (tmp_path / "w/stage1_adapters").is_dir()   # pinned copy
+    reloaded = jaxslm.load(str(tmp_path / "w"))      # base + stage 1 + stage 2, unmerged
+    assert len(reloaded.params["layers_0"]["attn"]["q_proj"]["kernel"].a) == 2
     np.testing.assert_array_equal(np.asarray(now.a[0]), np.asarray(first.a[0]))
     np.testing.assert_array_equal(np.asarray(now.b[0]), np.asarray(first.b[0]))
 
@@ -163,3 +165,20 @@ def test_launcher_and_eval_on_the_workdir(base, tmp_path):
   bad = subprocess.run([sys.executable, str(ROOT / "launch/finetune.py"), *args[:2],
                         "--config.init_from="], capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and "init_from" in bad.stderr
+  bad = subprocess.run([sys.executable, str(ROOT / "launch/finetune.py"), "--workdir",
+                        str(tmp_path / "nothing"), "--resume"], capture_output=True, text=True,
+                       timeout=120)
+  assert bad.returncode == 2 and "no fine-tuning checkpoint" in bad.stderr
+
+
+def test_stacked_needs_stage_one_kernels_covered_and_pins_its_adapters(base, lora_run, tmp_path):
+  c = tiny(load_config(ROOT / "configs/sft_gsm8k_stacked.py"), base)
+  c.stack_from = str(lora_run[1])
+  c.lora.targets = r"attn/q_proj/kernel$"      # stage 1 adapted q and v
+  with pytest.raises(UserError, match="does not cover kernels adapted in stage 1"):
+    run(c, str(tmp_path / "a"))
+
+
+def test_adapter_directory_is_not_a_model(lora_run):
+  with pytest.raises(UserError, match="adapters alone"):
+    jaxslm.load(str(lora_run[1] / "adapters"))

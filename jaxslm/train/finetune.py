@@ -71,12 +71,24 @@ def build_params(config: ConfigDict, base_params, *, seed: int):
     if not config.stack_from:
       raise UserError("method='stacked' needs --config.stack_from=DIR: the adapters of the "
                       "first stage (a fine-tuning workdir or its adapters/ directory).")
-    path = config.stack_from
-    if os.path.isdir(os.path.join(path, "adapters")):
-      path = os.path.join(path, "adapters")
-    params = lora.load_adapters(path, params)
+    params = lora.load_adapters(stack_dir(config.stack_from), params, strict=True)
   params = lora.add_adapter(params, lora_config(config), jax.random.PRNGKey(seed + 17))
+  if method == "stacked":   # "last" must never pick up a stage-1 adapter
+    counts = {p: len(x.a) for p, x in lora.flatten_paths(params).items()
+              if isinstance(x, lora.LoraWeight)}
+    single = sorted(p for p, n in counts.items() if n < 2)
+    if single:
+      raise UserError(f"stacked: lora.targets={config.lora.targets!r} does not cover kernels "
+                      f"adapted in stage 1 ({', '.join(single[:6])}); the new adapter must "
+                      "target every kernel the first one did (e.g. the same lora.targets).")
   return params, "last"
+
+
+def stack_dir(path: str) -> str:
+  """The adapters directory of a stage-1 run: its workdir's adapters/ or the directory."""
+  if os.path.isdir(os.path.join(path, "adapters")):
+    return os.path.join(path, "adapters")
+  return path
 
 
 def validate_config(config: ConfigDict) -> None:
@@ -214,6 +226,30 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   if latest is not None and not resume:
     raise UserError(f"Workdir {workdir!r} already holds a checkpoint (step {latest}). Pass "
                     "--resume to continue it, or choose another --workdir.")
+  saved = checkpointer.read_meta(latest)["finetune"] if latest is not None else None
+  config = ConfigDict(config.to_dict())   # this run's copy (pinned paths go into it)
+  if saved is not None:
+    if saved["method"] != config.method:
+      raise UserError(f"{workdir!r} was trained with method {saved['method']!r}, not "
+                      f"{config.method!r}; resume with the same method.")
+    try:
+      now = os.path.abspath(ckpt.resolve_step_dir(config.init_from))
+    except FileNotFoundError:
+      now = None
+    if now != saved["init_from"]:
+      log(f"Resuming on the base the run started from, {saved['init_from']} "
+          f"(init_from={config.init_from!r} now resolves elsewhere).")
+    config.init_from = saved["init_from"]
+  if config.method == "stacked":   # a private copy: stage 1 may be retrained later
+    pinned = os.path.join(os.path.abspath(workdir), "stage1_adapters")
+    if not os.path.isdir(pinned):
+      if not config.stack_from:
+        raise UserError("method='stacked' needs --config.stack_from=DIR: the adapters of the "
+                        "first stage (a fine-tuning workdir or its adapters/ directory).")
+      import shutil
+      shutil.copytree(stack_dir(config.stack_from), pinned + ".tmp", dirs_exist_ok=True)
+      os.replace(pinned + ".tmp", pinned)
+    config.stack_from = pinned
   model_cfg, base_params, tok, base = load_base(config)
   if t.seq_len > model_cfg.max_seq_len:
     raise UserError(f"train.seq_len={t.seq_len} exceeds the base model's context "
@@ -229,11 +265,12 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   optimizer, schedule = make_optimizer(t)
   opt_state = optimizer.init(trainable)
   config_json = json.loads(config.to_json_best_effort())
-  start = 0
+  start, last_saved = 0, {}
   if latest is not None:
     restored, opt_state, meta = checkpointer.restore(
         latest, ckpt.abstract_like(trainable), ckpt.abstract_like(opt_state))
     trainable, start = restored, int(meta["step"])
+    last_saved = dict(meta.get("metrics") or {})
     log(f"Resumed from step {start} ({checkpointer.directory})")
   dropout = config.method != "full" and config.lora.dropout > 0
   step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
@@ -261,8 +298,12 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
                "config": config_json, "model": model_cfg.to_dict(), "tokenizer": tok.spec(),
                "data": data_info, "params": counts, "jax_version": jax.__version__}
 
+  saved_step = [start]
+
   def save(step, last):
-    checkpointer.save(step, trainable, opt_state, {**meta_base, "step": step, "metrics": last})
+    if step != saved_step[0]:   # e.g. Ctrl-C right after a periodic save
+      checkpointer.save(step, trainable, opt_state, {**meta_base, "step": step, "metrics": last})
+      saved_step[0] = step
 
   metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   metrics_log.truncate_after(start if start else -1)
@@ -279,7 +320,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       old[sig] = signal.signal(sig, on_signal)
     except ValueError:
       pass
-  last: dict = {}
+  last: dict = last_saved
   step = start
   t_train = 0.0
   interrupted = False
@@ -375,6 +416,7 @@ def _replace_dir(path: str, write) -> str:
   import shutil
   tmp, old = path + ".new", path + ".old"
   shutil.rmtree(tmp, ignore_errors=True)
+  shutil.rmtree(old, ignore_errors=True)   # left by a crash during an earlier swap
   write(tmp)
   if os.path.exists(path):
     os.replace(path, old)
