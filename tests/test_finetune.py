@@ -53,7 +53,7 @@ def tiny(config, base, **train):
   config.qlora.block_size = 16
   config.train.update({**dict(steps=2, batch_size=4, seq_len=128, warmup_steps=0, log_every=1,
                               eval_every=2, checkpoint_every=2), **train})
-  config.eval.update(problems=4, max_new_tokens=16, batch_size=4)
+  config.eval.update(problems=0, max_new_tokens=16, batch_size=4)   # on in lora_run only
   return config
 
 
@@ -68,6 +68,7 @@ def test_there_are_configs_for_every_method():
 def lora_run(base, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("lora") / "w"
   c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base)
+  c.eval.problems = 4
   return run(c, str(workdir)), workdir
 
 
@@ -77,8 +78,7 @@ def test_config_trains_two_steps(method, base, lora_run, tmp_path):
   if method == "stacked":
     c.stack_from = str(lora_run[1])
   out = run(c, str(tmp_path / "w"))
-  assert out["step"] == 2 and np.isfinite(out["last"]["loss"]) and "gsm8k_em" in out["last"]
-  assert "val_loss" in out["last"] and "rouge1" in out["last"]
+  assert out["step"] == 2 and np.isfinite(out["last"]["loss"]) and "val_loss" in out["last"]
   assert (tmp_path / "w/export").is_dir()
   assert (tmp_path / "w/adapters").is_dir() == (method != "full")
   if method == "full":
@@ -100,6 +100,7 @@ def test_config_trains_two_steps(method, base, lora_run, tmp_path):
 def test_lora_run_outputs_load_back_and_agree(lora_run, base):
   out, workdir = lora_run
   assert out["counts"]["trainable"] < out["counts"]["total"] * 0.2
+  assert {"gsm8k_em", "gsm8k_em_stderr", "rouge1", "val_loss"} <= set(out["last"])
   adapted = jaxslm.load(str(workdir))          # base + adapters, unmerged
   merged = jaxslm.load(str(workdir / "export"))
   leaf = adapted.params["layers_0"]["attn"]["v_proj"]["kernel"]
@@ -117,7 +118,6 @@ def test_lora_run_outputs_load_back_and_agree(lora_run, base):
 
 def test_resume_continues_exactly(base, tmp_path):
   c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base, steps=4, decay_steps=4)
-  c.eval.problems = 0
   straight = run(c, str(tmp_path / "a"))
   c.train.steps = 2
   run(c, str(tmp_path / "b"))
@@ -156,12 +156,13 @@ def test_launcher_and_eval_on_the_workdir(base, tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stdout + res.stderr
   res = subprocess.run([sys.executable, str(ROOT / "launch/eval.py"), "--checkpoint",
-                        str(workdir), "--data", data, "--max-new-tokens", "8",
+                        str(workdir), "--data", data, "--max-new-tokens", "8", "--limit", "4",
+                        "--no-perplexity",
                         "--out", str(tmp_path / "eval")], capture_output=True, text=True,
                        timeout=300)
   assert res.returncode == 0, res.stdout + res.stderr
   summary = json.loads((tmp_path / "eval/summary.json").read_text())["sft"]
-  assert summary["template"] == "qa" and summary["problems"] == 16
+  assert summary["template"] == "qa" and summary["problems"] == 4
   bad = subprocess.run([sys.executable, str(ROOT / "launch/finetune.py"), *args[:2],
                         "--config.init_from="], capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and "init_from" in bad.stderr
