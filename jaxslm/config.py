@@ -229,6 +229,7 @@ def finetune_config(method: str = "lora") -> ConfigDict:
       warmup_steps=20, decay_steps=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
       grad_clip=1.0, log_every=10, eval_every=100, checkpoint_every=100, keep_checkpoints=2,
   ))
+  c.mesh = ConfigDict(dict(data=-1))   # data parallel over every device (-1: all)
   c.eval = ConfigDict(dict(
       problems=100,           # GSM8K test problems for exact match at each evaluation (0: off)
       split="test", path="", seed=1234, max_new_tokens=256, batch_size=32, rouge=True,

@@ -183,3 +183,36 @@ def test_stacked_needs_stage_one_kernels_covered_and_pins_its_adapters(base, lor
 def test_adapter_directory_is_not_a_model(lora_run):
   with pytest.raises(UserError, match="adapters alone"):
     jaxslm.load(str(lora_run[1] / "adapters"))
+
+
+DP_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from jaxslm.config import load_config
+from jaxslm.train.finetune import run
+c = load_config(sys.argv[1])
+c.init_from, c.data.path = sys.argv[2], sys.argv[3]
+c.model_dtype, c.data.val_examples, c.lora.rank, c.lora.dropout = "float32", 8, 4, 0.0
+c.train.update(steps=3, batch_size=8, seq_len=128, warmup_steps=0, log_every=1, eval_every=3,
+               checkpoint_every=3)
+c.eval.problems = 0
+out = run(c, sys.argv[4])
+print(json.dumps({"devices": jax.device_count(),
+                  "b": np.asarray(out["params"]["layers_0"]["attn"]["q_proj"]["kernel"].b[0]).tolist()}))
+"""
+
+
+def test_data_parallel_over_four_devices_matches_one(base, tmp_path):
+  import os
+  ckpt, data = base
+  outs = []
+  for n in (1, 4):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    res = subprocess.run([sys.executable, "-c", DP_SCRIPT, str(ROOT / "configs/sft_gsm8k_lora.py"),
+                          ckpt, data, str(tmp_path / f"w{n}")], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    outs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+  assert [o["devices"] for o in outs] == [1, 4]
+  np.testing.assert_allclose(outs[0]["b"], outs[1]["b"], rtol=1e-4, atol=1e-6)
+  assert np.abs(np.asarray(outs[0]["b"])).max() > 0

@@ -41,7 +41,7 @@ from jaxslm import checkpoint as ckpt
 from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.models import Decoder, ModelConfig
-from jaxslm.train import reporting
+from jaxslm.train import parallel, reporting
 from jaxslm.train.optim import make_optimizer
 from jaxslm.train.pretrain import TrainingDiverged, log
 
@@ -104,6 +104,10 @@ def validate_config(config: ConfigDict) -> None:
       raise UserError(f"train.{name}={t[name]} must be a positive integer.")
   if config.method != "full" and config.lora.rank < 1:
     raise UserError(f"lora.rank={config.lora.rank} must be >= 1.")
+  devices = jax.device_count()
+  if t.batch_size % devices:
+    raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {devices} devices "
+                    f"(data parallel); use a multiple of {devices}.")
   make_optimizer(t)
 
 
@@ -273,9 +277,22 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     last_saved = dict(meta.get("metrics") or {})
     log(f"Resumed from step {start} ({checkpointer.directory})")
   dropout = config.method != "full" and config.lora.dropout > 0
+  # Data parallel: the batch is split over every device, params and optimizer
+  # state replicated (adapters are small; FSDP of the frozen base is not done here).
+  mesh = parallel.make_mesh(config.mesh.data, 1)
+  rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  trainable, frozen, opt_state = jax.device_put((trainable, frozen, opt_state), rep)
   step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
                                       dropout=dropout), donate_argnums=(0, 1))
   eval_fn = jax.jit(functools.partial(eval_loss, model_cfg=model_cfg))
+  sampler = sft.SFTBatches(tr_tokens, tr_weights, global_batch_size=t.batch_size, seed=t.seed,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count())
+
+  def device_batch(step: int):
+    tokens, weights = sampler.batch(step)
+    return (parallel.global_array(tokens, batch_sh, (t.batch_size, tokens.shape[1])),
+            parallel.global_array(weights, batch_sh, (t.batch_size, weights.shape[1])))
   problems = _gsm8k_subset(config)
 
   def validate() -> dict:
@@ -330,11 +347,10 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       metrics_log.write(last)
       log(f"step 0: {_fmt(last)}")
     while step < t.steps:
-      tokens, weights = sft.batches(tr_tokens, tr_weights, t.batch_size, t.seed, step)
+      tokens, weights = device_batch(step)
       t0 = time.perf_counter()
       rng = jax.random.fold_in(jax.random.PRNGKey(t.seed), step)
-      trainable, opt_state, m = step_fn(trainable, opt_state, frozen, jnp.asarray(tokens),
-                                        jnp.asarray(weights), rng)
+      trainable, opt_state, m = step_fn(trainable, opt_state, frozen, tokens, weights, rng)
       step += 1
       if step % t.log_every == 0 or step == t.steps or step == start + 1:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
