@@ -1,13 +1,16 @@
-"""Tokenizers behind one interface: tiktoken (GPT-2 and OpenAI BPEs) and SentencePiece.
+"""Tokenizers behind one interface: tiktoken (GPT-2 and OpenAI BPEs), SentencePiece
+and Hugging Face `tokenizer.json` files (byte-level BPE: GPT-2, Llama 3, Qwen, SmolLM2).
 
     tok = get_tokenizer("gpt2")                   # tiktoken r50k_base, 50,257 ids
     tok = get_tokenizer("runs/tok/spm.model")     # a SentencePiece model file
+    tok = get_tokenizer("models/SmolLM2-135M")    # a directory with tokenizer.json
     tok = train_sentencepiece(lines, vocab_size=1024)   # in memory, no temp files
     ids = tok.encode("Natalia sold 48 clips.\n#### 72", add_eos=True)
     tok = from_spec(json.loads(json.dumps(tok.spec())))  # what checkpoints store
 
 `encode` never turns user text into special tokens (tiktoken's `encode_ordinary`;
-SentencePiece control pieces cannot be produced from text). Special ids are
+SentencePiece control pieces cannot be produced from text; a tokenizer.json
+encodes special-token text as plain text). Special ids are
 added only through `add_bos` / `add_eos`. A tokenizer pickles through its spec.
 """
 from __future__ import annotations
@@ -321,22 +324,138 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: st
     return SentencePieceTokenizer(model.getvalue(), name=f"sentencepiece-{model_type}-{vocab_size}")
 
 
+# ------------------------------------------------------- Hugging Face tokenizer.json
+
+
+def _token_text(value) -> str | None:
+    """A tokenizer_config.json special token: a string or {"content": ...}."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizer.json`, held as its JSON text so `spec()` is
+    self-contained. `chat_template` (Jinja) is kept as given, for chat formatting."""
+
+    def __init__(self, tokenizer_json: str, *, eos_id: int | None = None,
+                 bos_id: int | None = None, pad_id: int | None = None,
+                 chat_template: str | None = None, name: str | None = None):
+        import tokenizers as hf_tokenizers
+
+        try:
+            tok = hf_tokenizers.Tokenizer.from_str(tokenizer_json)
+        except Exception as e:
+            raise UserError(f"Not a valid tokenizer.json: {e}") from e
+        tok.encode_special_tokens = True  # special-token text in user input stays text
+        self._json, self._tok = tokenizer_json, tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.special_tokens = {t.content: i for i, t in tok.get_added_tokens_decoder().items()
+                               if t.special}
+        if eos_id is None:
+            raise UserError(
+                "This tokenizer.json has no EOS id: give eos_id=..., or an eos_token in "
+                "tokenizer_config.json / eos_token_id in config.json beside it.")
+        for field, v in (("eos_id", eos_id), ("bos_id", bos_id), ("pad_id", pad_id)):
+            if v is not None and not 0 <= v < self.vocab_size:
+                raise UserError(f"{field}={v} is outside the tokenizer's [0, {self.vocab_size}).")
+        self.eos_id, self.bos_id = int(eos_id), None if bos_id is None else int(bos_id)
+        self.pad_id = self.eos_id if pad_id is None else int(pad_id)
+        self.chat_template = chat_template
+        self.name = name or f"hf-{type(tok.model).__name__.lower()}-{self.vocab_size}"
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike, *, name: str | None = None) -> "HFTokenizer":
+        """tokenizer.json, with special ids and the chat template from
+        tokenizer_config.json (or chat_template.jinja) and config.json."""
+        import json
+
+        directory = os.fspath(directory)
+        path = os.path.join(directory, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No tokenizer.json in {directory!r}; give the directory "
+                                    "of a Hugging Face tokenizer (tokenizer.json).")
+
+        def read(file):
+            p = os.path.join(directory, file)
+            if not os.path.isfile(p):
+                return None
+            with open(p, encoding="utf-8") as f:
+                return f.read() if file.endswith(".jinja") else json.load(f)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        tcfg, mcfg = read("tokenizer_config.json") or {}, read("config.json") or {}
+        template = tcfg.get("chat_template") or read("chat_template.jinja")
+        import tokenizers as hf_tokenizers
+        vocab = hf_tokenizers.Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
+
+        def special(kind):
+            token = _token_text(tcfg.get(f"{kind}_token"))
+            if token is not None and token in vocab:
+                return vocab[token]
+            v = mcfg.get(f"{kind}_token_id")
+            return v[0] if isinstance(v, list) and v else v
+        return cls(text, eos_id=special("eos"), bos_id=special("bos"), pad_id=special("pad"),
+                   chat_template=template if isinstance(template, str) else None,
+                   name=name or os.path.basename(os.path.abspath(directory)) or None)
+
+    def token_text(self, i: int | None) -> str | None:
+        return None if i is None else self._tok.id_to_token(i)
+
+    def save(self, directory: str | os.PathLike) -> list[str]:
+        """Writes tokenizer.json and a tokenizer_config.json that transformers'
+        AutoTokenizer reads (special tokens, chat template)."""
+        import json
+
+        directory = os.fspath(directory)
+        with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(self._json)
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast",
+               "clean_up_tokenization_spaces": False,
+               "eos_token": self.token_text(self.eos_id), "bos_token": self.token_text(self.bos_id),
+               "pad_token": self.token_text(self.pad_id)}
+        if self.chat_template is not None:
+            cfg["chat_template"] = self.chat_template
+        with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, indent=2)
+        return ["tokenizer.json", "tokenizer_config.json"]
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "hf", "version": _SPEC_VERSION, "name": self.name,
+                "vocab_size": self.vocab_size, "tokenizer_json": self._json,
+                "eos_id": self.eos_id, "bos_id": self.bos_id, "pad_id": self.pad_id,
+                "chat_template": self.chat_template}
+
+
 # ------------------------------------------------------------------- factory
 
 
 def get_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
-    """"gpt2" / a tiktoken encoding name, or the path of a SentencePiece '.model' file."""
+    """"gpt2" / a tiktoken encoding name, the path of a SentencePiece '.model' file,
+    or a Hugging Face tokenizer (tokenizer.json, or the directory holding it)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"get_tokenizer expects a name or path, got {type(name_or_path).__name__}.")
     s = os.fspath(name_or_path)
     if s.endswith(".model"):
         return SentencePieceTokenizer.from_file(s)
+    if os.path.basename(s) == "tokenizer.json" and os.path.isfile(s):
+        return HFTokenizer.from_dir(os.path.dirname(s) or ".")
+    if os.path.isfile(os.path.join(s, "tokenizer.json")):
+        return HFTokenizer.from_dir(s)
     known = [n for n in _tiktoken_names() if n not in _TIKTOKEN_ALIASES]
     if _TIKTOKEN_ALIASES.get(s, s) in known:
         return TiktokenTokenizer(s)
     raise UserError(
         f"Unknown tokenizer {s!r}. Accepted: 'gpt2' (alias of 'r50k_base'), a tiktoken "
-        f"encoding name ({', '.join(known)}), or the path of a SentencePiece '.model' file."
+        f"encoding name ({', '.join(known)}), the path of a SentencePiece '.model' file, or "
+        "a Hugging Face tokenizer.json (or its directory)."
     )
 
 
@@ -351,9 +470,13 @@ def from_spec(spec: Mapping[str, Any]) -> Tokenizer:
         elif kind == "sentencepiece":
             proto = base64.b64decode(spec["model_proto_b64"])
             tok = SentencePieceTokenizer(proto, name=spec.get("name"))
+        elif kind == "hf":
+            tok = HFTokenizer(spec["tokenizer_json"], eos_id=spec["eos_id"],
+                              bos_id=spec.get("bos_id"), pad_id=spec.get("pad_id"),
+                              chat_template=spec.get("chat_template"), name=spec.get("name"))
         else:
-            raise UserError(f"Unknown tokenizer spec kind {kind!r}; expected 'tiktoken' or "
-                             "'sentencepiece'.")
+            raise UserError(f"Unknown tokenizer spec kind {kind!r}; expected 'tiktoken', "
+                             "'sentencepiece' or 'hf'.")
     except KeyError as e:
         raise UserError(f"Tokenizer spec of kind {kind!r} lacks the key {e.args[0]!r}.") from e
     expected = spec.get("vocab_size")

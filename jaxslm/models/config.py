@@ -2,6 +2,14 @@
 
 It is static under `jit` (hashable), so a compiled function is keyed by it.
 Presets are named configurations; `ModelConfig.preset(name, **overrides)`.
+Optional fields for converted checkpoints (all default to the behavior
+before they existed):
+
+    ModelConfig(..., qkv_bias=True, o_bias=False)   # Qwen2: q/k/v biases only
+    ModelConfig(..., sliding_window=4096)           # Mistral: each query sees 4096 keys
+    ModelConfig(..., rope_scaling={"type": "llama3", "factor": 32.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 8192})
 
 Shape letters used across jaxslm (suffixes such as `x_btd`, einsum strings):
 B batch, T time (query positions), S key/value positions, D model width,
@@ -18,6 +26,16 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 POSITIONS = ("rope", "learned")
 DTYPES = ("float32", "bfloat16", "float16")
+# RoPE frequency adjustments: type -> the keys it needs (besides "type").
+ROPE_SCALINGS = {
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings"),
+}
+
+
+def _freeze(value):
+  """Lists (from JSON) as tuples, so the config stays hashable."""
+  return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +55,12 @@ class ModelConfig:
   rope_theta: float = 10000.0
   tie_embeddings: bool = True
   use_bias: bool = True        # biases on the linear projections
+  qkv_bias: bool | None = None  # biases on q/k/v_proj; None means use_bias
+  o_bias: bool | None = None    # bias on o_proj; None means use_bias
+  sliding_window: int | None = None  # a query sees only the last W keys (itself included)
+  # RoPE frequency adjustment, e.g. {"type": "llama3", ...} (see ROPE_SCALINGS);
+  # stored as sorted (key, value) pairs so the config stays hashable.
+  rope_scaling: Any = ()
   dtype: str = "bfloat16"      # compute dtype; params are kept in param_dtype
   param_dtype: str = "float32"
   init_std: float = 0.02
@@ -46,6 +70,29 @@ class ModelConfig:
   def __post_init__(self):
     def bad(field, value, expected):
       raise UserError(f"ModelConfig.{field}={value!r} is invalid: expected {expected}.")
+    scaling = self.rope_scaling
+    if isinstance(scaling, dict):
+      scaling = tuple(sorted(scaling.items()))
+    if scaling is None or (isinstance(scaling, (list, tuple)) and not scaling):
+      scaling = ()
+    try:
+      scaling = tuple(sorted((str(k), _freeze(v)) for k, v in scaling))
+    except (TypeError, ValueError):
+      bad("rope_scaling", self.rope_scaling, "a dict such as {'type': 'llama3', ...} or {}")
+    object.__setattr__(self, "rope_scaling", scaling)
+    if scaling:
+      d = dict(scaling)
+      if d.get("type") not in ROPE_SCALINGS:
+        bad("rope_scaling", d, f"a 'type' among {sorted(ROPE_SCALINGS)}")
+      missing = [k for k in ROPE_SCALINGS[d["type"]] if k not in d]
+      if missing:
+        bad("rope_scaling", d, f"the keys {missing} for type {d['type']!r}")
+    if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
+                                            or self.sliding_window <= 0):
+      bad("sliding_window", self.sliding_window, "a positive integer or None")
+    for field in ("qkv_bias", "o_bias"):
+      if getattr(self, field) not in (None, True, False):
+        bad(field, getattr(self, field), "True, False or None (None follows use_bias)")
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
       v = getattr(self, field)
       if not isinstance(v, int) or v <= 0:
@@ -76,11 +123,21 @@ class ModelConfig:
   def dim_per_head(self) -> int:
     return self.head_dim or self.d_model // self.n_heads
 
+  @property
+  def has_qkv_bias(self) -> bool:
+    return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+  @property
+  def has_o_bias(self) -> bool:
+    return self.use_bias if self.o_bias is None else self.o_bias
+
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    d = dataclasses.asdict(self)
+    d["rope_scaling"] = dict(self.rope_scaling)
+    return d
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":

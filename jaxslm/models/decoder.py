@@ -52,7 +52,7 @@ class Decoder(nn.Module):
       for i in range(cfg.n_layers):
         x_btd = block(cfg, name=f"layers_{i}")(x_btd, positions_bt)
     else:
-      mask_bts = _cache_mask(kv_mask_bs, cache_index, t)
+      mask_bts = _cache_mask(kv_mask_bs, cache_index, t, cfg.sliding_window)
       cache = dict(cache)
       for i in range(cfg.n_layers):
         name = f"layers_{i}"
@@ -71,8 +71,11 @@ class Decoder(nn.Module):
     return logits_btv if cache is None else (logits_btv, cache)
 
 
-def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int) -> jax.Array:
-  """[B, T, S']: query t (at slot index + t) may see filled slots s <= index + t.
+def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int,
+                window: int | None = None) -> jax.Array:
+  """[B, T, S']: query t (at slot index + t) may see filled slots s <= index + t
+  (and, with a sliding `window` W, s > index + t - W: a row's real tokens fill
+  consecutive slots, so slot distance is position distance).
 
   Every query also sees its own slot, so a padding query has one finite key
   instead of none. With a static `cache_index` only slots [0, index + t) exist
@@ -84,6 +87,8 @@ def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int) -> jax.Array:
   q_slot_t = cache_index + jnp.arange(t, dtype=jnp.int32)
   s_idx = jnp.arange(s, dtype=jnp.int32)
   causal_ts = s_idx[None, :] <= q_slot_t[:, None]
+  if window is not None:
+    causal_ts &= s_idx[None, :] > q_slot_t[:, None] - window
   own_ts = s_idx[None, :] == q_slot_t[:, None]
   return (kv_mask_bs[:, None, :] & causal_ts[None]) | own_ts[None]
 

@@ -69,10 +69,30 @@ class Norm(nn.Module):
     return y.astype(_dt(self.cfg.dtype))
 
 
-def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+def rope_inv_freq(h: int, theta: float, scaling=()) -> jax.Array:
+  """[H/2] float32 inverse frequencies theta^(-2i/H), adjusted by `scaling`
+  (a `ModelConfig.rope_scaling`; "llama3": wavelengths above
+  original_len / low_freq_factor are stretched by `factor`, those below
+  original_len / high_freq_factor kept, the band between interpolated)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  s = dict(scaling)
+  if s.get("type") == "llama3":
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * jnp.pi / inv_freq
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    inv_freq = jnp.where(wavelen > old_len / low, inv_freq / factor,
+                         jnp.where(wavelen < old_len / high, inv_freq, blended))
+  elif s:
+    raise UserError(f"rope_scaling type {s.get('type')!r} is not implemented.")
+  return inv_freq
+
+
+def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float, scaling=()) -> jax.Array:
   """Rotary embedding, rotate-half layout (first half / second half of H)."""
   h = x_btnh.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  inv_freq = rope_inv_freq(h, theta, scaling)
   angles_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq
   sin, cos = jnp.sin(angles_bth)[:, :, None, :], jnp.cos(angles_bth)[:, :, None, :]
   x32 = x_btnh.astype(jnp.float32)
@@ -115,17 +135,21 @@ class Attention(nn.Module):
     cfg = self.cfg
     b, t, _ = x_btd.shape
     n, k, h = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
-    q_btnh = Linear(n * h, cfg, cfg.use_bias, name="q_proj")(x_btd).reshape(b, t, n, h)
-    k_btkh = Linear(k * h, cfg, cfg.use_bias, name="k_proj")(x_btd).reshape(b, t, k, h)
-    v_btkh = Linear(k * h, cfg, cfg.use_bias, name="v_proj")(x_btd).reshape(b, t, k, h)
+    qkv_bias = cfg.has_qkv_bias
+    q_btnh = Linear(n * h, cfg, qkv_bias, name="q_proj")(x_btd).reshape(b, t, n, h)
+    k_btkh = Linear(k * h, cfg, qkv_bias, name="k_proj")(x_btd).reshape(b, t, k, h)
+    v_btkh = Linear(k * h, cfg, qkv_bias, name="v_proj")(x_btd).reshape(b, t, k, h)
     if cfg.position == "rope":
-      q_btnh = rope(q_btnh, positions_bt, cfg.rope_theta)
-      k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta)
+      q_btnh = rope(q_btnh, positions_bt, cfg.rope_theta, cfg.rope_scaling)
+      k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta, cfg.rope_scaling)
     if cache is None:
       # jax.nn.dot_product_attention handles GQA (N a multiple of K), computes the
       # softmax in float32 and picks cuDNN flash attention where available.
+      # A sliding window W lets query i see keys i - W + 1 .. i.
+      window = None if cfg.sliding_window is None else (cfg.sliding_window - 1, 0)
       o_btnh = jax.nn.dot_product_attention(
-          q_btnh, k_btkh, v_btkh, is_causal=True, implementation=cfg.attention_impl or None)
+          q_btnh, k_btkh, v_btkh, is_causal=True, local_window_size=window,
+          implementation=cfg.attention_impl or None)
     else:
       start = (0, 0, cache_index, 0)
       cache = {name: jax.lax.dynamic_update_slice(
@@ -136,7 +160,7 @@ class Attention(nn.Module):
                                 cache["v"][:, :, :s].astype(q_btnh.dtype), mask_bts)
     # Residual-branch output projections get the GPT-2 scaled init.
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-    out_btd = Linear(cfg.d_model, cfg, cfg.use_bias, std=out_std, name="o_proj")(
+    out_btd = Linear(cfg.d_model, cfg, cfg.has_o_bias, std=out_std, name="o_proj")(
         o_btnh.reshape(b, t, n * h))
     return out_btd if cache is None else (out_btd, cache)
 

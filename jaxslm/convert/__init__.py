@@ -1,0 +1,30 @@
+"""Hugging Face <-> jaxslm checkpoint conversion, by table (one per family).
+
+    from jaxslm import convert
+    convert.hf_to_jaxslm("models/SmolLM2-135M", "runs/smol", dtype="bfloat16")
+    convert.jaxslm_to_hf("runs/smol", "exports/smol")      # LoRA adapters merged first
+    cfg = convert.config_from_hf("models/SmolLM2-135M/config.json")
+    convert.supported_model_types()   # ['gpt2', 'gpt_neox', 'llama', 'mistral', 'qwen2']
+
+Command line: `python launch/convert.py hf2jax --hf DIR --out CHECKPOINT` and
+`python launch/convert.py jax2hf --checkpoint CHECKPOINT --out DIR`.
+
+Layout: `table.py` (rules, families, shape checks), one module per family
+group (`gpt2.py`; `gpt_neox.py`, the home of jaxslm's own GPT-style presets;
+`llama.py`: Llama, Mistral, Qwen2), `files.py`
+(config.json, safetensors read tensor by tensor and written shard by shard),
+`checkpoints.py` (the two directions).
+"""
+
+from __future__ import annotations
+
+from jaxslm.convert.checkpoints import config_from_hf, export, hf_to_jaxslm, jaxslm_to_hf
+
+
+def supported_model_types() -> list[str]:
+  from jaxslm.convert.table import FAMILIES, get_family
+  get_family("llama")
+  return sorted(FAMILIES)
+
+
+__all__ = ["config_from_hf", "export", "hf_to_jaxslm", "jaxslm_to_hf", "supported_model_types"]

@@ -1,0 +1,200 @@
+"""Whole-checkpoint conversion, Hugging Face directory <-> jaxslm checkpoint.
+
+    hf_to_jaxslm("models/SmolLM2-135M", "runs/smol", dtype="bfloat16")
+    model_cfg, params, tok = jaxslm.load("runs/smol")
+    jaxslm_to_hf("runs/smol", "exports/smol")     # transformers.AutoModelForCausalLM loads it
+
+A converted checkpoint is self-contained: params, the `ModelConfig`, the
+tokenizer spec (a tokenizer.json is embedded, chat template included) and
+meta["hf"] = {"model_type", "config"} (the original config.json, so an export
+keeps fields jaxslm does not model, such as token ids). A checkpoint without
+meta["hf"] (trained in jaxslm) exports as the first family whose config.json
+describes the same model exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from jaxslm import checkpoint as ckpt
+from jaxslm import tokenizers
+from jaxslm.convert import files
+from jaxslm.convert.table import (FAMILIES, Family, check_coverage, check_shape, expand,
+                                  expected_hf_shape, flat_shapes, get_family, match_keys, nbytes)
+from jaxslm.errors import UserError
+from jaxslm.models import ModelConfig
+
+DTYPES = ("float32", "bfloat16")
+# ModelConfig fields that say how to run a model, not what it computes.
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "init_std", "remat", "attention_impl")
+
+
+def config_from_hf(config_json: dict | str, dtype: str = "float32") -> ModelConfig:
+  """The `ModelConfig` of a Hugging Face config (a dict, a config.json path or its directory)."""
+  if isinstance(config_json, (str, os.PathLike)):
+    path = os.fspath(config_json)
+    config_json = files.read_config(os.path.dirname(path) if path.endswith(".json") else path)
+  if dtype not in DTYPES:
+    raise UserError(f"dtype={dtype!r} is invalid: expected one of {DTYPES}.")
+  family = get_family(config_json.get("model_type"))
+  return family.config_from_hf(config_json).replace(dtype=dtype, param_dtype=dtype)
+
+
+def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=None) -> str:
+  """Convert a Hugging Face model directory into a jaxslm checkpoint at `out_dir`.
+
+  Tensors are read one at a time (memory-mapped) and cast to `dtype`.
+  `tokenizer`: a `Tokenizer`, a name or path for `get_tokenizer`, or None to
+  use the directory's tokenizer.json. Returns `out_dir`.
+  """
+  hf = files.read_config(hf_dir)
+  family = get_family(hf.get("model_type"), os.path.join(hf_dir, files.CONFIG))
+  cfg = config_from_hf(hf, dtype)
+  tok = _tokenizer(hf_dir, tokenizer)
+  shapes = flat_shapes(cfg)
+  entries = expand(family.rules(cfg), cfg)
+  check_coverage(entries, cfg, family)
+  flat = {}
+  with files.SafetensorsReader(hf_dir) as reader:
+    matched = match_keys(reader.keys(), entries, cfg, family)
+    for key, entry in matched.items():   # every shape first: fail before reading anything
+      check_shape(key, reader.shape(key), expected_hf_shape(entry, cfg, shapes), entry)
+    for key, entry in matched.items():
+      outs = entry.rule.to_jax(reader.get(key), cfg)
+      for path, x in zip(entry.jax, outs):
+        flat[path] = jnp.asarray(x, shapes[path].dtype)
+  meta = {"model": cfg.to_dict(), "tokenizer": tok.spec(),
+          "hf": {"model_type": family.model_type, "config": hf},
+          "converted_from": os.path.abspath(hf_dir)}
+  return ckpt.save_params(out_dir, _nest(flat), meta)
+
+
+def jaxslm_to_hf(checkpoint: str, out_dir: str, *, model_type: str | None = None,
+                 max_shard_bytes: int = 2 << 30) -> str:
+  """Export a jaxslm checkpoint (anything `jaxslm.load` opens) as a Hugging
+  Face directory: config.json, safetensors (sharded above `max_shard_bytes`)
+  and, for a tokenizer.json tokenizer, the tokenizer files. LoRA adapters are
+  merged and quantized kernels dequantized first. Returns `out_dir`."""
+  from jaxslm.loading import load
+  loaded = load(checkpoint)
+  return export(loaded.model_cfg, loaded.params, loaded.tokenizer, out_dir,
+                hf_meta=loaded.meta.get("hf"), model_type=model_type,
+                max_shard_bytes=max_shard_bytes)
+
+
+def export(cfg: ModelConfig, params, tok, out_dir: str, *, hf_meta: dict | None = None,
+           model_type: str | None = None, max_shard_bytes: int = 2 << 30) -> str:
+  """`jaxslm_to_hf` for a config and params in memory (e.g. in a notebook)."""
+  from jaxslm import lora
+  params = lora.map_with_paths(lora.merge(params), lambda _, x: (
+      lora.dequantize(x, jnp.float32) if lora.is_quantized(x) else x))
+  model_type = model_type or (hf_meta or {}).get("model_type")
+  family = get_family(model_type, "the checkpoint") if model_type else _infer_family(cfg)
+  hf_config = _hf_config(cfg, family, hf_meta, tok, params)
+  entries = expand(family.rules(cfg), cfg)
+  check_coverage(entries, cfg, family)
+  flat = lora.flatten_paths(params)
+  shapes = {p: jax.ShapeDtypeStruct(x.shape, x.dtype) for p, x in flat.items()}
+  sizes = [(e.hf, nbytes(expected_hf_shape(e, cfg, shapes), shapes[e.jax[0]].dtype))
+           for e in entries]
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir):
+    raise FileExistsError(f"{out_dir!r} already exists; choose a new directory or remove it.")
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=os.path.dirname(out_dir))
+  try:
+    tensors = ((e.hf, e.rule.to_hf(tuple(flat[p] for p in e.jax), cfg)) for e in entries)
+    files.write_safetensors(tmp, tensors, sizes, max_shard_bytes)
+    files.write_json(os.path.join(tmp, files.CONFIG), hf_config)
+    if isinstance(tok, tokenizers.HFTokenizer):
+      tok.save(tmp)
+    else:
+      warnings.warn(f"The tokenizer {tok.name!r} is not a tokenizer.json; {out_dir} gets no "
+                    "tokenizer files (add them, e.g. GPT-2's from the Hub).", stacklevel=2)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def _semantic(cfg: ModelConfig) -> dict:
+  """The fields that decide what a config computes, defaults resolved."""
+  d = cfg.to_dict()
+  for f in _RUNTIME_FIELDS:
+    d.pop(f)
+  d.update(n_kv_heads=cfg.num_kv_heads, head_dim=cfg.dim_per_head, qkv_bias=cfg.has_qkv_bias,
+           o_bias=cfg.has_o_bias)
+  if cfg.position != "rope":
+    d.pop("rope_theta"), d.pop("rope_scaling")
+  return d
+
+
+def _expressible(cfg: ModelConfig, family: Family) -> list[str]:
+  """Fields where `family`'s config.json cannot say what `cfg` says."""
+  try:
+    back = family.config_from_hf(family.config_to_hf(cfg))
+  except UserError as e:
+    return [str(e)]
+  want, got = _semantic(cfg), _semantic(back)
+  return [f"{k}={want[k]!r} (would read back as {got.get(k)!r})" for k in want
+          if want[k] != got.get(k)]
+
+
+def _infer_family(cfg: ModelConfig) -> Family:
+  get_family("llama")  # registers the families
+  reasons = {}
+  for family in FAMILIES.values():
+    bad = _expressible(cfg, family)
+    if not bad:
+      return family
+    reasons[family.model_type] = bad[:3]
+  raise UserError(f"No supported Hugging Face architecture expresses this model exactly: "
+                  f"{reasons}. Supported model types: {sorted(FAMILIES)}.")
+
+
+def _hf_config(cfg: ModelConfig, family: Family, hf_meta: dict | None, tok, params) -> dict:
+  bad = _expressible(cfg, family)
+  if bad:
+    raise UserError(f"A {family.model_type} config.json cannot express this model: "
+                    f"{'; '.join(bad)}.")
+  base = dict((hf_meta or {}).get("config") or {})
+  for key in family.owned_keys + ("torch_dtype", "dtype", "transformers_version"):
+    base.pop(key, None)
+  if not hf_meta:
+    base.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+  dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
+  return {**base, **family.config_to_hf(cfg), "model_type": family.model_type,
+          "architectures": [family.architecture],
+          "torch_dtype": "bfloat16" if dtypes == {"bfloat16"} else "float32"}
+
+
+def _tokenizer(hf_dir: str, tokenizer) -> tokenizers.Tokenizer:
+  if isinstance(tokenizer, tokenizers.Tokenizer):
+    return tokenizer
+  if tokenizer is not None:
+    return tokenizers.get_tokenizer(tokenizer)
+  if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+    raise UserError(f"{hf_dir!r} has no tokenizer.json; pass tokenizer=... (a tokenizer.json "
+                    "path, 'gpt2', or a SentencePiece '.model' file).")
+  return tokenizers.HFTokenizer.from_dir(hf_dir)
+
+
+def _nest(flat: dict) -> dict:
+  out: dict = {}
+  for path, x in flat.items():
+    *parents, last = path.split("/")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = x
+  return out
+
+
+__all__ = ["config_from_hf", "export", "hf_to_jaxslm", "jaxslm_to_hf"]

@@ -1,0 +1,61 @@
+"""Convert checkpoints between Hugging Face and jaxslm.
+
+  python launch/convert.py hf2jax --hf models/SmolLM2-135M --out runs/smol --dtype bfloat16
+  python launch/convert.py jax2hf --checkpoint runs/smol --out exports/smol
+  python launch/convert.py jax2hf --checkpoint runs/sft --out exports/sft   # LoRA merged
+
+hf2jax reads a directory saved with `save_pretrained` (config.json,
+model.safetensors or shards + index, tokenizer.json); supported model types:
+gpt2, gpt_neox, llama, mistral, qwen2. jax2hf takes anything `jaxslm.load` opens and
+writes config.json, safetensors and the tokenizer files that transformers
+loads as is. Exit codes: 0 ok, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jaxslm import convert
+from jaxslm.errors import UserError
+
+
+def parse(argv):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest="command", required=True)
+  h = sub.add_parser("hf2jax", help="Hugging Face directory -> jaxslm checkpoint")
+  h.add_argument("--hf", required=True, help="directory with config.json and *.safetensors")
+  h.add_argument("--out", required=True, help="new checkpoint directory")
+  h.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  h.add_argument("--tokenizer", default=None,
+                 help="when --hf has no tokenizer.json: 'gpt2', a tokenizer.json or a .model")
+  j = sub.add_parser("jax2hf", help="jaxslm checkpoint -> Hugging Face directory")
+  j.add_argument("--checkpoint", required=True, help="run workdir, checkpoints/ or a step dir")
+  j.add_argument("--out", required=True, help="new Hugging Face model directory")
+  j.add_argument("--model-type", default=None,
+                 help="force a family (default: the converted one, or inferred)")
+  j.add_argument("--max-shard-gb", type=float, default=2.0)
+  return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+  args = parse(argv)
+  try:
+    if args.command == "hf2jax":
+      out = convert.hf_to_jaxslm(args.hf, args.out, dtype=args.dtype, tokenizer=args.tokenizer)
+    else:
+      out = convert.jaxslm_to_hf(args.checkpoint, args.out, model_type=args.model_type,
+                                 max_shard_bytes=int(args.max_shard_gb * 2**30))
+  except (UserError, FileNotFoundError, FileExistsError) as e:
+    if os.environ.get("JAXSLM_DEBUG"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
