@@ -51,6 +51,17 @@ def _hf_configs():
           hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
           max_position_embeddings=128, hidden_act="gelu_new", use_parallel_residual=False,
           rotary_pct=1.0, rotary_emb_base=10000.0, tie_word_embeddings=False, **COMMON),
+      # q/k RMSNorm per head; an explicit head_dim (4 x 24 != 64).
+      "qwen3": transformers.Qwen3Config(**LLAMA_SHAPE, head_dim=24, tie_word_embeddings=True,
+                                        rope_theta=1000000.0),
+      # Parallel attention + MLP from one LayerNorm, half the head rotated, lm_head bias.
+      "phi": transformers.PhiConfig(
+          hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+          num_key_value_heads=2, max_position_embeddings=128, hidden_act="gelu_new",
+          partial_rotary_factor=0.5, tie_word_embeddings=False, **COMMON),
+      # Fused qkv_proj and gate_up_proj; 3/4 of each head rotated (as Phi-4-mini).
+      "phi3": transformers.Phi3Config(**LLAMA_SHAPE, partial_rotary_factor=0.75,
+                                      tie_word_embeddings=False),
   }
 
 
@@ -87,14 +98,23 @@ def tokens():
   return np.random.default_rng(0).integers(0, VOCAB, (2, 24)).tolist()  # 24 > window 8
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama", "qwen2", "mistral", "gpt_neox"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "qwen2", "mistral", "gpt_neox",
+                                        "qwen3", "phi", "phi3"])
 def converted(request, tmp_path_factory):
   """A random transformers model of the family (every weight perturbed, so
   biases and norm scales are not zeros and ones), saved, then converted."""
   family = request.param
   root = tmp_path_factory.mktemp(family)
+  model, hf_dir = _random_hf_model(_hf_configs()[family], root)
+  out = convert.hf_to_jaxslm(hf_dir, str(root / "jax"))
+  return dict(family=family, model=model, hf_dir=hf_dir, ckpt=out, root=root,
+              loaded=jaxslm.load(out))
+
+
+def _random_hf_model(config, root):
+  """(model, saved directory with a tokenizer) with every weight perturbed."""
   torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(_hf_configs()[family]).float().eval()
+  model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(0.05 * torch.randn_like(p))
@@ -102,9 +122,7 @@ def converted(request, tmp_path_factory):
   hf_dir = str(root / "hf")
   model.save_pretrained(hf_dir)
   _save_tokenizer(hf_dir)
-  out = convert.hf_to_jaxslm(hf_dir, str(root / "jax"))
-  return dict(family=family, model=model, hf_dir=hf_dir, ckpt=out, root=root,
-              loaded=jaxslm.load(out))
+  return model, hf_dir
 
 
 def test_logits_match_transformers(converted, tokens):
@@ -186,6 +204,20 @@ def test_sharded_safetensors_are_read_and_written(converted, tmp_path, tokens):
   assert diff < TOL
 
 
+def test_phi_qk_layernorm_and_tied_head_bias(tmp_path, tokens):
+  """Phi's optional per-head q/k LayerNorm, and a tied head that keeps its bias."""
+  config = transformers.PhiConfig(**{**_hf_configs()["phi"].to_dict(), "qk_layernorm": True,
+                                     "tie_word_embeddings": True, "num_key_value_heads": 4})
+  model, hf_dir = _random_hf_model(config, tmp_path)
+  cfg, params, _ = jaxslm.load(convert.hf_to_jaxslm(hf_dir, str(tmp_path / "jax")))
+  assert cfg.qk_norm and cfg.tie_embeddings and cfg.lm_head_bias
+  assert set(params["lm_head"]) == {"bias"}
+  assert np.abs(_jax_logits(cfg, params, tokens) - _hf_logits(model, tokens)).max() < TOL
+  out = convert.jaxslm_to_hf(str(tmp_path / "jax"), str(tmp_path / "export"))
+  back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  assert np.abs(_hf_logits(back, tokens) - _hf_logits(model, tokens)).max() < TOL
+
+
 def test_config_from_hf_reads_each_family(tmp_path):
   cfgs = {k: c.to_dict() for k, c in _hf_configs().items()}
   gpt2 = convert.config_from_hf(cfgs["gpt2"])
@@ -201,6 +233,22 @@ def test_config_from_hf_reads_each_family(tmp_path):
   assert convert.config_from_hf(cfgs["mistral"]).sliding_window == 8
   (tmp_path / "config.json").write_text(json.dumps(cfgs["mistral"]))
   assert convert.config_from_hf(str(tmp_path / "config.json")).sliding_window == 8
+  qwen3 = convert.config_from_hf(cfgs["qwen3"])
+  assert qwen3.qk_norm and qwen3.dim_per_head == 24 and not qwen3.has_qkv_bias
+  phi = convert.config_from_hf(cfgs["phi"])
+  assert (phi.parallel_block, phi.lm_head_bias, phi.use_bias, phi.norm, phi.mlp) == (
+      True, True, True, "layernorm", "gelu")
+  assert phi.partial_rotary_factor == 0.5 and phi.rotary_dim == 8 and not phi.qk_norm
+  phi2_style = {k: v for k, v in cfgs["phi"].items() if k != "rope_parameters"}
+  assert convert.config_from_hf({**phi2_style, "partial_rotary_factor": 0.4,
+                                 "qk_layernorm": True}).partial_rotary_factor == 0.4
+  phi3 = convert.config_from_hf(cfgs["phi3"])
+  assert (phi3.rotary_dim, phi3.mlp, phi3.use_bias, phi3.num_kv_heads) == (12, "swiglu", False, 2)
+  for cfg in (qwen3, phi, phi3):
+    assert jaxslm.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+  with pytest.raises(UserError, match="phi3: RoPE scaling type 'longrope' is not supported"):
+    convert.config_from_hf({**cfgs["phi3"], "rope_parameters": {
+        "rope_type": "longrope", "short_factor": [1.0] * 6, "long_factor": [2.0] * 6}})
   with pytest.raises(UserError, match="dtype='int8'"):
     convert.config_from_hf(cfgs["llama"], dtype="int8")
   with pytest.raises(UserError, match="RoPE scaling type 'yarn'"):

@@ -16,6 +16,11 @@ VARIANTS = {
     "mqa": dict(n_kv_heads=1),
     "learned_positions": dict(position="learned", n_kv_heads=0),
     "head_dim_override": dict(head_dim=24, n_kv_heads=2),
+    "qk_norm": dict(qk_norm=True),                                 # Qwen3
+    "partial_rotary": dict(partial_rotary_factor=0.75),            # Phi-3/4: 12 of 16 dims
+    "phi2_parallel_block_lm_head_bias": dict(                      # Phi-2
+        norm="layernorm", mlp="gelu", use_bias=True, parallel_block=True,
+        partial_rotary_factor=0.5, lm_head_bias=True),
 }
 
 

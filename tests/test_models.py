@@ -78,13 +78,13 @@ def _reference_forward(cfg, params, tokens):
   def lin(x, p):
     return x @ p["kernel"] + (p["bias"] if "bias" in p else 0)
 
-  def rope(x):
-    h = x.shape[-1]
-    inv = 1.0 / cfg.rope_theta ** (np.arange(0, h, 2) / h)
+  def rope(x):   # the first r dims of each head rotate (partial_rotary_factor), the rest pass
+    r = int(x.shape[-1] * cfg.partial_rotary_factor)
+    inv = 1.0 / cfg.rope_theta ** (np.arange(0, r, 2) / r)
     ang = np.arange(T)[:, None] * inv
     c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
-    x1, x2 = x[..., : h // 2], x[..., h // 2:]
-    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+    x1, x2 = x[..., : r // 2], x[..., r // 2: r]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s, x[..., r:]], -1)
 
   n, k, h = cfg.n_heads, cfg.num_kv_heads, cfg.dim_per_head
   for i in range(cfg.n_layers):
@@ -93,6 +93,8 @@ def _reference_forward(cfg, params, tokens):
     q = lin(a, L["attn"]["q_proj"]).reshape(*a.shape[:2], n, h)
     kk = lin(a, L["attn"]["k_proj"]).reshape(*a.shape[:2], k, h)
     v = lin(a, L["attn"]["v_proj"]).reshape(*a.shape[:2], k, h)
+    if cfg.qk_norm:
+      q, kk = norm(q, L["attn"]["q_norm"]), norm(kk, L["attn"]["k_norm"])
     if cfg.position == "rope":
       q, kk = rope(q), rope(kk)
     kk, v = np.repeat(kk, n // k, 2), np.repeat(v, n // k, 2)
@@ -101,8 +103,9 @@ def _reference_forward(cfg, params, tokens):
     w = np.exp(s - s.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     o = np.einsum("bnts,bsnh->btnh", w, v).reshape(*a.shape[:2], n * h)
-    x = x + lin(o, L["attn"]["o_proj"])
-    m = norm(x, L["mlp_norm"])
+    attn_out = lin(o, L["attn"]["o_proj"])
+    m = a if cfg.parallel_block else norm(x + attn_out, L["mlp_norm"])
+    x = x + attn_out
     if cfg.mlp == "swiglu":
       g = lin(m, L["mlp"]["gate_proj"])
       act = g / (1 + np.exp(-g)) * lin(m, L["mlp"]["up_proj"])
@@ -111,12 +114,16 @@ def _reference_forward(cfg, params, tokens):
       act = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
     x = x + lin(act, L["mlp"]["down_proj"])
   x = norm(x, P["final_norm"])
-  return x @ P["embed"].T if cfg.tie_embeddings else x @ P["lm_head"]["kernel"]
+  logits = x @ P["embed"].T if cfg.tie_embeddings else x @ P["lm_head"]["kernel"]
+  return logits + P["lm_head"]["bias"] if cfg.lm_head_bias else logits
 
 
 @pytest.mark.parametrize("overrides", [
     dict(),
     dict(norm="layernorm", mlp="gelu", position="learned", tie_embeddings=True, use_bias=True),
+    dict(qk_norm=True, head_dim=24, lm_head_bias=True),         # Qwen3-style, untied head bias
+    dict(norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True, lm_head_bias=True,
+         parallel_block=True, partial_rotary_factor=0.5, qk_norm=True),  # Phi-2-style
 ])
 def test_forward_matches_numpy_reference(overrides):
   cfg = ModelConfig.preset("tiny", **F32, **overrides)
@@ -158,10 +165,33 @@ def test_presets_param_counts():
 @pytest.mark.parametrize("bad, match", [
     (dict(norm="batchnorm"), "norm"), (dict(n_heads=5), "n_heads"), (dict(n_kv_heads=3), "n_kv_heads"),
     (dict(mlp="relu"), "mlp"), (dict(d_model=0), "d_model"), (dict(dtype="int8"), "dtype"),
+    (dict(partial_rotary_factor=0.0), "partial_rotary_factor"),
+    (dict(partial_rotary_factor=0.1), "partial_rotary_factor"),    # 16 * 0.1 -> 1 dim, odd
+    (dict(qk_norm=1), "qk_norm"),
 ])
 def test_bad_model_config_names_field(bad, match):
   with pytest.raises(ValueError, match=match):
     ModelConfig.preset("tiny", **bad)
+
+
+def test_new_switches_default_off_and_survive_to_dict():
+  """Fields added for converted checkpoints default to the old computation, and
+  a config saved before they existed (no such keys) loads unchanged."""
+  cfg = ModelConfig.preset("tiny")
+  assert (cfg.partial_rotary_factor, cfg.qk_norm, cfg.parallel_block, cfg.lm_head_bias) == (
+      1.0, False, False, False)
+  assert cfg.rotary_dim == cfg.dim_per_head
+  old = {k: v for k, v in cfg.to_dict().items()
+         if k not in ("partial_rotary_factor", "qk_norm", "parallel_block", "lm_head_bias")}
+  assert ModelConfig.from_dict(old) == cfg
+  phi = cfg.replace(parallel_block=True, partial_rotary_factor=0.5, lm_head_bias=True,
+                    tie_embeddings=True, qk_norm=True)
+  assert ModelConfig.from_dict(phi.to_dict()) == phi and phi.rotary_dim == 8
+  shapes = jax.eval_shape(lambda r: init_params(phi, r), jax.random.PRNGKey(0))
+  assert "mlp_norm" not in shapes["layers_0"] and shapes["lm_head"]["bias"].shape == (512,)
+  assert shapes["layers_0"]["attn"]["q_norm"]["scale"].shape == (16,)
+  counts = count_params(phi)
+  assert counts["embedding"] == 512 * 64 + 512                 # the head's bias is a vocab leaf
 
 
 def test_unknown_preset_lists_available():

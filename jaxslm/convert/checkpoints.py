@@ -132,7 +132,7 @@ def _semantic(cfg: ModelConfig) -> dict:
   d.update(n_kv_heads=cfg.num_kv_heads, head_dim=cfg.dim_per_head, qkv_bias=cfg.has_qkv_bias,
            o_bias=cfg.has_o_bias)
   if cfg.position != "rope":
-    d.pop("rope_theta"), d.pop("rope_scaling")
+    d.pop("rope_theta"), d.pop("rope_scaling"), d.pop("partial_rotary_factor")
   return d
 
 

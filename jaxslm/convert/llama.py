@@ -1,13 +1,14 @@
-"""Llama-shaped families: Llama (SmolLM2, Llama 3.x), Mistral and Qwen2.
+"""Llama-shaped families: Llama (SmolLM2, Llama 3.x), Mistral, Qwen2 and Qwen3.
 
     RMSNorm, SwiGLU, rotary positions (rotate-half layout, as jaxslm's),
     grouped-query attention; torch `nn.Linear` weights [out, in].
 
 They differ only in config fields: Llama's optional `attention_bias`
 (q/k/v/o) and `mlp_bias` and the "llama3" RoPE scaling, Qwen2's q/k/v biases
-(no o_proj bias), Mistral's `sliding_window`. One rule builder serves all
-three; it reads what to emit from the jaxslm config (biases, tied head), so a
-later Llama-shaped family (Qwen3's q/k norms, Gemma 3's extra norms) adds its
+(no o_proj bias), Mistral's `sliding_window`, Qwen3's per-head q/k RMSNorm
+(`qk_norm`, before RoPE) and explicit `head_dim`. One rule builder serves all
+of them; it reads what to emit from the jaxslm config (biases, q/k norms,
+tied head), so a later Llama-shaped family (Gemma 3's extra norms) adds its
 rules here.
 
     from jaxslm.convert import config_from_hf
@@ -32,14 +33,31 @@ def need(hf: dict, key: str, model_type: str, default=_REQUIRED):
   return value
 
 
-def rope_from_hf(hf: dict, model_type: str) -> tuple[float, dict]:
+def _rope_params(hf: dict) -> dict:
+  return {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+
+
+def partial_rotary_from_hf(hf: dict, default: float = 1.0) -> float:
+  """The fraction of each head RoPE rotates (`partial_rotary_factor`, top
+  level in transformers 4, inside `rope_parameters` in transformers 5)."""
+  return float(_rope_params(hf).get("partial_rotary_factor",
+                                    hf.get("partial_rotary_factor", default)))
+
+
+def rope_from_hf(hf: dict, model_type: str, partial: bool = False,
+                 kinds: tuple[str, ...] = ("default", "llama3")) -> tuple[float, dict]:
   """(theta, jaxslm rope_scaling) from `rope_parameters` (transformers 5) or
-  `rope_theta` + `rope_scaling` (transformers 4)."""
-  params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+  `rope_theta` + `rope_scaling` (transformers 4). `partial`: the family may
+  rotate part of each head (read with `partial_rotary_from_hf`); `kinds`: the
+  RoPE types the family has."""
+  params = _rope_params(hf)
   theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
   kind = params.get("rope_type", params.get("type", "default"))
-  if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+  if not partial and partial_rotary_from_hf(hf) != 1.0:
     raise UserError(f"{model_type}: partial_rotary_factor != 1 is not supported for this family.")
+  if kind not in kinds:
+    raise UserError(f"{model_type}: RoPE scaling type {kind!r} is not supported; supported: "
+                    f"{', '.join(repr(k) for k in kinds)}.")
   if kind == "default":
     return theta, {}
   if kind == "llama3":
@@ -63,14 +81,18 @@ def bias_fields(qkv: bool, o: bool, mlp: bool) -> dict:
   return dict(use_bias=mlp, qkv_bias=None if qkv == mlp else qkv, o_bias=None if o == mlp else o)
 
 
-def base_config(hf: dict, model_type: str, **fields) -> ModelConfig:
+def base_config(hf: dict, model_type: str, partial: bool = False,
+                kinds: tuple[str, ...] = ("default", "llama3"), **fields) -> ModelConfig:
+  """A Llama-shaped config; `partial`, `kinds` as for `rope_from_hf`."""
   act = hf.get("hidden_act", "silu")
   if act != "silu":
     raise UserError(f"{model_type}: hidden_act={act!r} is not supported; this family's MLP is "
                     "SwiGLU with 'silu'.")
   d, n = need(hf, "hidden_size", model_type), need(hf, "num_attention_heads", model_type)
   head_dim = hf.get("head_dim") or d // n
-  theta, scaling = rope_from_hf(hf, model_type)
+  theta, scaling = rope_from_hf(hf, model_type, partial, kinds)
+  if partial:
+    fields["partial_rotary_factor"] = partial_rotary_from_hf(hf)
   return ModelConfig(
       vocab_size=need(hf, "vocab_size", model_type), d_model=d,
       n_layers=need(hf, "num_hidden_layers", model_type), n_heads=n,
@@ -102,6 +124,9 @@ def rules(cfg: ModelConfig) -> list[Rule]:
   hf, jx = "model.layers.{i}.", "layers_{i}/"
   out += [Rule(hf + "input_layernorm.weight", (jx + "attn_norm/scale",), *COPY),
           Rule(hf + "post_attention_layernorm.weight", (jx + "mlp_norm/scale",), *COPY)]
+  if cfg.qk_norm:
+    out += [Rule(hf + f"self_attn.{p}_norm.weight", (jx + f"attn/{p}_norm/scale",), *COPY)
+            for p in "qk"]
   for name, bias in (("q", cfg.has_qkv_bias), ("k", cfg.has_qkv_bias), ("v", cfg.has_qkv_bias),
                      ("o", cfg.has_o_bias)):
     out.append(Rule(hf + f"self_attn.{name}_proj.weight", (jx + f"attn/{name}_proj/kernel",),
@@ -137,8 +162,9 @@ def _mistral_to_hf(cfg: ModelConfig) -> dict:
   return dict(base_to_hf(cfg), sliding_window=cfg.sliding_window)
 
 
-def _qwen2_from_hf(hf: dict) -> ModelConfig:
-  n_layers = need(hf, "num_hidden_layers", "qwen2")
+def _qwen_sliding(hf: dict, model_type: str) -> int | None:
+  """The sliding window of a Qwen2/Qwen3 config.json (on every layer or none)."""
+  n_layers = need(hf, "num_hidden_layers", model_type)
   window = hf.get("sliding_window")
   if "layer_types" in hf:      # transformers 5 spells out each layer
     sliding = [t == "sliding_attention" for t in hf["layer_types"]]
@@ -148,16 +174,31 @@ def _qwen2_from_hf(hf: dict) -> ModelConfig:
   else:
     sliding = [False] * n_layers
   if any(sliding) and not all(sliding):
-    raise UserError("qwen2: sliding-window attention on some layers only (use_sliding_window "
-                    "with max_window_layers < num_hidden_layers) is not supported yet.")
-  return base_config(hf, "qwen2", sliding_window=window if all(sliding) else None,
+    raise UserError(f"{model_type}: sliding-window attention on some layers only "
+                    "(use_sliding_window with max_window_layers < num_hidden_layers) is not "
+                    "supported yet.")
+  return window if all(sliding) else None
+
+
+def _qwen2_from_hf(hf: dict) -> ModelConfig:
+  return base_config(hf, "qwen2", sliding_window=_qwen_sliding(hf, "qwen2"),
                      **bias_fields(True, False, False))
+
+
+def _qwen3_from_hf(hf: dict) -> ModelConfig:
+  attn = bool(hf.get("attention_bias", False))
+  return base_config(hf, "qwen3", sliding_window=_qwen_sliding(hf, "qwen3"), qk_norm=True,
+                     **bias_fields(attn, attn, False))
 
 
 def _qwen2_to_hf(cfg: ModelConfig) -> dict:
   window = cfg.sliding_window
   return dict(base_to_hf(cfg), use_sliding_window=window is not None, sliding_window=window,
               max_window_layers=0 if window is not None else cfg.n_layers)
+
+
+def _qwen3_to_hf(cfg: ModelConfig) -> dict:
+  return dict(_qwen2_to_hf(cfg), attention_bias=cfg.has_qkv_bias)
 
 
 # Fields of an original config.json that the exporter re-derives (dropped
@@ -170,4 +211,6 @@ LLAMA = register(Family("llama", "LlamaForCausalLM", _llama_from_hf, _llama_to_h
 MISTRAL = register(Family("mistral", "MistralForCausalLM", _mistral_from_hf, _mistral_to_hf,
                           rules, owned_keys=_OWNED))
 QWEN2 = register(Family("qwen2", "Qwen2ForCausalLM", _qwen2_from_hf, _qwen2_to_hf, rules,
+                        owned_keys=_OWNED))
+QWEN3 = register(Family("qwen3", "Qwen3ForCausalLM", _qwen3_from_hf, _qwen3_to_hf, rules,
                         owned_keys=_OWNED))

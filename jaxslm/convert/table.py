@@ -122,7 +122,7 @@ def register(family: Family) -> Family:
 
 
 def get_family(model_type: str | None, where: str = "config.json") -> Family:
-  from jaxslm.convert import gpt2, gpt_neox, llama  # noqa: F401  (they register families)
+  from jaxslm.convert import gpt2, gpt_neox, llama, phi  # noqa: F401  (they register families)
   if model_type not in FAMILIES:
     raise UserError(f"model_type={model_type!r} in {where} is not supported; supported model "
                     f"types: {sorted(FAMILIES)}.")

@@ -10,6 +10,10 @@ before they existed):
     ModelConfig(..., rope_scaling={"type": "llama3", "factor": 32.0,
                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                    "original_max_position_embeddings": 8192})
+    ModelConfig(..., qk_norm=True)                  # Qwen3: per-head norm of q and k before RoPE
+    ModelConfig(..., partial_rotary_factor=0.4,     # Phi-2: RoPE on the first 40% of each head,
+                parallel_block=True,                #   x + attn(norm(x)) + mlp(norm(x)),
+                lm_head_bias=True)                  #   a bias on the output head
 
 Shape letters used across jaxslm (suffixes such as `x_btd`, einsum strings):
 B batch, T time (query positions), S key/value positions, D model width,
@@ -61,6 +65,12 @@ class ModelConfig:
   # RoPE frequency adjustment, e.g. {"type": "llama3", ...} (see ROPE_SCALINGS);
   # stored as sorted (key, value) pairs so the config stays hashable.
   rope_scaling: Any = ()
+  # RoPE rotates the first int(head_dim * factor) dims of each head (rotate-half
+  # layout within them) and passes the rest through, as Hugging Face does.
+  partial_rotary_factor: float = 1.0
+  qk_norm: bool = False        # a `norm` over each head's q and k (params [H]), before RoPE
+  parallel_block: bool = False  # x + attn(norm(x)) + mlp(norm(x)), one norm per block
+  lm_head_bias: bool = False   # a [V] bias on the logits (with tied embeddings too)
   dtype: str = "bfloat16"      # compute dtype; params are kept in param_dtype
   param_dtype: str = "float32"
   init_std: float = 0.02
@@ -90,6 +100,13 @@ class ModelConfig:
     if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
                                             or self.sliding_window <= 0):
       bad("sliding_window", self.sliding_window, "a positive integer or None")
+    for field in ("qk_norm", "parallel_block", "lm_head_bias"):
+      if not isinstance(getattr(self, field), bool):
+        bad(field, getattr(self, field), "True or False")
+    f = self.partial_rotary_factor
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+      bad("partial_rotary_factor", f, "a number in (0, 1]")
+    object.__setattr__(self, "partial_rotary_factor", float(f))
     for field in ("qkv_bias", "o_bias"):
       if getattr(self, field) not in (None, True, False):
         bad(field, getattr(self, field), "True, False or None (None follows use_bias)")
@@ -114,6 +131,9 @@ class ModelConfig:
       bad("n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads} (0 for n_heads)")
     if self.position == "rope" and self.dim_per_head % 2:
       bad("head_dim", self.dim_per_head, "an even number for RoPE")
+    if self.position == "rope" and (self.rotary_dim <= 0 or self.rotary_dim % 2):
+      bad("partial_rotary_factor", f, f"a fraction of head_dim={self.dim_per_head} that "
+          "rotates an even, positive number of dims")
 
   @property
   def num_kv_heads(self) -> int:
@@ -122,6 +142,11 @@ class ModelConfig:
   @property
   def dim_per_head(self) -> int:
     return self.head_dim or self.d_model // self.n_heads
+
+  @property
+  def rotary_dim(self) -> int:
+    """How many leading dims of each head RoPE rotates (Hugging Face's rounding)."""
+    return int(self.dim_per_head * self.partial_rotary_factor)
 
   @property
   def has_qkv_bias(self) -> bool:

@@ -64,11 +64,25 @@ class Decoder(nn.Module):
     if cfg.tie_embeddings:
       logits_btv = jnp.einsum("btd,vd->btv", x_btd, embedding_vd.astype(cdt),
                               preferred_element_type=jnp.float32)
+      if cfg.lm_head_bias:
+        logits_btv = HeadBias(cfg.vocab_size, pdt, name="lm_head")(logits_btv)
     else:
-      logits_btv = Linear(cfg.vocab_size, cfg, use_bias=False, out_dtype="float32",
+      logits_btv = Linear(cfg.vocab_size, cfg, use_bias=cfg.lm_head_bias, out_dtype="float32",
                           name="lm_head")(x_btd)
     logits_btv = logits_btv.astype(jnp.float32)
     return logits_btv if cache is None else (logits_btv, cache)
+
+
+class HeadBias(nn.Module):
+  """The output head's [V] bias where the head's kernel is the (tied) embedding,
+  at `lm_head/bias` as for an untied head."""
+  features: int
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, logits_btv):
+    bias_v = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    return logits_btv + bias_v.astype(jnp.float32)
 
 
 def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int,

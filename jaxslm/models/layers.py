@@ -89,16 +89,22 @@ def rope_inv_freq(h: int, theta: float, scaling=()) -> jax.Array:
   return inv_freq
 
 
-def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float, scaling=()) -> jax.Array:
-  """Rotary embedding, rotate-half layout (first half / second half of H)."""
+def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float, scaling=(),
+         rotary_dim: int | None = None) -> jax.Array:
+  """Rotary embedding, rotate-half layout (first half / second half of the
+  rotated dims). Only the first `rotary_dim` dims of each head (all when
+  None) rotate, with frequencies over `rotary_dim`; the rest pass through."""
   h = x_btnh.shape[-1]
-  inv_freq = rope_inv_freq(h, theta, scaling)
-  angles_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq
-  sin, cos = jnp.sin(angles_bth)[:, :, None, :], jnp.cos(angles_bth)[:, :, None, :]
+  r = h if rotary_dim is None else rotary_dim
+  inv_freq = rope_inv_freq(r, theta, scaling)
+  angles_btr = positions_bt[..., None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(angles_btr)[:, :, None, :], jnp.cos(angles_btr)[:, :, None, :]
   x32 = x_btnh.astype(jnp.float32)
-  x1, x2 = x32[..., : h // 2], x32[..., h // 2:]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_btnh.dtype)
+  x1, x2 = x32[..., : r // 2], x32[..., r // 2: r]
+  parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+  if r < h:
+    parts.append(x32[..., r:])
+  return jnp.concatenate(parts, axis=-1).astype(x_btnh.dtype)
 
 
 def masked_attention(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array,
@@ -139,9 +145,13 @@ class Attention(nn.Module):
     q_btnh = Linear(n * h, cfg, qkv_bias, name="q_proj")(x_btd).reshape(b, t, n, h)
     k_btkh = Linear(k * h, cfg, qkv_bias, name="k_proj")(x_btd).reshape(b, t, k, h)
     v_btkh = Linear(k * h, cfg, qkv_bias, name="v_proj")(x_btd).reshape(b, t, k, h)
+    if cfg.qk_norm:   # one norm over each head's H dims, shared by the heads
+      q_btnh = Norm(cfg, name="q_norm")(q_btnh)
+      k_btkh = Norm(cfg, name="k_norm")(k_btkh)
     if cfg.position == "rope":
-      q_btnh = rope(q_btnh, positions_bt, cfg.rope_theta, cfg.rope_scaling)
-      k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta, cfg.rope_scaling)
+      r = cfg.rotary_dim
+      q_btnh = rope(q_btnh, positions_bt, cfg.rope_theta, cfg.rope_scaling, r)
+      k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta, cfg.rope_scaling, r)
     if cache is None:
       # jax.nn.dot_product_attention handles GQA (N a multiple of K), computes the
       # softmax in float32 and picks cuDNN flash attention where available.
@@ -182,17 +192,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x));
+  with `cfg.parallel_block`, x + attn(norm(x)) + mlp(norm(x)) from one norm."""
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x_btd, positions_bt, cache=None, cache_index=None, mask_bts=None):
     attn = Attention(self.cfg, name="attn")
+    h_btd = Norm(self.cfg, name="attn_norm")(x_btd)
     if cache is None:
-      x_btd = x_btd + attn(Norm(self.cfg, name="attn_norm")(x_btd), positions_bt)
+      a_btd = attn(h_btd, positions_bt)
     else:
-      a_btd, cache = attn(Norm(self.cfg, name="attn_norm")(x_btd), positions_bt, cache,
-                          cache_index, mask_bts)
+      a_btd, cache = attn(h_btd, positions_bt, cache, cache_index, mask_bts)
+    if self.cfg.parallel_block:
+      x_btd = x_btd + a_btd + MLP(self.cfg, name="mlp")(h_btd)
+    else:
       x_btd = x_btd + a_btd
-    x_btd = x_btd + MLP(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_btd))
+      x_btd = x_btd + MLP(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_btd))
     return x_btd if cache is None else (x_btd, cache)

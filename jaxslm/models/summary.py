@@ -29,8 +29,8 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
   """Exact counts from the parameter shapes: total, embedding, non-embedding."""
   shapes = param_shapes(cfg)
   total = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-  embedding = sum(math.prod(shapes[k].shape) if k != "lm_head" else
-                  math.prod(shapes[k]["kernel"].shape) for k in _EMBEDDING_LEAVES if k in shapes)
+  embedding = sum(math.prod(x.shape) for k in _EMBEDDING_LEAVES if k in shapes
+                  for x in jax.tree.leaves(shapes[k]))
   return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
 
