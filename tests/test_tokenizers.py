@@ -276,3 +276,44 @@ def test_get_tokenizer_errors(tmp_path, tiktoken_cache):
     assert "'llama-unknown'" in msg
     assert "gpt2" in msg and "r50k_base" in msg and "cl100k_base" in msg and ".model" in msg
     assert isinstance(T.get_tokenizer("gpt2"), T.TiktokenTokenizer)
+
+
+# ------------------------------------------------- package layout, special text
+
+
+def test_package_keeps_every_old_import_path():
+    import importlib
+
+    import jaxslm.tokenizers
+    from jaxslm.tokenizers import (HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer,
+                                   Tokenizer, from_spec, get_tokenizer, train_sentencepiece)
+
+    imported = {Tokenizer: "base", TiktokenTokenizer: "tiktoken_tok", from_spec: "factory",
+                SentencePieceTokenizer: "sentencepiece_tok", HFTokenizer: "hf",
+                train_sentencepiece: "sentencepiece_tok", get_tokenizer: "factory"}
+    homes = {obj.__name__: module for obj, module in imported.items()}
+    for obj, module in imported.items():
+        assert obj is getattr(jaxslm.tokenizers, obj.__name__)
+        assert obj is getattr(importlib.import_module(f"jaxslm.tokenizers.{module}"), obj.__name__)
+    assert set(homes) <= set(jaxslm.tokenizers.__all__)
+    # Inside the package, `import tokenizers` is still the Hugging Face library.
+    import tokenizers as hf
+    assert hf.__name__ == "tokenizers" and hasattr(hf, "Tokenizer")
+    assert issubclass(HFTokenizer, Tokenizer)
+
+
+def test_spec_pickles_through_the_package(sp_bpe):
+    rebuilt = pickle.loads(pickle.dumps(sp_bpe))
+    assert isinstance(rebuilt, T.SentencePieceTokenizer)
+    assert rebuilt.model_proto == sp_bpe.model_proto and rebuilt.eos_ids == (sp_bpe.eos_id,)
+
+
+def test_allow_special(gpt2, sp_bpe):
+    assert gpt2.encode("a<|endoftext|>", allow_special=True)[-1] == gpt2.eos_id
+    assert gpt2.encode_batch(["<|endoftext|>"], allow_special=True) == [[gpt2.eos_id]]
+    assert gpt2.eos_id not in gpt2.encode("a<|endoftext|>")
+    with pytest.raises(ValueError, match="cannot map special-token text"):
+        sp_bpe.encode("</s>", allow_special=True)  # control pieces never come from text
+    with pytest.raises(ValueError, match="no chat template"):
+        sp_bpe.encode_chat([{"role": "user", "content": "hi"}])
+    assert gpt2.token_text(gpt2.eos_id) == "<|endoftext|>" and gpt2.token_text(None) is None

@@ -168,7 +168,9 @@ def _hf_config(cfg: ModelConfig, family: Family, hf_meta: dict | None, tok, para
   for key in family.owned_keys + ("torch_dtype", "dtype", "transformers_version"):
     base.pop(key, None)
   if not hf_meta:
-    base.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    eos = list(getattr(tok, "eos_ids", ())) or [tok.eos_id]
+    base.update(bos_token_id=tok.bos_id, eos_token_id=eos if len(eos) > 1 else eos[0],
+                pad_token_id=tok.pad_id)
   dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
   return {**base, **family.config_to_hf(cfg), "model_type": family.model_type,
           "architectures": [family.architecture],
