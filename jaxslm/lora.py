@@ -119,7 +119,8 @@ def flatten_paths(params) -> dict[str, Any]:
   return {"/".join(_key_str(k) for k in path): x for path, x in flat}
 
 
-def _nest(flat: dict[str, Any]) -> dict:
+def nest_paths(flat: dict[str, Any]) -> dict:
+  """The nested dict of a {'/'-joined path: leaf} dict (the inverse of `flatten_paths`)."""
   out: dict = {}
   for path, x in flat.items():
     *parents, last = path.split("/")
@@ -285,7 +286,7 @@ def split(params, trainable: str = "last"):
   if not train:
     raise UserError(f"split(trainable={trainable!r}) found nothing to train: the tree has no "
                     f"LoRA adapters. Call lora.add_adapter first, or use trainable='all'.")
-  return _nest(train), frozen
+  return nest_paths(train), frozen
 
 
 def combine(trainable_tree, frozen_tree):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslm.errors import UserError
-from jaxslm.lora import (FORMAT, LoraWeight, _append, _list_paths, _nest, flatten_paths,
+from jaxslm.lora import (FORMAT, LoraWeight, _append, _list_paths, flatten_paths, nest_paths,
                          is_quantized, map_with_paths, strip)
 
 
@@ -60,7 +60,7 @@ def save_adapters(directory: str, params, meta: dict | None = None) -> str:
                   "targets": sorted(wrapped), "adapters": record}
   arrays = {f"{p}/{ab}{i}": v for p, x in wrapped.items()
             for ab, vs in (("a", x.a), ("b", x.b)) for i, v in enumerate(vs)}
-  return checkpoint.save_params(directory, _nest(arrays), meta)
+  return checkpoint.save_params(directory, nest_paths(arrays), meta)
 
 
 def read_adapter_meta(directory: str) -> dict:
@@ -108,7 +108,8 @@ def load_adapters(directory: str, base_params, *, strict: bool = False):
     for i, (r, dt) in enumerate(zip(info["ranks"], info["dtypes"])):
       abstract[f"{p}/a{i}"] = jax.ShapeDtypeStruct((d_in, r), jnp.dtype(dt))
       abstract[f"{p}/b{i}"] = jax.ShapeDtypeStruct((r, d_out), jnp.dtype(dt))
-  arrays = flatten_paths(checkpoint.read_step_params(os.path.abspath(directory), _nest(abstract)))
+  arrays = flatten_paths(checkpoint.read_step_params(os.path.abspath(directory),
+                                                     nest_paths(abstract)))
 
   def one(path, x):
     info = rec["adapters"].get(path)

@@ -216,3 +216,18 @@ def test_data_parallel_over_four_devices_matches_one(base, tmp_path):
   assert [o["devices"] for o in outs] == [1, 4]
   np.testing.assert_allclose(outs[0]["b"], outs[1]["b"], rtol=1e-4, atol=1e-6)
   assert np.abs(np.asarray(outs[0]["b"])).max() > 0
+
+
+def test_stop_request_sets_on_the_first_signal_and_restores_handlers():
+  import os
+  import signal
+  from jaxslm.train.signals import StopRequest
+  before = signal.getsignal(signal.SIGTERM)
+  stop = StopRequest().install()
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) == before   # a second signal acts as before
+  finally:
+    stop.restore()
+  assert signal.getsignal(signal.SIGTERM) == before

@@ -28,6 +28,7 @@ from jaxslm.convert import files
 from jaxslm.convert.table import (FAMILIES, Family, check_coverage, check_shape, expand,
                                   expected_hf_shape, flat_shapes, get_family, match_keys, nbytes)
 from jaxslm.errors import UserError
+from jaxslm.lora import nest_paths
 from jaxslm.models import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -72,7 +73,7 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
   meta = {"model": cfg.to_dict(), "tokenizer": tok.spec(),
           "hf": {"model_type": family.model_type, "config": hf},
           "converted_from": os.path.abspath(hf_dir)}
-  return ckpt.save_params(out_dir, _nest(flat), meta)
+  return ckpt.save_params(out_dir, nest_paths(flat), meta)
 
 
 def jaxslm_to_hf(checkpoint: str, out_dir: str, *, model_type: str | None = None,
@@ -186,17 +187,3 @@ def _tokenizer(hf_dir: str, tokenizer) -> tokenizers.Tokenizer:
     raise UserError(f"{hf_dir!r} has no tokenizer.json; pass tokenizer=... (a tokenizer.json "
                     "path, 'gpt2', or a SentencePiece '.model' file).")
   return tokenizers.HFTokenizer.from_dir(hf_dir)
-
-
-def _nest(flat: dict) -> dict:
-  out: dict = {}
-  for path, x in flat.items():
-    *parents, last = path.split("/")
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = x
-  return out
-
-
-__all__ = ["config_from_hf", "export", "hf_to_jaxslm", "jaxslm_to_hf"]

@@ -29,7 +29,6 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -42,6 +41,7 @@ from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.models import Decoder, ModelConfig
 from jaxslm.train import parallel, reporting
+from jaxslm.train.signals import StopRequest
 from jaxslm.train.optim import make_optimizer
 from jaxslm.train.pretrain import TrainingDiverged, log
 
@@ -325,18 +325,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   metrics_log.truncate_after(start if start else -1)
   progress = reporting.Progress(t.steps)
-  stop = {"flag": False}
-  old = {}
-
-  def on_signal(signum, frame):
-    stop["flag"] = True
-    signal.signal(signum, old.get(signum, signal.SIG_DFL))
-
-  for sig in (signal.SIGINT, signal.SIGTERM):
-    try:
-      old[sig] = signal.signal(sig, on_signal)
-    except ValueError:
-      pass
+  stop = StopRequest().install()
   last: dict = last_saved
   step = start
   t_train = 0.0
@@ -372,7 +361,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
         log(f"step {step}: {_fmt(v)}")
       if step % t.checkpoint_every == 0 or step == t.steps:
         save(step, last)
-      if stop["flag"]:
+      if stop.requested:
         save(step, last)
         interrupted = True
         progress.newline()
@@ -380,8 +369,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
         break
   finally:
     checkpointer.wait()
-    for sig, h in old.items():
-      signal.signal(sig, h)
+    stop.restore()
   progress.newline()
   params = lora.combine(trainable, frozen)
   result = {"workdir": workdir, "step": step, "last": last, "interrupted": interrupted,

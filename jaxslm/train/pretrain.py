@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig, count_params, flops_per_token, init_params, summary
 from jaxslm.sampling import sample_reference
 from jaxslm.train import parallel, reporting
+from jaxslm.train.signals import StopRequest
 from jaxslm.train.optim import make_optimizer
 from jaxslm.train.step import (TrainState, create_state, eval_step, jit_train_step,
                                state_shardings)
@@ -269,28 +269,16 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
           "metrics": last, "jax_version": jax.__version__})
       saved_step = step
 
-  # Ctrl-C or SIGTERM (preemption): finish the step, save, exit. A second
-  # signal gets the default behaviour (stop at once).
-  stop = {"flag": False}
-  old_handlers = {}
-
-  def on_signal(signum, frame):
-    stop["flag"] = True
-    signal.signal(signum, old_handlers.get(signum, signal.SIG_DFL))
-
-  for sig in (signal.SIGINT, signal.SIGTERM):
-    try:
-      old_handlers[sig] = signal.signal(sig, on_signal)
-    except ValueError:  # not the main thread
-      pass
+  # Ctrl-C or SIGTERM (preemption): finish the step, save, exit.
+  stop = StopRequest().install()
 
   def should_stop(step: int) -> bool:
     if jax.process_count() == 1:
-      return stop["flag"]
+      return stop.requested
     # Processes agree at the same steps, so all leave the loop together.
     if step % t.log_every:
       return False
-    return bool(np.any(multihost_utils.process_allgather(np.int32(stop["flag"]))))
+    return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
 
   step = start
   result: dict[str, Any] = {"workdir": workdir, "start_step": start, "interrupted": False}
@@ -330,8 +318,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
         window.update(t0=time.perf_counter(), steps=0)
   finally:
     checkpointer.wait()
-    for sig, h in old_handlers.items():
-      signal.signal(sig, h)
+    stop.restore()
   progress.newline()
   result.update(step=step, last=last, checkpoint_dir=checkpointer.directory,
                 params=state.params, tokenizer=tok, model_cfg=model_cfg)
