@@ -12,3 +12,15 @@ class UserError(ValueError):
 
 class ResourceUnavailable(UserError, RuntimeError):
   """Something the input names cannot be reached (offline hub, missing ranks)."""
+
+
+def report(error: Exception, code: int = 2) -> int:
+  """What a launcher does with an input error: print it on one line to stderr
+  and return the exit code, or re-raise it with its traceback when
+  JAXSLM_DEBUG=1 is set."""
+  import os
+  import sys
+  if os.environ.get("JAXSLM_DEBUG"):
+    raise error
+  print(f"error: {error}", file=sys.stderr)
+  return code

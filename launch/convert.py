@@ -14,11 +14,10 @@ loads as is. Exit codes: 0 ok, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from jaxslm import convert
-from jaxslm.errors import UserError
+from jaxslm.errors import UserError, report
 
 
 def parse(argv):
@@ -49,10 +48,7 @@ def main(argv: list[str]) -> int:
       out = convert.jaxslm_to_hf(args.checkpoint, args.out, model_type=args.model_type,
                                  max_shard_bytes=int(args.max_shard_gb * 2**30))
   except (UserError, FileNotFoundError, FileExistsError) as e:
-    if os.environ.get("JAXSLM_DEBUG"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return report(e)
   print(out)
   return 0
 

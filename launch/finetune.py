@@ -22,7 +22,7 @@ import os
 import sys
 
 from jaxslm.config import ConfigDict, finetune_config, parse_args
-from jaxslm.errors import UserError
+from jaxslm.errors import UserError, report
 from jaxslm.train.finetune import run
 from jaxslm.train.pretrain import TrainingDiverged
 
@@ -45,10 +45,7 @@ def main(argv: list[str]) -> int:
         config, _ = parse_args(argv, base=ConfigDict(meta["config"]))
     result = run(config, workdir, resume=options["resume"])
   except (UserError, FileNotFoundError, TrainingDiverged) as e:
-    if os.environ.get("JAXSLM_DEBUG"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 1 if isinstance(e, TrainingDiverged) else 2
+    return report(e, 1 if isinstance(e, TrainingDiverged) else 2)
   return 130 if result["interrupted"] else 0
 
 

@@ -17,7 +17,7 @@ import os
 import sys
 
 from jaxslm.config import parse_args
-from jaxslm.errors import UserError
+from jaxslm.errors import UserError, report
 from jaxslm.train.pretrain import TrainingDiverged, run, saved_config
 
 
@@ -34,10 +34,7 @@ def main(argv: list[str]) -> int:
         config, _ = parse_args(argv, base=saved)
     result = run(config, workdir, resume=options["resume"])
   except (UserError, FileNotFoundError, TrainingDiverged) as e:
-    if os.environ.get("JAXSLM_DEBUG"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 1 if isinstance(e, TrainingDiverged) else 2
+    return report(e, 1 if isinstance(e, TrainingDiverged) else 2)
   return 130 if result["interrupted"] else 0
 
 

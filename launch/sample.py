@@ -14,11 +14,10 @@ completion is printed when all are done. Exit codes: 0 ok, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jaxslm
-from jaxslm.errors import UserError
+from jaxslm.errors import UserError, report
 from jaxslm.sampling.stream import TextStream
 
 
@@ -62,10 +61,7 @@ def main(argv: list[str]) -> int:
         for j, t in enumerate([text] if args.n == 1 else text):
           print(f"=== prompt {i} sample {j} ===\n{prompt}{t}")
   except (UserError, FileNotFoundError) as e:
-    if os.environ.get("JAXSLM_DEBUG"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return report(e)
   return 0
 
 

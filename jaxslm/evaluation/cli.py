@@ -15,9 +15,8 @@ import json
 import math
 import os
 import re
-import sys
 
-from jaxslm.errors import UserError
+from jaxslm.errors import UserError, report
 from jaxslm.evaluation import extract
 from jaxslm.evaluation.gsm8k import MODES, EvalOptions, evaluate_gsm8k
 from jaxslm.evaluation.report import write_report
@@ -201,8 +200,5 @@ def main(argv) -> int:
   try:
     run(args)
   except (UserError, FileNotFoundError) as e:
-    if os.environ.get("JAXSLM_DEBUG"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return report(e)
   return 0
