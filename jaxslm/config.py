@@ -235,3 +235,46 @@ def finetune_config(method: str = "lora") -> ConfigDict:
       split="test", path="", seed=1234, max_new_tokens=256, batch_size=32, rouge=True,
   ))
   return c
+
+
+def grpo_config(method: str = "lora") -> ConfigDict:
+  """Defaults of GRPO (`launch/grpo.py`): the GRPO study's settings (G = 4 at
+  temperatures 0.6/0.8/1.0/1.2, ε(t) = 0.2·exp(−t/τ) + 0.1, β adapted towards
+  a KL target, reference refreshed every 100 steps, AdamW β = (0.9, 0.99),
+  LR 5e-6 cosine with 10% warmup, weight decay 0.1, clipping 1.0, rewards
+  0.2·format + 0.3·process + 0.5·accuracy) and Tina's LoRA during RL (rank 32,
+  alpha 128, dropout 0.05 on every projection)."""
+  c = ConfigDict()
+  c.method = method             # lora (frozen base + adapters; reference = adapters off) | full
+  c.init_from = ""              # any checkpoint jaxslm.load opens (a fine-tuning workdir too)
+  c.model_dtype = "float32" if _on_cpu() else "bfloat16"
+  c.lora = ConfigDict(dict(rank=32, alpha=128.0, dropout=0.05, targets="all", rslora=False))
+  c.data = ConfigDict(dict(
+      source="gsm8k",           # "gsm8k" or "synthetic" (jaxslm.data.synthetic)
+      path="",                  # GSM8K directory or .jsonl (e.g. ../shared/data/gsm8k); "" = hub
+      config="main", split="train", eval_split="test",
+      train_problems=0,         # prompts in the pool (0: the whole split; synthetic: 5000)
+      synthetic_seed=0, synthetic_max_steps=4,
+      template="structured",    # jaxslm.data.templates; the rewards score <reasoning>/<solution>
+      prompt_budget=256,        # longest prompt, in tokens
+      too_long="truncate",      # a longer prompt: "truncate" (keep its end, counted) | "refuse"
+  ))
+  c.grpo = ConfigDict(dict(
+      G=4, temperatures=(0.6, 0.8, 1.0, 1.2), top_p=1.0,
+      prompts_per_step=8, max_new_tokens=256,
+      mu=1,                     # optimizer passes per batch of rollouts
+      adv_norm="group",         # group | batch | none (Dr.GRPO)
+      aggregation="sequence",   # sequence (GRPO) | token_sum (Dr.GRPO: sum / (N * norm_tokens))
+      norm_tokens=0,            # token_sum's per-row constant; 0 = max_new_tokens
+      eps0=0.2, eps_min=0.1, eps_tau=500.0,   # eps(t) = eps0*exp(-t/tau) + eps_min; tau 0: eps0
+      beta=0.04, kl_target=0.02, beta_factor=1.5,   # kl_target 0: constant beta
+      ref_update_every=100,     # refresh the reference every K steps (0: never)
+  ))
+  c.rewards = ConfigDict(dict(names=("format", "process", "accuracy"), weights=(0.2, 0.3, 0.5),
+                              extractor="solution"))   # names: built-ins or "module:function"
+  c.train = ConfigDict(dict(
+      seed=0, steps=200, lr=5e-6, min_lr=0.0, warmup_ratio=0.1, b1=0.9, b2=0.99, eps=1e-8,
+      weight_decay=0.1, grad_clip=1.0, log_every=1, checkpoint_every=50, keep_checkpoints=2))
+  c.eval = ConfigDict(dict(problems=200, every=50, max_new_tokens=256, batch_size=64))
+  c.mesh = ConfigDict(dict(data=-1))
+  return c

@@ -135,3 +135,29 @@ def plot_losses(records: list[dict], path: str) -> str | None:
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def plot_series(records: list[dict], path: str, panels: list[tuple[str, list[str]]]) -> str | None:
+  """One panel per (y label, metric names), each metric against step, as a PNG
+  (e.g. GRPO's reward and accuracy curves)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = [(label, [k for k in keys if any(r.get(k) is not None for r in records)])
+            for label, keys in panels]
+  panels = [p for p in panels if p[1]]
+  if not panels:
+    return None
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+  for ax, (label, keys) in zip(axes[0], panels):
+    for k in keys:
+      pts = [(r["step"], r[k]) for r in records if r.get(k) is not None]
+      ax.plot(*zip(*pts), "o-" if len(pts) < 30 else "-", label=k, lw=1, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

@@ -1,0 +1,395 @@
+"""GRPO: `run(config, workdir)`, reinforcement learning with verifiable rewards.
+
+Each step takes P prompts (`grpo_data.step_indices`), samples G completions of
+each with the jitted sampler at per-completion temperatures (0.6, 0.8, 1.0,
+1.2 for G = 4), scores them with plain-Python reward functions
+(`jaxslm.train.rewards`), turns rewards into group-relative advantages, and
+runs μ optimizer passes of the clipped-surrogate + k3-KL loss
+(`jaxslm.train.grpo_loss`) on the batch.
+
+LoRA during RL (Tina): the policy is the frozen base plus trainable adapters
+(`lora.add_adapter`, trained through `lora.split`); rollouts sample straight
+from base + adapters, never merged. The reference is a snapshot of the
+*trainable* tree combined with the same frozen base: at the start the adapters
+are exactly zero (B = 0), so the reference is the base with adapters off, and
+no second copy of the base exists. Every `grpo.ref_update_every` steps the
+snapshot is refreshed. Full-parameter GRPO is the same code with every leaf
+trainable (then the snapshot is a full copy).
+
+The first pass over a batch uses the policy's own log-probabilities (stopped
+gradient) as the old ones, so the ratio is exactly 1 there; later passes use
+that first pass's values. Log-probabilities are at temperature 1 (the policy),
+whatever temperature sampled the tokens.
+
+Checkpoints (`workdir/checkpoints`) hold the trainable tree, the optimizer
+state with the reference snapshot, and in meta β, the step (which fixes ε, the
+prompts and every sampling seed) and the config: `--resume` continues exactly.
+`jaxslm.load(workdir)` gives base + adapters; at the end `adapters/` and
+`export/` (merged) are written as in fine-tuning.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxslm import checkpoint as ckpt
+from jaxslm.config import ConfigDict
+from jaxslm.errors import UserError
+from jaxslm.models import Decoder
+from jaxslm.train import grpo_data, parallel, reporting
+from jaxslm.train.grpo_loss import (AGGREGATIONS, NORMALIZATIONS, adapt_beta, check_choice,
+                                    clip_epsilon, group_advantages, grpo_loss, token_logprobs)
+from jaxslm.train.optim import make_optimizer
+from jaxslm.train.pretrain import TrainingDiverged, log
+from jaxslm.train.signals import StopRequest
+
+METHODS = ("lora", "full")
+
+
+# ------------------------------------------------------------------ step functions
+def policy_logprobs(trainable, frozen, tokens_nt, rng=None, *, model_cfg):
+  """(log p, entropy) of every target tokens[:, 1:] under base + trainable."""
+  from jaxslm import lora
+  params = lora.combine(trainable, frozen)
+  rngs = {"lora_dropout": rng} if rng is not None else {}
+  logits_ntv = Decoder(model_cfg).apply({"params": params}, tokens_nt[:, :-1], rngs=rngs)
+  return token_logprobs(logits_ntv, tokens_nt[:, 1:])
+
+
+def reference_logprobs(ref_trainable, frozen, tokens_nt, *, model_cfg):
+  return policy_logprobs(ref_trainable, frozen, tokens_nt, model_cfg=model_cfg)[0]
+
+
+def grpo_step(trainable, opt_state, frozen, tokens_nt, mask_nt, adv_n, old_logp_nt, ref_logp_nt,
+              eps, beta, rng, *, model_cfg, optimizer, aggregation: str, norm_tokens: int,
+              first: bool, dropout: bool, use_ref: bool):
+  """One optimizer update; returns (trainable, opt_state, metrics, log p [N, T-1]).
+
+  `first`: old log-probs are the policy's own (stopped), so the ratio is exactly 1
+  and `old_logp_nt` is not read. `use_ref` False: no KL term (`ref_logp_nt` unread)."""
+  import optax
+
+  def loss_fn(tr):
+    logp, entropy = policy_logprobs(tr, frozen, tokens_nt, rng if dropout else None,
+                                    model_cfg=model_cfg)
+    old = jax.lax.stop_gradient(logp) if first else old_logp_nt
+    ref = ref_logp_nt if use_ref else jax.lax.stop_gradient(logp)
+    loss, m = grpo_loss(logp, old, ref, adv_n, mask_nt, eps=eps, beta=beta,
+                        aggregation=aggregation, norm_tokens=norm_tokens)
+    m["entropy"] = jnp.sum(entropy * mask_nt) / jnp.maximum(jnp.sum(mask_nt), 1.0)
+    return loss, (m, logp)
+
+  (loss, (m, logp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  updates, opt_state = optimizer.update(grads, opt_state, trainable)
+  trainable = optax.apply_updates(trainable, updates)
+  m.update(loss=loss, grad_norm=optax.tree.norm(grads))
+  return trainable, opt_state, m, jax.lax.stop_gradient(logp)
+
+
+# ------------------------------------------------------------------ config
+def train_section(config: ConfigDict) -> ConfigDict:
+  """The `train` section with the warmup fraction resolved into steps."""
+  t = ConfigDict(config.train.to_dict())
+  with t.unlocked():
+    t.warmup_steps = int(round(t.warmup_ratio * t.steps))
+    t.decay_steps = 0
+  return t
+
+
+def temperatures(g) -> list[float]:
+  temps = list(g.temperatures) if isinstance(g.temperatures, (tuple, list)) else [g.temperatures]
+  if len(temps) == 1:
+    temps = temps * g.G
+  if len(temps) != g.G:
+    raise UserError(f"grpo.temperatures has {len(temps)} values for grpo.G={g.G} completions "
+                    "per prompt; give one value, or exactly G (e.g. (0.6, 0.8, 1.0, 1.2)).")
+  return [float(x) for x in temps]
+
+
+def reward_setup(config: ConfigDict):
+  """({name: fn}, {name: weight}) from the `rewards` section."""
+  from jaxslm.train import rewards
+  r = config.rewards
+  names, weights = list(r.names), list(r.weights)
+  if len(names) != len(weights) or not names:
+    raise UserError(f"rewards.names={tuple(names)} and rewards.weights={tuple(weights)} must be "
+                    "non-empty and of the same length (one weight per reward).")
+  fns = {}
+  for name in names:
+    fn = rewards.resolve(name)
+    if name == "accuracy" and r.extractor != "solution":
+      fn = functools.partial(rewards.accuracy_reward, extractor=r.extractor)
+    fns[name] = fn
+  return fns, dict(zip(names, [float(w) for w in weights]))
+
+
+def validate_config(config: ConfigDict) -> None:
+  g, t = config.grpo, config.train
+  if config.method not in METHODS:
+    raise UserError(f"method={config.method!r}; valid methods for GRPO: {', '.join(METHODS)}.")
+  if not config.init_from:
+    raise UserError("init_from is empty: pass --config.init_from=CHECKPOINT (a pretraining or "
+                    "fine-tuning workdir, a step directory or an exported/converted model).")
+  if g.G < 2:
+    raise UserError(f"grpo.G={g.G}: group-relative advantages need at least 2 completions per "
+                    "prompt (a group of one has no spread); set grpo.G >= 2 (the study uses 4).")
+  for section, name in (("grpo", "prompts_per_step"), ("grpo", "max_new_tokens"), ("grpo", "mu"),
+                        ("train", "steps"), ("train", "log_every"), ("train", "checkpoint_every"),
+                        ("train", "keep_checkpoints"), ("data", "prompt_budget")):
+    if config[section][name] <= 0:
+      raise UserError(f"{section}.{name}={config[section][name]} must be a positive integer.")
+  check_choice("grpo.adv_norm", g.adv_norm, NORMALIZATIONS)
+  check_choice("grpo.aggregation", g.aggregation, AGGREGATIONS)
+  temperatures(g)
+  if not 0 <= t.warmup_ratio <= 1:
+    raise UserError(f"train.warmup_ratio={t.warmup_ratio} must lie in [0, 1].")
+  if g.eps0 <= 0 or g.eps_min < 0:
+    raise UserError(f"grpo.eps0={g.eps0}, grpo.eps_min={g.eps_min}: the clip range must be > 0.")
+  if g.beta < 0:
+    raise UserError(f"grpo.beta={g.beta} must be >= 0 (0 drops the KL term).")
+  rows, devices = g.prompts_per_step * g.G, jax.device_count()
+  if rows % devices:
+    raise UserError(f"grpo.prompts_per_step * grpo.G = {rows} completions must be divisible by "
+                    f"the {devices} devices (data parallel); change grpo.prompts_per_step.")
+  if config.method == "lora" and config.lora.rank < 1:
+    raise UserError(f"lora.rank={config.lora.rank} must be >= 1.")
+  reward_setup(config)
+  make_optimizer(train_section(config))
+
+
+# ------------------------------------------------------------------ the run
+def build_policy(config: ConfigDict):
+  """(model_cfg, params, tokenizer, base, trainable kind) of init_from + the method."""
+  from jaxslm import lora
+  from jaxslm.train.finetune import load_base, lora_config
+  model_cfg, params, tok, base = load_base(config)
+  if config.method == "full":
+    return model_cfg, params, tok, base, "all"
+  params = lora.add_adapter(params, lora_config(config),
+                            jax.random.PRNGKey(config.train.seed + 17))
+  return model_cfg, params, tok, base, "last"
+
+
+def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, Any]:
+  """GRPO per `config`; checkpoints, metrics.jsonl, curves.png, adapters/ and export/."""
+  from jaxslm import lora
+  from jaxslm.data.templates import get_template
+  from jaxslm.evaluation.metrics import format_compliance
+  from jaxslm.train import rewards
+  from jaxslm.train.finetune import write_outputs
+  g, t, d = config.grpo, config.train, config.data
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=t.keep_checkpoints,
+                                   async_save=False)
+  latest = checkpointer.latest_step()
+  if latest is not None and not resume:
+    raise UserError(f"Workdir {workdir!r} already holds a checkpoint (step {latest}). Pass "
+                    "--resume to continue it, or choose another --workdir.")
+  config = ConfigDict(config.to_dict())
+  if latest is not None:
+    saved = checkpointer.read_meta(latest)
+    config.init_from = saved["finetune"]["init_from"]
+  model_cfg, params, tok, base, kind = build_policy(config)
+  template = get_template(d.template)
+  trainable, frozen = lora.split(params, kind)
+  counts = lora.count_params(params, kind)
+  log(f"Policy: {base.path} + {config.method} ({counts['trainable']:,} trainable of "
+      f"{counts['total']:,} parameters, {counts['percent']:.3f}%), {model_cfg.dtype} compute")
+  fns, weights = reward_setup(config)
+  temps = temperatures(g)
+  problems, source = grpo_data.load_problems(d, heldout=False, limit=d.train_problems)
+  pool = grpo_data.encode_pool(problems, tok, template, budget=d.prompt_budget,
+                               too_long=d.too_long, source=source)
+  log(f"Prompts: {source}; {pool.truncated} truncated to {d.prompt_budget} tokens")
+  eval_pool = None
+  if config.eval.problems > 0:
+    ep, esource = grpo_data.load_problems(d, heldout=True, limit=config.eval.problems)
+    eval_pool = grpo_data.encode_pool(ep, tok, template, budget=d.prompt_budget,
+                                      too_long="truncate", source=esource)
+  tcfg = train_section(config)
+  optimizer, schedule = make_optimizer(tcfg)
+  opt_state = optimizer.init(trainable)
+  ref_trainable = jax.tree.map(jnp.copy, trainable)
+  beta, start, last = float(g.beta), 0, {}
+  if latest is not None:
+    trainable, state, meta = checkpointer.restore(
+        latest, ckpt.abstract_like(trainable),
+        ckpt.abstract_like({"opt": opt_state, "ref": ref_trainable}))
+    opt_state, ref_trainable = state["opt"], state["ref"]
+    start, beta = int(meta["step"]), float(meta["grpo"]["beta"])
+    last = dict(meta.get("metrics") or {})
+    log(f"Resumed from step {start} (beta {beta:.4g})")
+
+  mesh = parallel.make_mesh(config.mesh.data, 1)
+  rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  trainable, frozen, opt_state, ref_trainable = jax.device_put(
+      (trainable, frozen, opt_state, ref_trainable), rep)
+  dropout = config.method != "full" and config.lora.dropout > 0
+  use_ref = g.beta > 0 or g.kl_target > 0   # beta 0 without a KL target: no reference pass
+  step_fns = {first: jax.jit(functools.partial(
+      grpo_step, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
+      norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
+      use_ref=use_ref), donate_argnums=(0, 1)) for first in (True, False)}
+  ref_fn = jax.jit(functools.partial(reference_logprobs, model_cfg=model_cfg))
+  rollout_len = grpo_data.pad_to(d.prompt_budget + g.max_new_tokens)
+
+  config_json = json.loads(config.to_json_best_effort())
+  meta_base = {"finetune": {"method": config.method, "trainable": kind,
+                            "init_from": os.path.abspath(base.path), "template": d.template},
+               "config": config_json, "model": model_cfg.to_dict(), "tokenizer": tok.spec(),
+               "params": counts, "data": {"source": source, "truncated": pool.truncated},
+               "jax_version": jax.__version__}
+  saved_step = [start]
+
+  def save(step, metrics):
+    if step != saved_step[0]:
+      checkpointer.save(step, trainable, {"opt": opt_state, "ref": ref_trainable},
+                        {**meta_base, "step": step, "metrics": metrics,
+                         "grpo": {"beta": beta, "eps": clip_epsilon(step, g.eps0, g.eps_min,
+                                                                   g.eps_tau)}})
+      saved_step[0] = step
+
+  def evaluate() -> dict:
+    if eval_pool is None:
+      return {}
+    return grpo_data.evaluate_heldout(
+        model_cfg, lora.combine(trainable, frozen), tok, template, eval_pool, fns, weights,
+        max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+        extractor=config.rewards.extractor)
+
+  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  metrics_log.truncate_after(start if start else -1)
+  progress = reporting.Progress(t.steps)
+  stop = StopRequest().install()
+  step, interrupted = start, False
+  first_eval = last_eval = None
+  try:
+    if start == 0:
+      first_eval = evaluate()
+      if first_eval:
+        metrics_log.write({"step": 0, **first_eval})
+        log(f"step 0: {_fmt(first_eval)}")
+    while step < t.steps:
+      eps = clip_epsilon(step, g.eps0, g.eps_min, g.eps_tau)
+      # ---- rollouts
+      t0 = time.perf_counter()
+      idx = grpo_data.step_indices(len(pool), g.prompts_per_step, t.seed, step)
+      ids = [pool.ids[i] for i in idx]
+      policy = lora.combine(trainable, frozen)
+      gen = grpo_data.generate_for(
+          model_cfg, policy, tok, template, ids, max_new_tokens=g.max_new_tokens,
+          temperature=temps, n=g.G, top_p=g.top_p,
+          seeds=[grpo_data.rollout_seed(t.seed, step, i) for i in range(len(ids))])
+      texts = [grpo_data.completion_text(c, tok, template) for c in gen.completions]
+      prompts_rep = [pool.texts[i] for i in idx for _ in range(g.G)]
+      golds_rep = [pool.golds[i] for i in idx for _ in range(g.G)]
+      total, comps = rewards.compute(fns, weights, prompts_rep, texts, golds_rep)
+      rewards_bg = total.reshape(len(ids), g.G)
+      adv_n = group_advantages(rewards_bg, g.adv_norm).reshape(-1).astype(np.float32)
+      tokens_nt, mask_nt = grpo_data.rollout_batch(ids, [c.tokens for c in gen.completions],
+                                                   g.G, tok.pad_id, rollout_len)
+      t_sample = time.perf_counter() - t0
+      # ---- learning
+      t1 = time.perf_counter()
+      n = tokens_nt.shape[0]
+      tokens_nt = parallel.global_array(tokens_nt, batch_sh, tokens_nt.shape)
+      mask_j = parallel.global_array(mask_nt, batch_sh, mask_nt.shape)
+      adv_j = parallel.global_array(adv_n, parallel.batch_sharding(mesh, ndim=1), (n,))
+      ref_logp = ref_fn(ref_trainable, frozen, tokens_nt) if use_ref else mask_j
+      old_logp = mask_j   # not read by the first pass
+      rng = jax.random.fold_in(jax.random.PRNGKey(t.seed + 1), step)
+      for k in range(g.mu):
+        trainable, opt_state, m, logp = step_fns[k == 0](
+            trainable, opt_state, frozen, tokens_nt, mask_j, adv_j, old_logp, ref_logp,
+            jnp.float32(eps), jnp.float32(beta if use_ref else 0.0), jax.random.fold_in(rng, k))
+        if k == 0:
+          old_logp = logp
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      t_learn = time.perf_counter() - t1
+      step += 1
+      if not all(math.isfinite(v) for v in m.values()):
+        raise TrainingDiverged(f"GRPO diverged at step {step}: {m}. The last good checkpoint is "
+                               f"step {checkpointer.latest_step()}; lower train.lr and --resume.")
+      fmt_ok = [format_compliance(x, template.answer_format).strict for x in texts] \
+          if template.answer_format != "none" else [False]
+      record = {
+          "step": step, "reward_mean": float(total.mean()), "reward_std": float(total.std()),
+          **{f"reward_{k}_mean": float(v.mean()) for k, v in comps.items()},
+          **{f"reward_{k}_std": float(v.std()) for k, v in comps.items()},
+          "accuracy": float(np.mean([rewards.is_correct(x, y, extractor=config.rewards.extractor)
+                                     for x, y in zip(texts, golds_rep)])),
+          "format": float(np.mean(fmt_ok)),
+          "kl": m["kl"] if use_ref else None, "beta": beta, "eps": eps,
+          "clip_frac": m["clip_frac"], "loss": m["loss"], "pg_loss": m["pg_loss"],
+          "grad_norm": m["grad_norm"], "entropy": m["entropy"],
+          "completion_len": float(np.mean([len(c.tokens) for c in gen.completions])),
+          "zero_signal_frac": float(np.mean(np.ptp(rewards_bg, axis=1) == 0)),
+          "sample_s": t_sample, "learn_s": t_learn,
+          "completions_per_s": n / (t_sample + t_learn), "lr": float(schedule(step - 1))}
+      if use_ref and g.kl_target > 0:
+        beta = adapt_beta(beta, m["kl"], g.kl_target, g.beta_factor)
+      if g.ref_update_every > 0 and step % g.ref_update_every == 0:
+        ref_trainable = jax.tree.map(jnp.copy, trainable)
+      if step % t.log_every == 0 or step == t.steps:
+        progress.update(step, reward=round(record["reward_mean"], 3),
+                        acc=round(record["accuracy"], 3), kl=round(m["kl"], 4) + 0.0,
+                        s=round(t_sample + t_learn, 2))
+      if config.eval.every > 0 and (step % config.eval.every == 0 or step == t.steps):
+        last_eval = evaluate()
+        record.update(last_eval)
+        progress.newline()
+        log(f"step {step}: {_fmt(last_eval)}")
+      metrics_log.write(record)
+      last = record
+      if step % t.checkpoint_every == 0 or step == t.steps:
+        save(step, last)
+      if stop.requested:
+        save(step, last)
+        interrupted = True
+        progress.newline()
+        log(f"Interrupted: saved step {step}; continue with --resume.")
+        break
+  finally:
+    checkpointer.wait()
+    stop.restore()
+  progress.newline()
+  params = lora.combine(trainable, frozen)
+  records = metrics_log.read()
+  result = {"workdir": workdir, "step": step, "last": last, "interrupted": interrupted,
+            "params": params, "model_cfg": model_cfg, "tokenizer": tok, "counts": counts,
+            "records": records, "trainable": trainable, "beta": beta}
+  if not interrupted and step >= t.steps:
+    result.update(write_outputs(workdir, config, params, kind, meta_base, last))
+    summary = {"method": config.method, "step": step, "params": counts, "source": source,
+               "first_eval": first_eval or _first_eval(records), "last_eval": last_eval,
+               "last": last}
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    result["summary"] = summary
+  result["plot"] = reporting.plot_series(records, os.path.join(workdir, "curves.png"), [
+      ("reward", ["reward_mean", "eval_reward"]),
+      ("accuracy", ["accuracy", "eval_accuracy", "format"]), ("KL", ["kl"])])
+  checkpointer.close()
+  return result
+
+
+def _first_eval(records: list[dict]) -> dict | None:
+  for r in records:
+    if r.get("step") == 0 and "eval_accuracy" in r:
+      return r
+  return None
+
+
+def _fmt(m: dict) -> str:
+  return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
+                   if k != "step")

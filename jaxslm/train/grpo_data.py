@@ -1,0 +1,168 @@
+"""GRPO's data: the prompt pool, which prompts a step takes, the rollout batch
+the loss sees, and the held-out evaluation.
+
+Prompts come from GSM8K (`datasets` or a local directory / .jsonl) or from the
+synthetic math generator (`jaxslm.data.synthetic`: training problems are its
+indices 0, 1, ...; held-out ones start at `HELDOUT_OFFSET`, so the two never
+overlap). Each problem becomes a prompt through a template (`structured` by
+default: the <reasoning>/<solution> format the rewards score).
+
+Step s takes prompts `order[s·P : (s+1)·P]` of an endless sequence of seeded
+permutations of the pool (epoch e is permutation(seed, e)): a pure function of
+(seed, step), so a resumed run sees exactly the prompts it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from jaxslm.errors import UserError
+
+HELDOUT_OFFSET = 1_000_000
+TOO_LONG = ("truncate", "refuse")
+
+
+@dataclasses.dataclass
+class PromptPool:
+  questions: list[str]
+  golds: list[str]
+  texts: list[str]               # the prompts as text
+  ids: list[list[int]]           # the prompts as token ids (after any truncation)
+  truncated: int                 # how many prompts were cut to the budget
+  source: str
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+
+def load_problems(data, *, heldout: bool, limit: int) -> tuple[list[tuple[str, str]], str]:
+  """[(question, gold)] and a description; `heldout` picks the evaluation split."""
+  if data.source == "synthetic":
+    from jaxslm.data.synthetic import SyntheticMath
+    gen = SyntheticMath(data.synthetic_seed, max_steps=data.synthetic_max_steps)
+    start = HELDOUT_OFFSET if heldout else 0
+    n = limit if limit > 0 else (200 if heldout else 5000)
+    probs = [gen.problem(start + i) for i in range(n)]
+    return ([(p.question, str(p.final_answer)) for p in probs],
+            f"{n} synthetic problems (seed {data.synthetic_seed}, indices {start}..{start + n - 1})")
+  if data.source == "gsm8k":
+    from jaxslm.data import gsm8k
+    split = gsm8k.load(data.eval_split if heldout else data.split, data.config,
+                       path=data.path or None)
+    examples = split.examples
+    if limit > 0:
+      examples, _ = gsm8k.select(examples, limit, seed=1234)
+    return [(e.question, e.gold) for e in examples], split.describe()
+  raise UserError(f"data.source={data.source!r}; valid sources: gsm8k, synthetic.")
+
+
+def encode_pool(problems, tok, template, *, budget: int, too_long: str, source: str,
+                add_bos: bool = False) -> PromptPool:
+  """Prompts as ids; one longer than `budget` tokens is cut to its last `budget`
+  tokens and counted ("truncate") or refused with its index ("refuse")."""
+  if too_long not in TOO_LONG:
+    raise UserError(f"data.too_long={too_long!r}; valid values: {', '.join(TOO_LONG)}.")
+  if budget < 1:
+    raise UserError(f"data.prompt_budget={budget} must be a positive number of tokens.")
+  texts = [template.prompt(q) for q, _ in problems]
+  ids, truncated = [], 0
+  for i, text in enumerate(texts):
+    x = tok.encode(text, add_bos=add_bos)
+    if len(x) > budget:
+      if too_long == "refuse":
+        raise UserError(f"prompt {i} of {source} has {len(x)} tokens, over the prompt budget "
+                        f"data.prompt_budget={budget}; raise the budget, or set "
+                        "data.too_long=truncate to keep the last tokens of long prompts.")
+      x, truncated = x[-budget:], truncated + 1
+    ids.append(x)
+  return PromptPool([q for q, _ in problems], [g for _, g in problems], texts, ids, truncated,
+                    source)
+
+
+def step_indices(n_pool: int, per_step: int, seed: int, step: int) -> np.ndarray:
+  """Pool indices of the prompts of `step` (0-based); see the module doc."""
+  out = []
+  for k in range(step * per_step, (step + 1) * per_step):
+    epoch, pos = divmod(k, n_pool)
+    out.append(np.random.default_rng([seed, epoch]).permutation(n_pool)[pos])
+  return np.asarray(out, np.int64)
+
+
+def rollout_seed(seed: int, step: int, i: int) -> int:
+  """The sampling seed of prompt i at `step` (its G completions fold in j)."""
+  return int(np.random.default_rng([seed, step, i, 7]).integers(0, 2**31 - 1))
+
+
+def pad_to(n: int, multiple: int = 32) -> int:
+  return int(math.ceil(max(n, 1) / multiple) * multiple)
+
+
+def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], group: int,
+                  pad_id: int, length: int | None = None):
+  """tokens [N, T] (prompt + completion, right-padded) and mask [N, T-1] over the
+  targets tokens[:, 1:] (1.0 where the target is a completion token).
+
+  Row r holds prompt r // group and completion r; right padding needs no
+  attention mask (causal attention never looks ahead), and every row starts
+  at position 0 like the sampler's."""
+  rows = [list(prompt_ids[r // group]) + list(c) for r, c in enumerate(completion_ids)]
+  t = length or pad_to(max(len(x) for x in rows))
+  if max(len(x) for x in rows) > t:
+    raise ValueError(f"rollout of {max(len(x) for x in rows)} tokens exceeds length {t}")
+  tokens = np.full((len(rows), t), pad_id, np.int32)
+  mask = np.zeros((len(rows), t - 1), np.float32)
+  for r, x in enumerate(rows):
+    tokens[r, :len(x)] = x
+    p = len(prompt_ids[r // group])
+    mask[r, p - 1:len(x) - 1] = 1.0
+  return tokens, mask
+
+
+def completion_text(c, tok, template) -> str:
+  """The text the rewards read: a kept stop string ("</solution>") put back."""
+  text = c.text or ""
+  if c.finish_reason == "stop_string" and template.keep_stop:
+    rest = tok.decode(c.tokens)[len(text):]
+    for s in template.keep_stop:
+      if rest.startswith(s):
+        return text + s
+  return text
+
+
+def generate_for(model_cfg, params, tok, template, ids, *, max_new_tokens, temperature, n, seeds,
+                 top_p: float = 1.0):
+  """The jitted sampler with the template's stops and the tokenizer's EOS ids."""
+  from jaxslm.sampling import generate
+  return generate(model_cfg, params, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_p=top_p, n=n, seed=seeds, eos_id=tok.eos_id,
+                  stop_token_ids=[i for i in tok.eos_ids if i != tok.eos_id],
+                  stop_strings=list(template.stop), tokenizer=tok, truncate=True,
+                  pad_id=tok.pad_id)
+
+
+def evaluate_heldout(model_cfg, params, tok, template, pool: PromptPool, reward_fns, weights, *,
+                     max_new_tokens: int, batch_size: int, extractor: str) -> dict:
+  """Greedy accuracy (mean ± stderr), mean reward and format compliance on `pool`."""
+  from jaxslm.evaluation.metrics import format_compliance
+  from jaxslm.evaluation.stats import mean_stderr
+  from jaxslm.train import rewards
+  t0 = time.perf_counter()
+  texts = []
+  for b in range(0, len(pool), batch_size):
+    out = generate_for(model_cfg, params, tok, template, pool.ids[b:b + batch_size],
+                       max_new_tokens=max_new_tokens, temperature=0.0, n=1,
+                       seeds=list(range(b, min(b + batch_size, len(pool)))))
+    texts += [completion_text(c, tok, template) for c in out.completions]
+  total, _ = rewards.compute(reward_fns, weights, pool.texts, texts, pool.golds)
+  correct = [float(rewards.is_correct(t, g, extractor=extractor)) for t, g in zip(texts, pool.golds)]
+  acc, se = mean_stderr(correct)
+  return {"eval_accuracy": acc, "eval_accuracy_stderr": se,
+          "eval_reward": float(np.mean(total)),
+          "eval_format": float(np.mean([format_compliance(t, template.answer_format).strict
+                                        for t in texts])) if template.answer_format != "none"
+          else None,
+          "eval_problems": len(pool), "eval_s": time.perf_counter() - t0}
