@@ -10,7 +10,7 @@ from jaxslm.train.pretrain import run, validate_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py")
-                 if not p.name.startswith(("_", "sft_")))   # sft_*: tests/test_finetune.py
+                 if not p.name.startswith(("_", "sft_", "grpo_")))   # sft_*: test_finetune.py, grpo_*: test_grpo.py
 
 
 def test_there_are_configs():

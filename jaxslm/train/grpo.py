@@ -95,6 +95,19 @@ def grpo_step(trainable, opt_state, frozen, tokens_nt, mask_nt, adv_n, old_logp_
   return trainable, opt_state, m, jax.lax.stop_gradient(logp)
 
 
+# Jitted once per process: the static arguments (model config, optimizer, flags)
+# are hashable and the optimizer is memoized by its settings, so a second run
+# with the same settings (a resume, a sweep in a notebook) compiles nothing.
+_step_jit = jax.jit(grpo_step, donate_argnums=(0, 1), static_argnames=(
+    "model_cfg", "optimizer", "aggregation", "norm_tokens", "first", "dropout", "use_ref"))
+_reference_jit = jax.jit(reference_logprobs, static_argnames=("model_cfg",))
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(settings: tuple):
+  return make_optimizer(ConfigDict(dict(settings)))
+
+
 # ------------------------------------------------------------------ config
 def train_section(config: ConfigDict) -> ConfigDict:
   """The `train` section with the warmup fraction resolved into steps."""
@@ -217,7 +230,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     eval_pool = grpo_data.encode_pool(ep, tok, template, budget=d.prompt_budget,
                                       too_long="truncate", source=esource)
   tcfg = train_section(config)
-  optimizer, schedule = make_optimizer(tcfg)
+  optimizer, schedule = _optimizer(tuple(sorted(tcfg.to_dict().items())))
   opt_state = optimizer.init(trainable)
   ref_trainable = jax.tree.map(jnp.copy, trainable)
   beta, start, last = float(g.beta), 0, {}
@@ -236,11 +249,11 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       (trainable, frozen, opt_state, ref_trainable), rep)
   dropout = config.method != "full" and config.lora.dropout > 0
   use_ref = g.beta > 0 or g.kl_target > 0   # beta 0 without a KL target: no reference pass
-  step_fns = {first: jax.jit(functools.partial(
-      grpo_step, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
+  step_fns = {first: functools.partial(
+      _step_jit, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
       norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
-      use_ref=use_ref), donate_argnums=(0, 1)) for first in (True, False)}
-  ref_fn = jax.jit(functools.partial(reference_logprobs, model_cfg=model_cfg))
+      use_ref=use_ref) for first in (True, False)}
+  ref_fn = functools.partial(_reference_jit, model_cfg=model_cfg)
   rollout_len = grpo_data.pad_to(d.prompt_budget + g.max_new_tokens)
 
   config_json = json.loads(config.to_json_best_effort())
