@@ -166,14 +166,21 @@ def test_bad_config_is_refused_with_the_field(warm, field, value, match):
 
 
 def test_long_prompts_are_refused_or_truncated_and_counted(warm, tmp_path):
+  import jaxslm
+  from jaxslm.train import grpo_data
   c = tiny(warm)
   c.data.update(prompt_budget=20, too_long="refuse")
   with pytest.raises(UserError, match="prompt_budget=20"):
     grpo.run(c, str(tmp_path / "a"))
-  c.data.too_long = "truncate"
-  c.train.steps = 1
-  out = grpo.run(c, str(tmp_path / "b"))
-  assert out["step"] == 1
+  tok = jaxslm.load(warm[0]).tokenizer
+  problems = [("What is 2 + 2?", "4"), ("Lena has 3 boxes of 12 pens. " * 8, "36")]
+  pool = grpo_data.encode_pool(problems, tok, get_template("qa"), budget=40,
+                               too_long="truncate", source="x")
+  full = tok.encode(pool.texts[1])
+  assert pool.truncated == 1 and pool.ids[1] == full[-40:] and len(pool.ids[0]) < 40
+  with pytest.raises(UserError, match="too_long='drop'"):
+    grpo_data.encode_pool(problems, tok, get_template("qa"), budget=40, too_long="drop",
+                          source="x")
 
 
 def broken_reward(prompts, completions, answers):

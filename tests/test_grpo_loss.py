@@ -50,6 +50,11 @@ def ref_loss(logp, old, ref, adv, mask, eps, beta, aggregation, norm_tokens):
   return total / (len(logp) * norm_tokens)
 
 
+jitted_loss = jax.jit(lambda *a, aggregation, norm_tokens: grpo_loss(
+    *a[:5], eps=a[5], beta=a[6], aggregation=aggregation, norm_tokens=norm_tokens),
+    static_argnames=("aggregation", "norm_tokens"))
+
+
 @pytest.fixture
 def batch():
   rng = np.random.default_rng(0)
@@ -67,9 +72,9 @@ def batch():
 @pytest.mark.parametrize("eps,beta", [(0.2, 0.04), (0.05, 0.0), (0.3, 0.5)])
 def test_loss_matches_the_reference(batch, aggregation, eps, beta):
   logp, old, ref, adv, mask = batch
-  loss, m = grpo_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32),
-                      jnp.asarray(ref, jnp.float32), jnp.asarray(adv), jnp.asarray(mask),
-                      eps=eps, beta=beta, aggregation=aggregation, norm_tokens=10)
+  loss, m = jitted_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32),
+                        jnp.asarray(ref, jnp.float32), jnp.asarray(adv), jnp.asarray(mask),
+                        eps, beta, aggregation=aggregation, norm_tokens=10)
   want = ref_loss(logp, old, ref, adv, mask, eps, beta, aggregation, 10)
   assert float(loss) == pytest.approx(want, rel=1e-5, abs=1e-6)
   # both clip branches occur in this batch
