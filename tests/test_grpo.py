@@ -72,6 +72,28 @@ def tiny(warm, method="lora", **grpo_fields):
   return c
 
 
+def test_completion_logprobs_match_a_full_forward():
+  """The fast path (logits at completion positions only) against the slow one:
+  logits everywhere, then pick each completion token's log-probability."""
+  from jaxslm.models import Decoder
+  from jaxslm.train import grpo_data
+  from jaxslm.train.grpo_loss import token_logprobs
+  cfg = ModelConfig.preset("tiny", vocab_size=97, max_seq_len=64, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(3))
+  prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+  completions = [[20, 21], [22], [], [23, 24, 25, 26], [27], [28, 29, 30]]   # G = 3
+  tokens, index, mask = grpo_data.rollout_batch(prompts, completions, 3, 0, 16, 6)
+  trainable, frozen = lora.split(params, "all")
+  fast, _ = grpo.policy_logprobs(trainable, frozen, tokens, index, model_cfg=cfg)
+  full, _ = token_logprobs(Decoder(cfg).apply({"params": params}, tokens[:, :-1]), tokens[:, 1:])
+  for r, c in enumerate(completions):
+    p = len(prompts[r // 3])
+    assert mask[r].sum() == len(c)
+    assert np.array_equal(tokens[r, p:p + len(c)], c)
+    np.testing.assert_allclose(np.asarray(fast)[r, :len(c)], np.asarray(full)[r, p - 1:p - 1 + len(c)],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_lora_run_keeps_the_base_bit_identical_and_logs_everything(warm, tmp_path):
   import jaxslm
   c = tiny(warm)

@@ -29,8 +29,11 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array | None = None,
                embeds_btd: jax.Array | None = None, *, cache=None, cache_index=0,
-               kv_mask_bs: jax.Array | None = None, last_only: bool = False):
-    """`embeds_btd`, when given, replaces the token lookup (gradients w.r.t. inputs)."""
+               kv_mask_bs: jax.Array | None = None, last_only: bool = False,
+               logit_index_bk: jax.Array | None = None):
+    """`embeds_btd`, when given, replaces the token lookup (gradients w.r.t. inputs).
+    `logit_index_bk` (int [B, K]): logits only at these positions of each row
+    ([B, K, V]; GRPO scores completion tokens only, skipping the prompt's)."""
     cfg = self.cfg
     b, t = tokens_bt.shape
     if cache is not None and kv_mask_bs is None:
@@ -60,6 +63,8 @@ class Decoder(nn.Module):
                                                    cache_index, mask_bts)
     if last_only:
       x_btd = x_btd[:, -1:]
+    elif logit_index_bk is not None:
+      x_btd = jnp.take_along_axis(x_btd, logit_index_bk[..., None], axis=1)
     x_btd = Norm(cfg, name="final_norm")(x_btd)
     if cfg.tie_embeddings:
       logits_btv = jnp.einsum("btd,vd->btv", x_btd, embedding_vd.astype(cdt),

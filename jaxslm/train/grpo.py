@@ -56,30 +56,33 @@ METHODS = ("lora", "full")
 
 
 # ------------------------------------------------------------------ step functions
-def policy_logprobs(trainable, frozen, tokens_nt, rng=None, *, model_cfg):
-  """(log p, entropy) of every target tokens[:, 1:] under base + trainable."""
+def policy_logprobs(trainable, frozen, tokens_nt, index_nm, rng=None, *, model_cfg):
+  """(log p, entropy) [N, M] of the completion tokens tokens[n, index[n, m] + 1]
+  under base + trainable; logits are computed at those positions only."""
   from jaxslm import lora
   params = lora.combine(trainable, frozen)
   rngs = {"lora_dropout": rng} if rng is not None else {}
-  logits_ntv = Decoder(model_cfg).apply({"params": params}, tokens_nt[:, :-1], rngs=rngs)
-  return token_logprobs(logits_ntv, tokens_nt[:, 1:])
+  logits_nmv = Decoder(model_cfg).apply({"params": params}, tokens_nt[:, :-1], rngs=rngs,
+                                        logit_index_bk=index_nm)
+  return token_logprobs(logits_nmv, jnp.take_along_axis(tokens_nt, index_nm + 1, axis=1))
 
 
-def reference_logprobs(ref_trainable, frozen, tokens_nt, *, model_cfg):
-  return policy_logprobs(ref_trainable, frozen, tokens_nt, model_cfg=model_cfg)[0]
+def reference_logprobs(ref_trainable, frozen, tokens_nt, index_nm, *, model_cfg):
+  return policy_logprobs(ref_trainable, frozen, tokens_nt, index_nm, model_cfg=model_cfg)[0]
 
 
-def grpo_step(trainable, opt_state, frozen, tokens_nt, mask_nt, adv_n, old_logp_nt, ref_logp_nt,
+def grpo_step(trainable, opt_state, frozen, tokens_nt, index_nm, mask_nt, adv_n, old_logp_nt,
+              ref_logp_nt,
               eps, beta, rng, *, model_cfg, optimizer, aggregation: str, norm_tokens: int,
               first: bool, dropout: bool, use_ref: bool):
-  """One optimizer update; returns (trainable, opt_state, metrics, log p [N, T-1]).
+  """One optimizer update; returns (trainable, opt_state, metrics, log p [N, M]).
 
   `first`: old log-probs are the policy's own (stopped), so the ratio is exactly 1
   and `old_logp_nt` is not read. `use_ref` False: no KL term (`ref_logp_nt` unread)."""
   import optax
 
   def loss_fn(tr):
-    logp, entropy = policy_logprobs(tr, frozen, tokens_nt, rng if dropout else None,
+    logp, entropy = policy_logprobs(tr, frozen, tokens_nt, index_nm, rng if dropout else None,
                                     model_cfg=model_cfg)
     old = jax.lax.stop_gradient(logp) if first else old_logp_nt
     ref = ref_logp_nt if use_ref else jax.lax.stop_gradient(logp)
@@ -254,7 +257,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
       use_ref=use_ref) for first in (True, False)}
   ref_fn = functools.partial(_reference_jit, model_cfg=model_cfg)
-  rollout_len = grpo_data.pad_to(d.prompt_budget + g.max_new_tokens)
+  rollout_len = min(grpo_data.pad_to(d.prompt_budget + g.max_new_tokens), model_cfg.max_seq_len + 1)
 
   config_json = json.loads(config.to_json_best_effort())
   meta_base = {"finetune": {"method": config.method, "trainable": kind,
@@ -309,21 +312,23 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       total, comps = rewards.compute(fns, weights, prompts_rep, texts, golds_rep)
       rewards_bg = total.reshape(len(ids), g.G)
       adv_n = group_advantages(rewards_bg, g.adv_norm).reshape(-1).astype(np.float32)
-      tokens_nt, mask_nt = grpo_data.rollout_batch(ids, [c.tokens for c in gen.completions],
-                                                   g.G, tok.pad_id, rollout_len)
+      tokens_nt, index_nm, mask_nt = grpo_data.rollout_batch(
+          gen.prompt_tokens, [c.tokens for c in gen.completions], g.G, tok.pad_id, rollout_len,
+          g.max_new_tokens)
       t_sample = time.perf_counter() - t0
       # ---- learning
       t1 = time.perf_counter()
       n = tokens_nt.shape[0]
       tokens_nt = parallel.global_array(tokens_nt, batch_sh, tokens_nt.shape)
       mask_j = parallel.global_array(mask_nt, batch_sh, mask_nt.shape)
+      index_j = parallel.global_array(index_nm, batch_sh, index_nm.shape)
       adv_j = parallel.global_array(adv_n, parallel.batch_sharding(mesh, ndim=1), (n,))
-      ref_logp = ref_fn(ref_trainable, frozen, tokens_nt) if use_ref else mask_j
+      ref_logp = ref_fn(ref_trainable, frozen, tokens_nt, index_j) if use_ref else mask_j
       old_logp = mask_j   # not read by the first pass
       rng = jax.random.fold_in(jax.random.PRNGKey(t.seed + 1), step)
       for k in range(g.mu):
         trainable, opt_state, m, logp = step_fns[k == 0](
-            trainable, opt_state, frozen, tokens_nt, mask_j, adv_j, old_logp, ref_logp,
+            trainable, opt_state, frozen, tokens_nt, index_j, mask_j, adv_j, old_logp, ref_logp,
             jnp.float32(eps), jnp.float32(beta if use_ref else 0.0), jax.random.fold_in(rng, k))
         if k == 0:
           old_logp = logp

@@ -102,24 +102,28 @@ def pad_to(n: int, multiple: int = 32) -> int:
 
 
 def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], group: int,
-                  pad_id: int, length: int | None = None):
-  """tokens [N, T] (prompt + completion, right-padded) and mask [N, T-1] over the
-  targets tokens[:, 1:] (1.0 where the target is a completion token).
+                  pad_id: int, length: int, budget: int):
+  """(tokens [N, T], index [N, M], mask [N, M]) for N completion rows.
 
-  Row r holds prompt r // group and completion r; right padding needs no
-  attention mask (causal attention never looks ahead), and every row starts
-  at position 0 like the sampler's."""
+  Row r holds prompt r // group, then completion r, right-padded to `length`
+  (no attention mask is needed: causal attention never looks ahead, and every
+  row starts at position 0 like the sampler's). `index[r, j]` is the position
+  whose logits predict completion token j (prompt length − 1 + j), so the loss
+  scores the M = `budget` completion slots only; `mask` is 1.0 on real
+  completion tokens. Indices of padding slots are clamped inside the row."""
   rows = [list(prompt_ids[r // group]) + list(c) for r, c in enumerate(completion_ids)]
-  t = length or pad_to(max(len(x) for x in rows))
-  if max(len(x) for x in rows) > t:
-    raise ValueError(f"rollout of {max(len(x) for x in rows)} tokens exceeds length {t}")
-  tokens = np.full((len(rows), t), pad_id, np.int32)
-  mask = np.zeros((len(rows), t - 1), np.float32)
+  longest = max(len(x) for x in rows)
+  if longest > length or max(len(c) for c in completion_ids) > budget:
+    raise ValueError(f"rollout of {longest} tokens exceeds length {length} or budget {budget}")
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  index = np.zeros((len(rows), budget), np.int32)
+  mask = np.zeros((len(rows), budget), np.float32)
   for r, x in enumerate(rows):
     tokens[r, :len(x)] = x
     p = len(prompt_ids[r // group])
-    mask[r, p - 1:len(x) - 1] = 1.0
-  return tokens, mask
+    index[r] = np.minimum(p - 1 + np.arange(budget), length - 2)
+    mask[r, :len(completion_ids[r])] = 1.0
+  return tokens, index, mask
 
 
 def completion_text(c, tok, template) -> str:
