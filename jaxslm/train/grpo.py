@@ -50,6 +50,7 @@ from jaxslm.train.grpo_loss import (AGGREGATIONS, NORMALIZATIONS, adapt_beta, ch
                                     clip_epsilon, group_advantages, grpo_loss, token_logprobs)
 from jaxslm.train.optim import make_optimizer
 from jaxslm.train.pretrain import TrainingDiverged, log
+from jaxslm.train.finetune import _fmt
 from jaxslm.train.signals import StopRequest
 
 METHODS = ("lora", "full")
@@ -406,8 +407,3 @@ def _first_eval(records: list[dict]) -> dict | None:
     if r.get("step") == 0 and "eval_accuracy" in r:
       return r
   return None
-
-
-def _fmt(m: dict) -> str:
-  return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
-                   if k != "step")

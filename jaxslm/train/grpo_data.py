@@ -127,14 +127,9 @@ def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
 
 
 def completion_text(c, tok, template) -> str:
-  """The text the rewards read: a kept stop string ("</solution>") put back."""
-  text = c.text or ""
-  if c.finish_reason == "stop_string" and template.keep_stop:
-    rest = tok.decode(c.tokens)[len(text):]
-    for s in template.keep_stop:
-      if rest.startswith(s):
-        return text + s
-  return text
+  """The text the rewards read: a kept stop string ("</solution>") put back, as evaluation does."""
+  from jaxslm.evaluation.gsm8k import _with_kept_stop
+  return _with_kept_stop(c, tok, template)
 
 
 def generate_for(model_cfg, params, tok, template, ids, *, max_new_tokens, temperature, n, seeds,
