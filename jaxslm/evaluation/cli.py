@@ -28,6 +28,8 @@ EXAMPLES = """examples:
   python launch/eval.py --checkpoint runs/sft --n 8 --temperature 0.7   # pass@k, maj@k
   python launch/eval.py --checkpoint runs/react --mode agent --limit 100
   python launch/eval.py --checkpoint runs/sft --problems my_problems.jsonl
+  python launch/eval.py --checkpoint runs/sft --similarity-model ./all-MiniLM-L6-v2
+  python launch/eval.py --checkpoint runs/sft --harness-tasks arc_easy,hellaswag --harness-limit 500
 """
 
 
@@ -65,6 +67,22 @@ def parse(argv):
   ap.add_argument("--agent-max-steps", type=int, default=8)
   ap.add_argument("--no-perplexity", action="store_true")
   ap.add_argument("--no-rouge", action="store_true")
+  ap.add_argument("--similarity-model", default="auto",
+                  help="semantic similarity of completions and references: 'auto' (when "
+                  "jaxslm[similarity] is installed), 'off', a model directory or hub name")
+  ap.add_argument("--harness-tasks", default="",
+                  help="also run these lm-evaluation-harness tasks (comma-separated; needs "
+                  "jaxslm[lm-eval]); their numbers go into the same report")
+  ap.add_argument("--harness-limit", type=float, default=None,
+                  help="examples per harness task (an int, or a fraction < 1)")
+  ap.add_argument("--harness-fewshot", type=int, default=None,
+                  help="few-shot examples for harness tasks (default: each task's own)")
+  ap.add_argument("--harness-include-path", default=None,
+                  help="directory of extra task YAMLs (the harness's --include_path)")
+  ap.add_argument("--harness-batch-size", type=int, default=32)
+  ap.add_argument("--harness-max-gen-toks", type=int, default=256)
+  ap.add_argument("--harness-chat-template", action="store_true",
+                  help="apply the tokenizer's chat template to harness prompts")
   ap.add_argument("--ppl-text", action="append", default=[],
                   help="also report the perplexity of this text file (repeatable)")
   return ap.parse_args(argv)
@@ -100,6 +118,7 @@ def _options(args) -> EvalOptions:
       batch_size=args.batch_size, n=args.n, temperature=args.temperature, top_p=args.top_p,
       seed=args.sample_seed, pass_k=ks, extractors=extractors, calculator=args.calculator,
       rouge=not args.no_rouge, perplexity=not args.no_perplexity,
+      similarity=args.similarity_model,
       agent_max_steps=args.agent_max_steps)
 
 
@@ -163,6 +182,19 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
+def _harness(args, ckpt, log) -> dict:
+  from jaxslm.evaluation.harness import evaluate_tasks
+  limit = args.harness_limit
+  if limit is not None and limit >= 1:
+    limit = int(limit)
+  return evaluate_tasks(ckpt, args.harness_tasks.split(","), limit=limit,
+                        num_fewshot=args.harness_fewshot, include_path=args.harness_include_path,
+                        batch_size=args.harness_batch_size,
+                        max_gen_toks=args.harness_max_gen_toks,
+                        apply_chat_template=args.harness_chat_template, seed=args.sample_seed,
+                        log=log)
+
+
 def run(args, log=print) -> dict:
   opts = _options(args)
   labels = _labels(args.checkpoint, args.label)
@@ -180,6 +212,8 @@ def run(args, log=print) -> dict:
         with open(path) as f:
           s["text_perplexity"][path] = text_perplexity(ckpt, f.read())
         log(f"{label}: perplexity of {path}: {s['text_perplexity'][path]['ppl']:.2f}")
+    if args.harness_tasks:
+      s["harness"] = _harness(args, ckpt, log)
     out = os.path.join(args.out, label)
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "summary.json"), s)

@@ -41,7 +41,7 @@ import numpy as np
 from jaxslm.data.gsm8k import Example
 from jaxslm.data.templates import Template, fewshot_prompt, get_template
 from jaxslm.errors import UserError
-from jaxslm.evaluation import extract, metrics, stats
+from jaxslm.evaluation import extract, metrics, similarity, stats
 from jaxslm.evaluation.perplexity import perplexity
 
 MODES = ("zero-shot", "few-shot", "agent")
@@ -74,6 +74,9 @@ class EvalOptions:
   calculator: bool = False            # the sampler's <<expr= hook
   rouge: bool = True
   perplexity: bool = True
+  similarity: str | None = None      # embedding model: "auto" (if jaxslm[similarity] is
+                                      # installed; launch/eval.py's default), a path or hub
+                                      # name; None/"off": skip (training-time evals)
   agent_max_steps: int = 8
 
 
@@ -109,6 +112,7 @@ def resolve_options(opts: EvalOptions, meta: dict) -> tuple[str, Template, tuple
   # k-shot follows lm-evaluation-harness's gsm8k layout unless a template is asked for
   tmpl = get_template(opts.template or ("qa" if mode == "few-shot" else template))
   extract.check_extractors(opts.extractors)
+  similarity.check_spec(opts.similarity)
   if opts.n < 1 or opts.batch_size < 1 or opts.max_new_tokens < 1:
     raise UserError(f"n={opts.n}, batch_size={opts.batch_size} and max_new_tokens="
                     f"{opts.max_new_tokens} must all be >= 1.")
@@ -382,3 +386,10 @@ def _add_text_metrics(loaded, problems, records, summary, tmpl, opts, log) -> No
     for r, e in zip(records, ppl.pop("per_example")):
       r["ref_nll"], r["ref_tokens"] = e["nll"], e["tokens"]
     summary["perplexity"] = ppl
+  if not similarity.is_off(opts.similarity):
+    log("  semantic similarity of the completions to the reference solutions")
+    sim = similarity.semantic_similarity([r["completion"] or "" for r in records], refs,
+                                         opts.similarity)
+    for r, s in zip(records, sim.pop("per_example", ())):
+      r["similarity"] = s
+    summary["similarity"] = sim

@@ -72,9 +72,12 @@ def markdown(entries: Sequence[Entry]) -> str:
   lines.append("")
   extractors = list(s0["extractors"])
   ks = list(s0.get("pass_at_k", {}))
+  models = [s["similarity"]["model"] for _, s, _ in entries if "mean" in s.get("similarity", {})]
+  sim = bool(models)   # a similarity column only when some checkpoint has the metric
   head = ["checkpoint", "accuracy % ± se [95% CI]"] + [f"{e} %" for e in extractors]
   head += [f"pass@{k} %" for k in ks] + [f"maj@{k} %" for k in ks]
-  head += ["format strict / partial %", "ROUGE-1", "ref. ppl", "ms/token", "problems/min"]
+  head += ["format strict / partial %", "ROUGE-1"] + ["similarity"] * sim
+  head += ["ref. ppl", "ms/token", "problems/min"]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for label, s, _ in entries:
     fmt = s.get("format")
@@ -84,6 +87,7 @@ def markdown(entries: Sequence[Entry]) -> str:
     row += [_pct(s.get("maj_at_k", {}).get(k)) for k in ks]
     row.append(f"{_pct(fmt['strict'])} / {_pct(fmt['partial'])}" if fmt else "–")
     row.append(_num(s.get("rouge1", {}).get("mean"), "{:.3f}"))
+    row += [_num(s.get("similarity", {}).get("mean"), "{:.3f}")] * sim
     row.append(_num(s.get("perplexity", {}).get("ppl")))
     eff = s.get("efficiency", {})
     row += [_num(eff.get("ms_per_token")), _num(eff.get("problems_per_min"), "{:.1f}")]
@@ -115,6 +119,14 @@ def markdown(entries: Sequence[Entry]) -> str:
                    f"{100 * hi:+.1f}] | {p['better']} / {p['worse']} | {p['mcnemar_p']:.4g} | "
                    f"{p['bootstrap_p']:.4g} |")
   notes = [f"- {label}: {note}" for label, s, _ in entries for note in s.get("notes", [])]
+  notes += [f"- {label}: {s['similarity']['skipped']}" for label, s, _ in entries
+            if "skipped" in s.get("similarity", {})]
+  if sim:
+    notes.append(f"- similarity: mean cosine similarity of the completion's and the "
+                 f"reference's sentence embeddings; model: {', '.join(sorted(set(models)))}")
+  if any("harness" in s for _, s, _ in entries):
+    from jaxslm.evaluation.harness import markdown as harness_markdown
+    lines += ["", harness_markdown([(label, s.get("harness")) for label, s, _ in entries])]
   if notes:
     lines += ["", "## Notes", "", *notes]
   lines += ["", "![accuracy](accuracy.png)", ""]
