@@ -106,7 +106,8 @@ def save_params(directory: str, params, meta: dict[str, Any]) -> str:
   and `directory/meta`, the layout `jaxslm.load` reads (a converted model,
   an export for sampling). Written to a temporary sibling and renamed into
   place, so an interrupted write never leaves a half checkpoint behind.
-  Refuses to overwrite an existing directory.
+  Refuses to overwrite an existing directory. Only the calling process writes:
+  pass host (numpy) arrays, or arrays on this process's devices.
   """
   import shutil
   import tempfile
@@ -117,10 +118,17 @@ def save_params(directory: str, params, meta: dict[str, Any]) -> str:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
   try:
-    ckptr = ocp.StandardCheckpointer()
+    # This process alone writes (in a multi-process run, the caller is process 0
+    # with host arrays); by default Orbax would wait for every process.
+    one = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                             active_processes={jax.process_index()})
+    if jax.process_count() > 1:   # Orbax will not write one process's device arrays
+      params = jax.device_get(params)
+    ckptr = ocp.StandardCheckpointer(multiprocessing_options=one)
     ckptr.save(os.path.join(tmp, "params"), params)
     ckptr.wait_until_finished()
-    ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(os.path.join(tmp, "meta"), meta)
+    ocp.Checkpointer(ocp.JsonCheckpointHandler(multiprocessing_options=one),
+                     multiprocessing_options=one).save(os.path.join(tmp, "meta"), meta)
     os.replace(tmp, directory)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -194,6 +194,38 @@ def parse_args(argv: Sequence[str], default_config: str | None = None,
   return config, options
 
 
+DISTRIBUTED_FLAGS = {"--coordinator": "coordinator", "--num-processes": "num_processes",
+                     "--process-id": "process_id"}
+DISTRIBUTED_HELP = """\
+Multi-host: --coordinator HOST:PORT --num-processes N --process-id I on every process
+(or JAXSLM_COORDINATOR, JAXSLM_NUM_PROCESSES, JAXSLM_PROCESS_ID); on a Cloud TPU slice
+or a SLURM job of several tasks the processes find each other without them."""
+
+
+def start_distributed(argv: Sequence[str]) -> list[str]:
+  """Take the multi-host flags out of `argv`, join the multi-process run they
+  (or the JAXSLM_* variables, or the cluster) describe, and return the rest.
+
+  Launchers call this first: a multi-process run must start before anything
+  asks JAX for a device, and the config defaults do (`_on_cpu`)."""
+  from jaxslm.train import distributed
+  args, rest, values = list(argv), [], {}
+  i = 0
+  while i < len(args):
+    name, eq, value = args[i].partition("=")
+    if name in DISTRIBUTED_FLAGS:
+      if not eq:
+        if i + 1 >= len(args) or args[i + 1].startswith("--"):
+          raise UserError(f"{name} needs a value: {name}=VALUE.")
+        value, i = args[i + 1], i + 1
+      values[DISTRIBUTED_FLAGS[name]] = value
+    else:
+      rest.append(args[i])
+    i += 1
+  distributed.initialize(**values)
+  return rest
+
+
 def build_model_config(config: ConfigDict) -> ModelConfig:
   return ModelConfig.from_dict(config.model.to_dict())
 

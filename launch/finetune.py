@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxslm.config import ConfigDict, finetune_config, parse_args
+from jaxslm.config import (DISTRIBUTED_HELP, ConfigDict, finetune_config, parse_args,
+                           start_distributed)
 from jaxslm.errors import UserError, report
 from jaxslm.train.finetune import run
 from jaxslm.train.pretrain import TrainingDiverged
@@ -29,9 +30,10 @@ from jaxslm.train.pretrain import TrainingDiverged
 
 def main(argv: list[str]) -> int:
   if any(a in ("-h", "--help") for a in argv):
-    print(__doc__)
+    print(__doc__ + "\n" + DISTRIBUTED_HELP)
     return 0
   try:
+    argv = start_distributed(argv)   # first: before anything asks JAX for a device
     config, options = parse_args(argv, base=finetune_config())
     workdir = options["workdir"] or os.path.join("runs", f"sft_{config.method}")
     if options["resume"]:

@@ -16,16 +16,17 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxslm.config import parse_args
+from jaxslm.config import DISTRIBUTED_HELP, parse_args, start_distributed
 from jaxslm.errors import UserError, report
 from jaxslm.train.pretrain import TrainingDiverged, run, saved_config
 
 
 def main(argv: list[str]) -> int:
   if any(a in ("-h", "--help") for a in argv):
-    print(__doc__)
+    print(__doc__ + "\n" + DISTRIBUTED_HELP)
     return 0
   try:
+    argv = start_distributed(argv)   # first: before anything asks JAX for a device
     config, options = parse_args(argv)
     workdir = options["workdir"] or os.path.join("runs", "default")
     if options["resume"] and not options["config_path"]:

@@ -26,6 +26,13 @@ COMMON = dict(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_
 LLAMA_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                    rms_norm_eps=1e-6, **COMMON)
+# Gemma 3: sliding-window layers 0, 2 (window 8 < 24 tokens) and global layers 1, 3,
+# local RoPE base 1e4, global 1e6 with linear scaling, q.k / sqrt(32) (head_dim 24).
+GEMMA3_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                    query_pre_attn_scalar=32, sliding_window=8, sliding_window_pattern=2,
+                    max_position_embeddings=128, rope_theta=1e6, rope_local_base_freq=1e4,
+                    rope_scaling={"rope_type": "linear", "factor": 8.0})
 TEXTS = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many "
          "clips in May. How many clips did Natalia sell altogether in April and May?\n#### 72",
          "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes.",
@@ -62,6 +69,7 @@ def _hf_configs():
       # Fused qkv_proj and gate_up_proj; 3/4 of each head rotated (as Phi-4-mini).
       "phi3": transformers.Phi3Config(**LLAMA_SHAPE, partial_rotary_factor=0.75,
                                       tie_word_embeddings=False),
+      "gemma3": transformers.Gemma3TextConfig(**GEMMA3_SHAPE, **COMMON),
   }
 
 
@@ -99,7 +107,7 @@ def tokens():
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama", "qwen2", "mistral", "gpt_neox",
-                                        "qwen3", "phi", "phi3"])
+                                        "qwen3", "phi", "phi3", "gemma3"])
 def converted(request, tmp_path_factory):
   """A random transformers model of the family (every weight perturbed, so
   biases and norm scales are not zeros and ones), saved, then converted."""
@@ -157,7 +165,8 @@ def test_converted_meta_keeps_special_tokens_and_chat_template(converted):
   tok = converted["loaded"].tokenizer
   assert isinstance(tok, tokenizers.HFTokenizer)
   assert tok.eos_id == tok.special_tokens["<|endoftext|>"] and tok.chat_template == CHAT_TEMPLATE
-  assert converted["loaded"].meta["hf"]["model_type"] == converted["family"]
+  model_type = converted["loaded"].meta["hf"]["model_type"]
+  assert model_type == {"gemma3": "gemma3_text"}.get(converted["family"], converted["family"])
 
 
 def test_lora_adapted_model_exports_merged(converted, tokens, tmp_path):
@@ -253,6 +262,56 @@ def test_config_from_hf_reads_each_family(tmp_path):
     convert.config_from_hf(cfgs["llama"], dtype="int8")
   with pytest.raises(UserError, match="RoPE scaling type 'yarn'"):
     convert.config_from_hf({**cfgs["llama"], "rope_parameters": {"rope_type": "yarn"}})
+
+
+def test_gemma3_config_forms_and_refusals():
+  """transformers 5's nested rope_parameters and transformers 4's flat fields
+  (what the Hub's Gemma 3 config.json files hold) read the same."""
+  v5 = _hf_configs()["gemma3"].to_dict()
+  cfg = convert.config_from_hf(v5)
+  assert (cfg.mlp, cfg.qk_norm, cfg.sandwich_norm, cfg.embed_scale, cfg.tie_embeddings) == (
+      "geglu", True, True, True, True)
+  assert (cfg.sliding_window, cfg.global_layers, cfg.attn_scale_dim, cfg.dim_per_head) == (
+      8, (1, 3), 32, 24)
+  assert cfg.layer_rope(0) == (1e4, ()) and cfg.layer_rope(1) == (1e6, cfg.rope_scaling)
+  assert dict(cfg.rope_scaling) == {"type": "linear", "factor": 8.0}
+  again = jaxslm.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+  assert again == cfg and hash(again) == hash(cfg)
+  v4 = {k: v for k, v in v5.items() if k not in ("rope_parameters", "layer_types")}
+  v4.update(rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=2,
+            rope_scaling={"type": "linear", "factor": 8.0})
+  assert convert.config_from_hf(v4) == cfg
+  # Keys a config.json leaves out take Gemma3TextConfig's defaults (as gemma-3-4b's text_config).
+  sparse = convert.config_from_hf({"model_type": "gemma3_text", "num_hidden_layers": 6})
+  assert (sparse.d_model, sparse.n_heads, sparse.dim_per_head, sparse.sliding_window,
+          sparse.global_layers, sparse.rope_theta, sparse.rope_local_theta) == (
+      2304, 8, 256, 4096, (5,), 1e6, 1e4)
+  with pytest.raises(UserError, match="final_logit_softcapping=30.0 is not supported"):
+    convert.config_from_hf({**v5, "final_logit_softcapping": 30.0})
+  with pytest.raises(UserError, match="hidden_activation='silu'"):
+    convert.config_from_hf({**v5, "hidden_activation": "silu"})
+  with pytest.warns(UserWarning, match="attn_logit_softcapping=50.0 is ignored"):
+    convert.config_from_hf({**v5, "attn_logit_softcapping": 50.0})
+
+
+def test_gemma3_multimodal_checkpoint_converts_its_text_model(tmp_path, tokens):
+  """A Gemma3ForConditionalGeneration (gemma-3-4b's layout): the vision tower is
+  skipped, the text model converts and exports as Gemma3ForCausalLM."""
+  text = {**GEMMA3_SHAPE, "num_hidden_layers": 2, "vocab_size": VOCAB}
+  vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, image_size=28, patch_size=14)
+  config = transformers.Gemma3Config(text_config=text, vision_config=vision,
+                                     mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+                                     boi_token_index=VOCAB - 2, eoi_token_index=VOCAB - 3,
+                                     **{k: v for k, v in COMMON.items() if k != "vocab_size"})
+  model, hf_dir = _random_hf_model(config, tmp_path)
+  cfg, params, _ = jaxslm.load(convert.hf_to_jaxslm(hf_dir, str(tmp_path / "jax")))
+  ids = [[t % (VOCAB - 3) for t in row] for row in tokens]   # no image tokens
+  assert np.abs(_jax_logits(cfg, params, ids) - _hf_logits(model, ids)).max() < TOL
+  out = convert.jaxslm_to_hf(str(tmp_path / "jax"), str(tmp_path / "export"))
+  back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  assert type(back).__name__ == "Gemma3ForCausalLM"
+  assert np.abs(_hf_logits(back, ids) - _hf_logits(model, ids)).max() < TOL
 
 
 # ------------------------------------------------------------------- errors

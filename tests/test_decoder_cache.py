@@ -21,6 +21,13 @@ VARIANTS = {
     "phi2_parallel_block_lm_head_bias": dict(                      # Phi-2
         norm="layernorm", mlp="gelu", use_bias=True, parallel_block=True,
         partial_rotary_factor=0.5, lm_head_bias=True),
+    # Gemma 3: layer 0 sees the last 4 keys (rows run to 15 tokens) with its own RoPE
+    # base, layer 1 every key with a linearly scaled RoPE; GeGLU, sandwich norms, q/k
+    # norms, scaled embeddings, q.k / sqrt(32).
+    "gemma3_sliding_and_global_layers": dict(
+        mlp="geglu", qk_norm=True, sandwich_norm=True, embed_scale=True, head_dim=24,
+        attn_scale_dim=32, tie_embeddings=True, sliding_window=4, global_layers=(1,),
+        rope_theta=1e6, rope_local_theta=1e4, rope_scaling={"type": "linear", "factor": 8.0}),
 }
 
 

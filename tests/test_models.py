@@ -65,6 +65,8 @@ def _reference_forward(cfg, params, tokens):
   """Plain numpy forward of the same architecture (obviously-correct reference)."""
   P = jax.tree.map(np.asarray, params)
   x = P["embed"][tokens].astype(np.float64)
+  if cfg.embed_scale:
+    x = x * np.sqrt(cfg.d_model)
   T = tokens.shape[1]
   if cfg.position == "learned":
     x = x + P["pos_embed"][:T]
@@ -78,9 +80,13 @@ def _reference_forward(cfg, params, tokens):
   def lin(x, p):
     return x @ p["kernel"] + (p["bias"] if "bias" in p else 0)
 
-  def rope(x):   # the first r dims of each head rotate (partial_rotary_factor), the rest pass
+  def rope(x, layer):   # the first r dims of each head rotate (partial_rotary_factor)
     r = int(x.shape[-1] * cfg.partial_rotary_factor)
-    inv = 1.0 / cfg.rope_theta ** (np.arange(0, r, 2) / r)
+    theta, scaling = cfg.layer_rope(layer)
+    inv = 1.0 / theta ** (np.arange(0, r, 2) / r)
+    if scaling:
+      assert dict(scaling)["type"] == "linear"
+      inv = inv / dict(scaling)["factor"]
     ang = np.arange(T)[:, None] * inv
     c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
     x1, x2 = x[..., : r // 2], x[..., r // 2: r]
@@ -96,23 +102,33 @@ def _reference_forward(cfg, params, tokens):
     if cfg.qk_norm:
       q, kk = norm(q, L["attn"]["q_norm"]), norm(kk, L["attn"]["k_norm"])
     if cfg.position == "rope":
-      q, kk = rope(q), rope(kk)
+      q, kk = rope(q, i), rope(kk, i)
     kk, v = np.repeat(kk, n // k, 2), np.repeat(v, n // k, 2)
-    s = np.einsum("btnh,bsnh->bnts", q, kk) / np.sqrt(h)
-    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    s = np.einsum("btnh,bsnh->bnts", q, kk) / np.sqrt(cfg.attn_scale_dim or h)
+    allowed = np.tril(np.ones((T, T), bool))
+    if cfg.layer_window(i):     # query t sees keys t - W + 1 .. t
+      allowed &= np.triu(np.ones((T, T), bool), -(cfg.layer_window(i) - 1))
+    s = np.where(allowed, s, -np.inf)
     w = np.exp(s - s.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     o = np.einsum("bnts,bsnh->btnh", w, v).reshape(*a.shape[:2], n * h)
     attn_out = lin(o, L["attn"]["o_proj"])
+    if cfg.sandwich_norm:
+      attn_out = norm(attn_out, L["post_attn_norm"])
     m = a if cfg.parallel_block else norm(x + attn_out, L["mlp_norm"])
     x = x + attn_out
+
+    def gelu(u):
+      return 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
     if cfg.mlp == "swiglu":
       g = lin(m, L["mlp"]["gate_proj"])
       act = g / (1 + np.exp(-g)) * lin(m, L["mlp"]["up_proj"])
+    elif cfg.mlp == "geglu":
+      act = gelu(lin(m, L["mlp"]["gate_proj"])) * lin(m, L["mlp"]["up_proj"])
     else:
-      u = lin(m, L["mlp"]["up_proj"])
-      act = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
-    x = x + lin(act, L["mlp"]["down_proj"])
+      act = gelu(lin(m, L["mlp"]["up_proj"]))
+    mlp_out = lin(act, L["mlp"]["down_proj"])
+    x = x + (norm(mlp_out, L["post_mlp_norm"]) if cfg.sandwich_norm else mlp_out)
   x = norm(x, P["final_norm"])
   logits = x @ P["embed"].T if cfg.tie_embeddings else x @ P["lm_head"]["kernel"]
   return logits + P["lm_head"]["bias"] if cfg.lm_head_bias else logits
@@ -124,6 +140,9 @@ def _reference_forward(cfg, params, tokens):
     dict(qk_norm=True, head_dim=24, lm_head_bias=True),         # Qwen3-style, untied head bias
     dict(norm="layernorm", mlp="gelu", use_bias=True, tie_embeddings=True, lm_head_bias=True,
          parallel_block=True, partial_rotary_factor=0.5, qk_norm=True),  # Phi-2-style
+    dict(mlp="geglu", qk_norm=True, sandwich_norm=True, embed_scale=True, head_dim=24,  # Gemma 3
+         attn_scale_dim=32, tie_embeddings=True, sliding_window=4, global_layers=(1,),
+         rope_theta=1e6, rope_local_theta=1e4, rope_scaling={"type": "linear", "factor": 8.0}),
 ])
 def test_forward_matches_numpy_reference(overrides):
   cfg = ModelConfig.preset("tiny", **F32, **overrides)
@@ -168,6 +187,12 @@ def test_presets_param_counts():
     (dict(partial_rotary_factor=0.0), "partial_rotary_factor"),
     (dict(partial_rotary_factor=0.1), "partial_rotary_factor"),    # 16 * 0.1 -> 1 dim, odd
     (dict(qk_norm=1), "qk_norm"),
+    (dict(global_layers=(1,)), "global_layers"),                   # no sliding_window
+    (dict(sliding_window=4, global_layers=(2,)), "global_layers"),  # tiny has 2 layers
+    (dict(sliding_window=4, global_layers=(1, 0)), "global_layers"),
+    (dict(sandwich_norm=True, parallel_block=True), "sandwich_norm"),
+    (dict(rope_scaling={"type": "linear"}), "factor"), (dict(attn_scale_dim=-1), "attn_scale_dim"),
+    (dict(rope_local_theta=0.0), "rope_local_theta"),
 ])
 def test_bad_model_config_names_field(bad, match):
   with pytest.raises(ValueError, match=match):
@@ -178,11 +203,13 @@ def test_new_switches_default_off_and_survive_to_dict():
   """Fields added for converted checkpoints default to the old computation, and
   a config saved before they existed (no such keys) loads unchanged."""
   cfg = ModelConfig.preset("tiny")
-  assert (cfg.partial_rotary_factor, cfg.qk_norm, cfg.parallel_block, cfg.lm_head_bias) == (
-      1.0, False, False, False)
+  new = ("partial_rotary_factor", "qk_norm", "parallel_block", "lm_head_bias", "sandwich_norm",
+         "embed_scale", "attn_scale_dim", "global_layers", "rope_local_theta")
+  assert tuple(getattr(cfg, k) for k in new) == (
+      1.0, False, False, False, False, False, 0, (), None)
   assert cfg.rotary_dim == cfg.dim_per_head
-  old = {k: v for k, v in cfg.to_dict().items()
-         if k not in ("partial_rotary_factor", "qk_norm", "parallel_block", "lm_head_bias")}
+  assert cfg.layer_window(0) is None and cfg.layer_rope(1) == (cfg.rope_theta, ())
+  old = {k: v for k, v in cfg.to_dict().items() if k not in new}
   assert ModelConfig.from_dict(old) == cfg
   phi = cfg.replace(parallel_block=True, partial_rotary_factor=0.5, lm_head_bias=True,
                     tie_embeddings=True, qk_norm=True)
@@ -192,6 +219,12 @@ def test_new_switches_default_off_and_survive_to_dict():
   assert shapes["layers_0"]["attn"]["q_norm"]["scale"].shape == (16,)
   counts = count_params(phi)
   assert counts["embedding"] == 512 * 64 + 512                 # the head's bias is a vocab leaf
+  gemma = cfg.replace(mlp="geglu", sandwich_norm=True, sliding_window=4, global_layers=[1])
+  assert gemma.global_layers == (1,) and ModelConfig.from_dict(gemma.to_dict()) == gemma
+  assert (gemma.layer_window(0), gemma.layer_window(1)) == (4, None)
+  shapes = jax.eval_shape(lambda r: init_params(gemma, r), jax.random.PRNGKey(0))
+  assert {"post_attn_norm", "post_mlp_norm", "mlp_norm"} <= set(shapes["layers_0"])
+  assert shapes["layers_0"]["mlp"]["gate_proj"]["kernel"].shape == (64, 128)
 
 
 def test_unknown_preset_lists_available():

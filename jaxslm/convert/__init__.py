@@ -5,14 +5,16 @@
     convert.jaxslm_to_hf("runs/smol", "exports/smol")      # LoRA adapters merged first
     cfg = convert.config_from_hf("models/SmolLM2-135M/config.json")
     convert.supported_model_types()
-    # ['gpt2', 'gpt_neox', 'llama', 'mistral', 'phi', 'phi3', 'qwen2', 'qwen3']
+    # ['gemma3', 'gemma3_text', 'gpt2', 'gpt_neox', 'llama', 'mistral', 'phi', 'phi3',
+    #  'qwen2', 'qwen3']
 
 Command line: `python launch/convert.py hf2jax --hf DIR --out CHECKPOINT` and
 `python launch/convert.py jax2hf --checkpoint CHECKPOINT --out DIR`.
 
 Layout: `table.py` (rules, families, shape checks), one module per family
 group (`gpt2.py`; `gpt_neox.py`, the home of jaxslm's own GPT-style presets;
-`llama.py`: Llama, Mistral, Qwen2, Qwen3; `phi.py`: Phi-2, Phi-3/Phi-4), `files.py`
+`llama.py`: Llama, Mistral, Qwen2, Qwen3; `phi.py`: Phi-2, Phi-3/Phi-4;
+`gemma3.py`: Gemma 3, text-only and the text model of a multimodal one), `files.py`
 (config.json, safetensors read tensor by tensor and written shard by shard),
 `checkpoints.py` (the two directions).
 """

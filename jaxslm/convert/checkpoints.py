@@ -70,8 +70,10 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
       outs = entry.rule.to_jax(reader.get(key), cfg)
       for path, x in zip(entry.jax, outs):
         flat[path] = jnp.asarray(x, shapes[path].dtype)
+  text = family.text_config(hf) if family.text_config else None   # a multimodal checkpoint
   meta = {"model": cfg.to_dict(), "tokenizer": tok.spec(),
-          "hf": {"model_type": family.model_type, "config": hf},
+          "hf": ({"model_type": family.model_type, "config": hf} if text is None
+                 else {"model_type": text["model_type"], "config": text}),
           "converted_from": os.path.abspath(hf_dir)}
   return ckpt.save_params(out_dir, nest_paths(flat), meta)
 
@@ -131,9 +133,17 @@ def _semantic(cfg: ModelConfig) -> dict:
   for f in _RUNTIME_FIELDS:
     d.pop(f)
   d.update(n_kv_heads=cfg.num_kv_heads, head_dim=cfg.dim_per_head, qkv_bias=cfg.has_qkv_bias,
-           o_bias=cfg.has_o_bias)
+           o_bias=cfg.has_o_bias, attn_scale_dim=cfg.attn_scale_dim or cfg.dim_per_head)
+  # The sliding-window layers' RoPE: rope_local_theta=None means rope_theta and rope_scaling.
+  sliding = [i for i in range(cfg.n_layers) if cfg.layer_window(i) is not None]
+  if not sliding:   # every layer global: the same as no sliding window
+    d.pop("rope_local_theta")
+    d.update(sliding_window=None, global_layers=())
+  elif cfg.rope_local_theta is None and not cfg.rope_scaling:
+    d["rope_local_theta"] = cfg.rope_theta
   if cfg.position != "rope":
     d.pop("rope_theta"), d.pop("rope_scaling"), d.pop("partial_rotary_factor")
+    d.pop("rope_local_theta", None)
   return d
 
 

@@ -8,8 +8,7 @@ They differ only in config fields: Llama's optional `attention_bias`
 (no o_proj bias), Mistral's `sliding_window`, Qwen3's per-head q/k RMSNorm
 (`qk_norm`, before RoPE) and explicit `head_dim`. One rule builder serves all
 of them; it reads what to emit from the jaxslm config (biases, q/k norms,
-tied head), so a later Llama-shaped family (Gemma 3's extra norms) adds its
-rules here.
+tied head). Gemma 3 (`gemma3.py`) reuses the config helpers here.
 
     from jaxslm.convert import config_from_hf
     cfg = config_from_hf("models/Qwen2.5-0.5B")   # qkv_bias=True, o_bias=False, rmsnorm, swiglu
@@ -66,8 +65,12 @@ def rope_from_hf(hf: dict, model_type: str, partial: bool = False,
     if missing:
       raise UserError(f"{model_type}: the llama3 RoPE scaling in config.json lacks {missing}.")
     return theta, {"type": "llama3", **{k: params[k] for k in keys}}
+  if kind == "linear":
+    if "factor" not in params:
+      raise UserError(f"{model_type}: the linear RoPE scaling in config.json lacks 'factor'.")
+    return theta, {"type": "linear", "factor": float(params["factor"])}
   raise UserError(f"{model_type}: RoPE scaling type {kind!r} is not supported; supported: "
-                  "'default', 'llama3'.")
+                  f"{', '.join(repr(k) for k in kinds)}.")
 
 
 def rope_to_hf(cfg: ModelConfig) -> dict:

@@ -98,6 +98,9 @@ class Family:
   ignore: regexes of tensors that carry nothing jaxslm needs (causal-mask
     buffers, RoPE caches); ignore_tied: those ignored when embeddings are tied.
   normalize: a file's tensor name -> the name the rules use.
+  text_config: for a multimodal model_type whose text model is converted (the
+    rest skipped by `ignore`): its config.json -> the text model's config.json,
+    kept in the checkpoint, which then exports as that text model.
   """
   model_type: str
   architecture: str
@@ -110,6 +113,7 @@ class Family:
   owned_keys: tuple[str, ...] = ()
   # A file's tensor name -> the name the rules use (e.g. a missing prefix).
   normalize: Callable[[str], str] = str
+  text_config: Callable[[dict], dict] | None = None
 
   def ignored(self, key: str, cfg: ModelConfig) -> bool:
     patterns = self.ignore + (self.ignore_tied if cfg.tie_embeddings else ())
@@ -122,7 +126,8 @@ def register(family: Family) -> Family:
 
 
 def get_family(model_type: str | None, where: str = "config.json") -> Family:
-  from jaxslm.convert import gpt2, gpt_neox, llama, phi  # noqa: F401  (they register families)
+  # They register their families, in this order (the order `export` tries them in).
+  from jaxslm.convert import gpt2, gpt_neox, llama, phi, gemma3  # noqa: F401, I001
   if model_type not in FAMILIES:
     raise UserError(f"model_type={model_type!r} in {where} is not supported; supported model "
                     f"types: {sorted(FAMILIES)}.")

@@ -14,6 +14,14 @@ before they existed):
     ModelConfig(..., partial_rotary_factor=0.4,     # Phi-2: RoPE on the first 40% of each head,
                 parallel_block=True,                #   x + attn(norm(x)) + mlp(norm(x)),
                 lm_head_bias=True)                  #   a bias on the output head
+    ModelConfig(..., mlp="geglu", qk_norm=True,     # Gemma 3: gelu(gate) * up,
+                sandwich_norm=True,                 #   norms on the attn / MLP outputs too,
+                embed_scale=True,                   #   embeddings times sqrt(d_model),
+                attn_scale_dim=256,                 #   scores q.k / sqrt(256),
+                sliding_window=512,                 #   local layers see 512 keys,
+                global_layers=(5, 11, 17, 23),      #   these layers see every key,
+                rope_local_theta=10000.0,           #   local layers' RoPE base (no scaling),
+                rope_theta=1e6, rope_scaling={"type": "linear", "factor": 8.0})
 
 Shape letters used across jaxslm (suffixes such as `x_btd`, einsum strings):
 B batch, T time (query positions), S key/value positions, D model width,
@@ -27,11 +35,12 @@ from typing import Any
 from jaxslm.errors import UserError
 
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "geglu")
 POSITIONS = ("rope", "learned")
 DTYPES = ("float32", "bfloat16", "float16")
 # RoPE frequency adjustments: type -> the keys it needs (besides "type").
 ROPE_SCALINGS = {
+    "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                "original_max_position_embeddings"),
 }
@@ -54,7 +63,7 @@ class ModelConfig:
   max_seq_len: int = 1024
   norm: str = "layernorm"      # "layernorm" | "rmsnorm"
   norm_eps: float = 1e-5
-  mlp: str = "gelu"            # "gelu" (tanh approx., as GPT-2) | "swiglu"
+  mlp: str = "gelu"            # "gelu" (tanh approx., as GPT-2) | "swiglu" | "geglu" (tanh gelu)
   position: str = "rope"       # "rope" | "learned"
   rope_theta: float = 10000.0
   tie_embeddings: bool = True
@@ -62,6 +71,10 @@ class ModelConfig:
   qkv_bias: bool | None = None  # biases on q/k/v_proj; None means use_bias
   o_bias: bool | None = None    # bias on o_proj; None means use_bias
   sliding_window: int | None = None  # a query sees only the last W keys (itself included)
+  global_layers: tuple[int, ...] = ()  # layers without the sliding window (Gemma 3's global)
+  # RoPE base of the sliding-window layers, which then use no rope_scaling (Gemma 3's
+  # rope_local_base_freq); None: every layer uses rope_theta and rope_scaling.
+  rope_local_theta: float | None = None
   # RoPE frequency adjustment, e.g. {"type": "llama3", ...} (see ROPE_SCALINGS);
   # stored as sorted (key, value) pairs so the config stays hashable.
   rope_scaling: Any = ()
@@ -71,6 +84,9 @@ class ModelConfig:
   qk_norm: bool = False        # a `norm` over each head's q and k (params [H]), before RoPE
   parallel_block: bool = False  # x + attn(norm(x)) + mlp(norm(x)), one norm per block
   lm_head_bias: bool = False   # a [V] bias on the logits (with tied embeddings too)
+  sandwich_norm: bool = False  # also norm the attention and MLP outputs before each residual add
+  embed_scale: bool = False    # token embeddings times sqrt(d_model), in the embedding dtype
+  attn_scale_dim: float = 0    # scores are q.k / sqrt(attn_scale_dim); 0 means head_dim
   dtype: str = "bfloat16"      # compute dtype; params are kept in param_dtype
   param_dtype: str = "float32"
   init_std: float = 0.02
@@ -100,7 +116,7 @@ class ModelConfig:
     if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
                                             or self.sliding_window <= 0):
       bad("sliding_window", self.sliding_window, "a positive integer or None")
-    for field in ("qk_norm", "parallel_block", "lm_head_bias"):
+    for field in ("qk_norm", "parallel_block", "lm_head_bias", "sandwich_norm", "embed_scale"):
       if not isinstance(getattr(self, field), bool):
         bad(field, getattr(self, field), "True or False")
     f = self.partial_rotary_factor
@@ -114,6 +130,22 @@ class ModelConfig:
       v = getattr(self, field)
       if not isinstance(v, int) or v <= 0:
         bad(field, v, "a positive integer")
+    if self.global_layers and self.sliding_window is None:
+      bad("global_layers", self.global_layers, "() when sliding_window is None")
+    layers = _freeze(self.global_layers)
+    if (not isinstance(layers, tuple) or any(isinstance(i, bool) or not isinstance(i, int)
+                                             for i in layers)
+        or list(layers) != sorted(set(layers))
+        or any(not 0 <= i < self.n_layers for i in layers)):
+      bad("global_layers", self.global_layers,
+          f"increasing layer indices in [0, n_layers={self.n_layers})")
+    object.__setattr__(self, "global_layers", layers)
+    t = self.rope_local_theta
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+      bad("rope_local_theta", t, "a positive number or None")
+    s = self.attn_scale_dim
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
+      bad("attn_scale_dim", s, "a positive number (0 for head_dim)")
     if self.norm not in NORMS:
       bad("norm", self.norm, f"one of {NORMS}")
     if self.mlp not in MLPS:
@@ -123,6 +155,8 @@ class ModelConfig:
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in DTYPES:
         bad(field, getattr(self, field), f"one of {DTYPES}")
+    if self.sandwich_norm and self.parallel_block:
+      bad("sandwich_norm", True, "False with parallel_block=True (one norm per block)")
     if self.attention_impl not in ("", "xla", "cudnn"):
       bad("attention_impl", self.attention_impl, "'', 'xla' or 'cudnn'")
     if not self.head_dim and self.d_model % self.n_heads:
@@ -147,6 +181,16 @@ class ModelConfig:
   def rotary_dim(self) -> int:
     """How many leading dims of each head RoPE rotates (Hugging Face's rounding)."""
     return int(self.dim_per_head * self.partial_rotary_factor)
+
+  def layer_window(self, i: int) -> int | None:
+    """The sliding window of layer `i` (None: it sees every earlier key)."""
+    return None if i in self.global_layers else self.sliding_window
+
+  def layer_rope(self, i: int) -> tuple[float, tuple]:
+    """(theta, rope_scaling) of layer `i`."""
+    if self.rope_local_theta is not None and self.layer_window(i) is not None:
+      return self.rope_local_theta, ()
+    return self.rope_theta, self.rope_scaling
 
   @property
   def has_qkv_bias(self) -> bool:

@@ -31,7 +31,8 @@ class Decoder(nn.Module):
                embeds_btd: jax.Array | None = None, *, cache=None, cache_index=0,
                kv_mask_bs: jax.Array | None = None, last_only: bool = False,
                logit_index_bk: jax.Array | None = None):
-    """`embeds_btd`, when given, replaces the token lookup (gradients w.r.t. inputs).
+    """`embeds_btd`, when given, replaces the token lookup (gradients w.r.t. inputs;
+    `cfg.embed_scale` still applies, as to looked-up rows).
     `logit_index_bk` (int [B, K]): logits only at these positions of each row
     ([B, K, V]; GRPO scores completion tokens only, skipping the prompt's)."""
     cfg = self.cfg
@@ -45,6 +46,9 @@ class Decoder(nn.Module):
                               (cfg.vocab_size, cfg.d_model), pdt)
     if embeds_btd is None:
       embeds_btd = jnp.take(embedding_vd, tokens_bt, axis=0)
+    if cfg.embed_scale:   # sqrt(D) rounded to float32, then to the embedding dtype (as HF)
+      scale = jnp.asarray(cfg.d_model ** 0.5, jnp.float32).astype(embeds_btd.dtype)
+      embeds_btd = embeds_btd * scale
     x_btd = embeds_btd.astype(cdt)
     if cfg.position == "learned":
       pos_td = self.param("pos_embed", nn.initializers.normal(cfg.init_std / 2),
@@ -53,14 +57,16 @@ class Decoder(nn.Module):
     if cache is None:
       block = nn.remat(Block) if cfg.remat else Block
       for i in range(cfg.n_layers):
-        x_btd = block(cfg, name=f"layers_{i}")(x_btd, positions_bt)
+        x_btd = block(cfg, i, name=f"layers_{i}")(x_btd, positions_bt)
     else:
-      mask_bts = _cache_mask(kv_mask_bs, cache_index, t, cfg.sliding_window)
+      # One mask per distinct window (Gemma 3: sliding-window and global layers).
+      windows = [cfg.layer_window(i) for i in range(cfg.n_layers)]
+      masks = {w: _cache_mask(kv_mask_bs, cache_index, t, w) for w in set(windows)}
       cache = dict(cache)
       for i in range(cfg.n_layers):
         name = f"layers_{i}"
-        x_btd, cache[name] = Block(cfg, name=name)(x_btd, positions_bt, cache[name],
-                                                   cache_index, mask_bts)
+        x_btd, cache[name] = Block(cfg, i, name=name)(x_btd, positions_bt, cache[name],
+                                                      cache_index, masks[windows[i]])
     if last_only:
       x_btd = x_btd[:, -1:]
     elif logit_index_bk is not None:

@@ -7,6 +7,8 @@ conversion). Norm statistics, RoPE and softmax run in float32.
 
 from __future__ import annotations
 
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,7 +75,8 @@ def rope_inv_freq(h: int, theta: float, scaling=()) -> jax.Array:
   """[H/2] float32 inverse frequencies theta^(-2i/H), adjusted by `scaling`
   (a `ModelConfig.rope_scaling`; "llama3": wavelengths above
   original_len / low_freq_factor are stretched by `factor`, those below
-  original_len / high_freq_factor kept, the band between interpolated)."""
+  original_len / high_freq_factor kept, the band between interpolated;
+  "linear": every frequency divided by `factor`)."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
   s = dict(scaling)
   if s.get("type") == "llama3":
@@ -84,6 +87,8 @@ def rope_inv_freq(h: int, theta: float, scaling=()) -> jax.Array:
     blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
     inv_freq = jnp.where(wavelen > old_len / low, inv_freq / factor,
                          jnp.where(wavelen < old_len / high, inv_freq, blended))
+  elif s.get("type") == "linear":
+    inv_freq = inv_freq / s["factor"]
   elif s:
     raise UserError(f"rope_scaling type {s.get('type')!r} is not implemented.")
   return inv_freq
@@ -108,8 +113,9 @@ def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float, scaling=(),
 
 
 def masked_attention(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array,
-                     mask_bts: jax.Array) -> jax.Array:
-  """Softmax(q k^T / sqrt(H)) v over the keys `mask_bts` allows, GQA by grouping.
+                     mask_bts: jax.Array, scale: float | None = None) -> jax.Array:
+  """Softmax(q k^T * scale) v over the keys `mask_bts` allows, GQA by grouping
+  (`scale` None: 1 / sqrt(H)).
 
   Keys and values come in the cache's layout [B, K, S, H] (each head's slots
   contiguous, so a decode step reads them as one block per head). Scores and
@@ -121,7 +127,8 @@ def masked_attention(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array,
   k = k_bksh.shape[1]
   q_bkgth = q_btnh.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
   scores_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh,
-                            preferred_element_type=jnp.float32) * (h ** -0.5)
+                            preferred_element_type=jnp.float32) * (
+                                h ** -0.5 if scale is None else scale)
   scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, jnp.finfo(jnp.float32).min)
   weights_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bksh.dtype)
   o_bkgth = jnp.einsum("bkgts,bksh->bkgth", weights_bkgts, v_bksh)
@@ -133,8 +140,10 @@ class Attention(nn.Module):
   the whole sequence). With a cache ({"k", "v"}: [B, K, S, H]): this call's
   keys/values are written at slots [index, index + T) and the queries attend
   to every slot `mask_bts` allows; returns (output, updated cache). The cache
-  is laid out [B, K, S, H] (see `init_cache`)."""
+  is laid out [B, K, S, H] (see `init_cache`). `layer` picks the layer's
+  sliding window and RoPE (`cfg.layer_window`, `cfg.layer_rope`)."""
   cfg: ModelConfig
+  layer: int = 0
 
   @nn.compact
   def __call__(self, x_btd, positions_bt, cache=None, cache_index=None, mask_bts=None):
@@ -150,15 +159,18 @@ class Attention(nn.Module):
       k_btkh = Norm(cfg, name="k_norm")(k_btkh)
     if cfg.position == "rope":
       r = cfg.rotary_dim
-      q_btnh = rope(q_btnh, positions_bt, cfg.rope_theta, cfg.rope_scaling, r)
-      k_btkh = rope(k_btkh, positions_bt, cfg.rope_theta, cfg.rope_scaling, r)
+      theta, scaling = cfg.layer_rope(self.layer)
+      q_btnh = rope(q_btnh, positions_bt, theta, scaling, r)
+      k_btkh = rope(k_btkh, positions_bt, theta, scaling, r)
+    scale = cfg.attn_scale_dim ** -0.5 if cfg.attn_scale_dim else None
     if cache is None:
       # jax.nn.dot_product_attention handles GQA (N a multiple of K), computes the
       # softmax in float32 and picks cuDNN flash attention where available.
       # A sliding window W lets query i see keys i - W + 1 .. i.
-      window = None if cfg.sliding_window is None else (cfg.sliding_window - 1, 0)
+      w = cfg.layer_window(self.layer)
       o_btnh = jax.nn.dot_product_attention(
-          q_btnh, k_btkh, v_btkh, is_causal=True, local_window_size=window,
+          q_btnh, k_btkh, v_btkh, scale=scale, is_causal=True,
+          local_window_size=None if w is None else (w - 1, 0),
           implementation=cfg.attention_impl or None)
     else:
       start = (0, 0, cache_index, 0)
@@ -167,7 +179,7 @@ class Attention(nn.Module):
                for name, new_btkh in (("k", k_btkh), ("v", v_btkh))}
       s = mask_bts.shape[-1]  # the caller may restrict attention to the first S slots
       o_btnh = masked_attention(q_btnh, cache["k"][:, :, :s].astype(q_btnh.dtype),
-                                cache["v"][:, :, :s].astype(q_btnh.dtype), mask_bts)
+                                cache["v"][:, :, :s].astype(q_btnh.dtype), mask_bts, scale)
     # Residual-branch output projections get the GPT-2 scaled init.
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
     out_btd = Linear(cfg.d_model, cfg, cfg.has_o_bias, std=out_std, name="o_proj")(
@@ -176,15 +188,18 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+  """gelu(up(x)) (tanh GELU), or a gated unit act(gate(x)) * up(x): SiLU for
+  "swiglu", tanh GELU for "geglu"; then down."""
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x_btd):
     cfg = self.cfg
     up_btf = Linear(cfg.d_ff, cfg, cfg.use_bias, name="up_proj")(x_btd)
-    if cfg.mlp == "swiglu":
+    if cfg.mlp in ("swiglu", "geglu"):
       gate_btf = Linear(cfg.d_ff, cfg, cfg.use_bias, name="gate_proj")(x_btd)
-      act_btf = jax.nn.silu(gate_btf) * up_btf
+      act = jax.nn.silu if cfg.mlp == "swiglu" else partial(jax.nn.gelu, approximate=True)
+      act_btf = act(gate_btf) * up_btf
     else:
       act_btf = jax.nn.gelu(up_btf, approximate=True)
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
@@ -192,21 +207,30 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x));
-  with `cfg.parallel_block`, x + attn(norm(x)) + mlp(norm(x)) from one norm."""
+  """Pre-norm transformer block (layer number `layer`): x + attn(norm(x)), then
+  x + mlp(norm(x)); with `cfg.parallel_block`, x + attn(norm(x)) + mlp(norm(x))
+  from one norm; with `cfg.sandwich_norm` (Gemma 3), each branch's output is
+  normed too: x + post_attn_norm(attn(norm(x))), x + post_mlp_norm(mlp(norm(x)))."""
   cfg: ModelConfig
+  layer: int = 0
 
   @nn.compact
   def __call__(self, x_btd, positions_bt, cache=None, cache_index=None, mask_bts=None):
-    attn = Attention(self.cfg, name="attn")
-    h_btd = Norm(self.cfg, name="attn_norm")(x_btd)
+    cfg = self.cfg
+    attn = Attention(cfg, self.layer, name="attn")
+    h_btd = Norm(cfg, name="attn_norm")(x_btd)
     if cache is None:
       a_btd = attn(h_btd, positions_bt)
     else:
       a_btd, cache = attn(h_btd, positions_bt, cache, cache_index, mask_bts)
-    if self.cfg.parallel_block:
-      x_btd = x_btd + a_btd + MLP(self.cfg, name="mlp")(h_btd)
+    if cfg.parallel_block:
+      x_btd = x_btd + a_btd + MLP(cfg, name="mlp")(h_btd)
     else:
+      if cfg.sandwich_norm:
+        a_btd = Norm(cfg, name="post_attn_norm")(a_btd)
       x_btd = x_btd + a_btd
-      x_btd = x_btd + MLP(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x_btd))
+      m_btd = MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_btd))
+      if cfg.sandwich_norm:
+        m_btd = Norm(cfg, name="post_mlp_norm")(m_btd)
+      x_btd = x_btd + m_btd
     return x_btd if cache is None else (x_btd, cache)

@@ -20,6 +20,10 @@ and meta (the base checkpoint, method and config): `jaxslm.load(workdir)`
 rebuilds base + adapters and samples from them without merging. At the end the
 run also writes `workdir/adapters` (the adapters alone) and `workdir/export`
 (the merged model, a plain checkpoint for conversion or deployment).
+
+Several processes (`jaxslm.train.distributed`): each feeds its share of the
+batch rows; process 0 alone logs and writes reports; all save checkpoints
+together (Orbax); process 0 alone writes adapters/ and export/ (see `write_outputs`).
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ from jaxslm import checkpoint as ckpt
 from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.models import Decoder, ModelConfig
-from jaxslm.train import parallel, reporting
+from jaxslm.train import memory, parallel, reporting
 from jaxslm.train.signals import StopRequest
 from jaxslm.train.optim import make_optimizer
-from jaxslm.train.pretrain import TrainingDiverged, log
+from jaxslm.train.pretrain import TrainingDiverged, is_main_process, log
 
 METHODS = ("lora", "qlora", "full", "stacked")
 
@@ -108,6 +112,9 @@ def validate_config(config: ConfigDict) -> None:
   if t.batch_size % devices:
     raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {devices} devices "
                     f"(data parallel); use a multiple of {devices}.")
+  if t.batch_size % jax.process_count():
+    raise UserError(f"train.batch_size={t.batch_size} must be divisible by the "
+                    f"{jax.process_count()} processes (each feeds its share of the rows).")
   make_optimizer(t)
 
 
@@ -269,19 +276,24 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   optimizer, schedule = make_optimizer(t)
   opt_state = optimizer.init(trainable)
   config_json = json.loads(config.to_json_best_effort())
-  start, last_saved = 0, {}
-  if latest is not None:
-    restored, opt_state, meta = checkpointer.restore(
-        latest, ckpt.abstract_like(trainable), ckpt.abstract_like(opt_state))
-    trainable, start = restored, int(meta["step"])
-    last_saved = dict(meta.get("metrics") or {})
-    log(f"Resumed from step {start} ({checkpointer.directory})")
-  dropout = config.method != "full" and config.lora.dropout > 0
   # Data parallel: the batch is split over every device, params and optimizer
   # state replicated (adapters are small; FSDP of the frozen base is not done here).
   mesh = parallel.make_mesh(config.mesh.data, 1)
   rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  trainable, frozen, opt_state = jax.device_put((trainable, frozen, opt_state), rep)
+  log(memory.estimate(model_cfg, params=trainable, frozen=frozen, opt_state=opt_state,
+                      batch_per_device=t.batch_size // jax.device_count(), seq_len=t.seq_len,
+                      where=f"{jax.device_count()} devices, data parallel").line())
+  start, last_saved = 0, {}
+  if latest is not None:
+    on_mesh = lambda tree: jax.tree.map(lambda _: rep, tree)   # noqa: E731
+    restored, opt_state, meta = checkpointer.restore(
+        latest, ckpt.abstract_like(trainable, on_mesh(trainable)),
+        ckpt.abstract_like(opt_state, on_mesh(opt_state)))
+    trainable, start = restored, int(meta["step"])
+    last_saved = dict(meta.get("metrics") or {})
+    log(f"Resumed from step {start} ({checkpointer.directory})")
+  dropout = config.method != "full" and config.lora.dropout > 0
+  trainable, frozen, opt_state = parallel.put_replicated((trainable, frozen, opt_state), mesh)
   step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
                                       dropout=dropout), donate_argnums=(0, 1))
   eval_fn = jax.jit(functools.partial(eval_loss, model_cfg=model_cfg))
@@ -296,16 +308,19 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   problems = _gsm8k_subset(config)
 
   def validate() -> dict:
+    """Every process evaluates on its own copy of the (replicated) params: the
+    same numbers everywhere, no communication."""
     out = {}
+    local_tr, local_fr = parallel.local_replica((trainable, frozen))
     if va_tokens is not None:
       total = count = 0.0
       for b in range(0, va_tokens.shape[0], t.batch_size):
-        s, c = eval_fn(trainable, frozen, jnp.asarray(va_tokens[b:b + t.batch_size]),
+        s, c = eval_fn(local_tr, local_fr, jnp.asarray(va_tokens[b:b + t.batch_size]),
                        jnp.asarray(va_weights[b:b + t.batch_size]))
         total, count = total + float(s), count + float(c)
       out.update(val_loss=total / count, val_ppl=math.exp(min(total / count, 50)))
     if problems:
-      out.update(evaluate_exact_match(config, model_cfg, lora.combine(trainable, frozen), tok,
+      out.update(evaluate_exact_match(config, model_cfg, lora.combine(local_tr, local_fr), tok,
                                       problems))
     return out
 
@@ -322,9 +337,9 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       checkpointer.save(step, trainable, opt_state, {**meta_base, "step": step, "metrics": last})
       saved_step[0] = step
 
-  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"), is_main_process())
   metrics_log.truncate_after(start if start else -1)
-  progress = reporting.Progress(t.steps)
+  progress = reporting.Progress(t.steps, is_main_process())
   stop = StopRequest().install()
   last: dict = last_saved
   step = start
@@ -361,7 +376,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
         log(f"step {step}: {_fmt(v)}")
       if step % t.checkpoint_every == 0 or step == t.steps:
         save(step, last)
-      if stop.requested:
+      if parallel.any_process(stop.requested):
         save(step, last)
         interrupted = True
         progress.newline()
@@ -383,12 +398,18 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     if config.method == "qlora":
       from jaxslm import quant
       summary["quantized"] = quant.quantized_bytes_report(lora.strip(params))
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    write_summary(workdir, summary)
     result["summary"] = summary
-  result["plot"] = reporting.plot_losses(metrics_log.read(), os.path.join(workdir, "loss.png"))
+  if is_main_process():
+    result["plot"] = reporting.plot_losses(metrics_log.read(), os.path.join(workdir, "loss.png"))
   checkpointer.close()
   return result
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+  if is_main_process():
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
 
 
 def _fmt(m: dict) -> str:
@@ -397,9 +418,14 @@ def _fmt(m: dict) -> str:
 
 
 def write_outputs(workdir, config, params, trainable_kind, meta_base, last) -> dict:
-  """adapters/ (LoRA methods) and export/ (merged, plain params), replaced atomically."""
+  """adapters/ (LoRA methods) and export/ (merged, plain params), replaced atomically.
+  Process 0 writes them alone, from its host copy of the (replicated) params."""
   from jaxslm import lora
   out = {}
+  if not is_main_process():
+    return out
+  if jax.process_count() > 1:
+    params = jax.device_get(parallel.local_replica(params))
   meta = {k: v for k, v in meta_base.items() if k != "finetune"}
   meta.update(step=last.get("step"), metrics=last,
               config={**meta_base["config"], "sft": {"template": config.data.template}})

@@ -26,6 +26,14 @@ state with the reference snapshot, and in meta β, the step (which fixes ε, the
 prompts and every sampling seed) and the config: `--resume` continues exactly.
 `jaxslm.load(workdir)` gives base + adapters; at the end `adapters/` and
 `export/` (merged) are written as in fine-tuning.
+
+Several processes (`jaxslm.train.distributed`): process p samples the p-th
+share of each step's prompts (`grpo_data.process_slice`; a group of G never
+straddles two processes) on its own copy of the policy, with the seeds a
+single process would use; the rewards of all processes are gathered, so the
+advantages (any normalization) and the logged metrics are those of the whole
+step; the rollout rows then form one global batch for the update. Process 0
+alone logs and writes reports.
 """
 
 from __future__ import annotations
@@ -45,11 +53,11 @@ from jaxslm import checkpoint as ckpt
 from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.models import Decoder
-from jaxslm.train import grpo_data, parallel, reporting
+from jaxslm.train import grpo_data, memory, parallel, reporting
 from jaxslm.train.grpo_loss import (AGGREGATIONS, NORMALIZATIONS, adapt_beta, check_choice,
                                     clip_epsilon, group_advantages, grpo_loss, token_logprobs)
 from jaxslm.train.optim import make_optimizer
-from jaxslm.train.pretrain import TrainingDiverged, log
+from jaxslm.train.pretrain import TrainingDiverged, is_main_process, log
 from jaxslm.train.finetune import _fmt
 from jaxslm.train.signals import StopRequest
 
@@ -177,6 +185,7 @@ def validate_config(config: ConfigDict) -> None:
   if rows % devices:
     raise UserError(f"grpo.prompts_per_step * grpo.G = {rows} completions must be divisible by "
                     f"the {devices} devices (data parallel); change grpo.prompts_per_step.")
+  grpo_data.process_slice(g.prompts_per_step, 0, jax.process_count())
   if config.method == "lora" and config.lora.rank < 1:
     raise UserError(f"lora.rank={config.lora.rank} must be >= 1.")
   reward_setup(config)
@@ -202,7 +211,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   from jaxslm.data.templates import get_template
   from jaxslm.evaluation.metrics import format_compliance
   from jaxslm.train import rewards
-  from jaxslm.train.finetune import write_outputs
+  from jaxslm.train.finetune import write_outputs, write_summary
   g, t, d = config.grpo, config.train, config.data
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -237,20 +246,29 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   optimizer, schedule = _optimizer(tuple(sorted(tcfg.to_dict().items())))
   opt_state = optimizer.init(trainable)
   ref_trainable = jax.tree.map(jnp.copy, trainable)
+  # Data parallel over every device; each process samples its share of the prompts.
+  mesh = parallel.make_mesh(config.mesh.data, 1)
+  rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  mine = grpo_data.process_slice(g.prompts_per_step, jax.process_index(), jax.process_count())
+  rollout_len = min(grpo_data.pad_to(d.prompt_budget + g.max_new_tokens), model_cfg.max_seq_len + 1)
+  log(memory.grpo_estimate(
+      model_cfg, trainable=trainable, frozen=frozen, opt_state=opt_state,
+      rows_per_device=g.prompts_per_step * g.G // jax.device_count(), rollout_len=rollout_len,
+      sample_prompts=len(mine), group=g.G, prompt_budget=d.prompt_budget,
+      max_new_tokens=g.max_new_tokens).line())
   beta, start, last = float(g.beta), 0, {}
   if latest is not None:
+    on_mesh = lambda tree: jax.tree.map(lambda _: rep, tree)   # noqa: E731
+    saved_state = {"opt": opt_state, "ref": ref_trainable}
     trainable, state, meta = checkpointer.restore(
-        latest, ckpt.abstract_like(trainable),
-        ckpt.abstract_like({"opt": opt_state, "ref": ref_trainable}))
+        latest, ckpt.abstract_like(trainable, on_mesh(trainable)),
+        ckpt.abstract_like(saved_state, on_mesh(saved_state)))
     opt_state, ref_trainable = state["opt"], state["ref"]
     start, beta = int(meta["step"]), float(meta["grpo"]["beta"])
     last = dict(meta.get("metrics") or {})
     log(f"Resumed from step {start} (beta {beta:.4g})")
-
-  mesh = parallel.make_mesh(config.mesh.data, 1)
-  rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  trainable, frozen, opt_state, ref_trainable = jax.device_put(
-      (trainable, frozen, opt_state, ref_trainable), rep)
+  trainable, frozen, opt_state, ref_trainable = parallel.put_replicated(
+      (trainable, frozen, opt_state, ref_trainable), mesh)
   dropout = config.method != "full" and config.lora.dropout > 0
   use_ref = g.beta > 0 or g.kl_target > 0   # beta 0 without a KL target: no reference pass
   step_fns = {first: functools.partial(
@@ -258,7 +276,6 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
       use_ref=use_ref) for first in (True, False)}
   ref_fn = functools.partial(_reference_jit, model_cfg=model_cfg)
-  rollout_len = min(grpo_data.pad_to(d.prompt_budget + g.max_new_tokens), model_cfg.max_seq_len + 1)
 
   config_json = json.loads(config.to_json_best_effort())
   meta_base = {"finetune": {"method": config.method, "trainable": kind,
@@ -277,16 +294,18 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       saved_step[0] = step
 
   def evaluate() -> dict:
+    """Every process evaluates the whole held-out pool on its own copy of the
+    params (the same numbers everywhere, no communication)."""
     if eval_pool is None:
       return {}
     return grpo_data.evaluate_heldout(
-        model_cfg, lora.combine(trainable, frozen), tok, template, eval_pool, fns, weights,
-        max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-        extractor=config.rewards.extractor)
+        model_cfg, parallel.local_replica(lora.combine(trainable, frozen)), tok, template,
+        eval_pool, fns, weights, max_new_tokens=config.eval.max_new_tokens,
+        batch_size=config.eval.batch_size, extractor=config.rewards.extractor)
 
-  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"), is_main_process())
   metrics_log.truncate_after(start if start else -1)
-  progress = reporting.Progress(t.steps)
+  progress = reporting.Progress(t.steps, is_main_process())
   stop = StopRequest().install()
   step, interrupted = start, False
   first_eval = last_eval = None
@@ -298,31 +317,44 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
         log(f"step 0: {_fmt(first_eval)}")
     while step < t.steps:
       eps = clip_epsilon(step, g.eps0, g.eps_min, g.eps_tau)
-      # ---- rollouts
+      # ---- rollouts: this process's prompts, sampled on its own copy of the policy
       t0 = time.perf_counter()
       idx = grpo_data.step_indices(len(pool), g.prompts_per_step, t.seed, step)
+      idx = idx[mine.start:mine.stop]
       ids = [pool.ids[i] for i in idx]
-      policy = lora.combine(trainable, frozen)
+      policy = parallel.local_replica(lora.combine(trainable, frozen))
       gen = grpo_data.generate_for(
           model_cfg, policy, tok, template, ids, max_new_tokens=g.max_new_tokens,
           temperature=temps, n=g.G, top_p=g.top_p,
-          seeds=[grpo_data.rollout_seed(t.seed, step, i) for i in range(len(ids))])
+          seeds=[grpo_data.rollout_seed(t.seed, step, i) for i in mine])
+      del policy   # it shares buffers with `trainable`, which the update donates
       texts = [grpo_data.completion_text(c, tok, template) for c in gen.completions]
       prompts_rep = [pool.texts[i] for i in idx for _ in range(g.G)]
       golds_rep = [pool.golds[i] for i in idx for _ in range(g.G)]
       total, comps = rewards.compute(fns, weights, prompts_rep, texts, golds_rep)
-      rewards_bg = total.reshape(len(ids), g.G)
+      # Every process's rewards (in prompt order): advantages and logged means
+      # are those of the whole step, as in a single-process run.
+      rows = parallel.gather_rows({
+          "total": total, "comps": comps,
+          "correct": np.asarray([rewards.is_correct(x, y, extractor=config.rewards.extractor)
+                                 for x, y in zip(texts, golds_rep)], np.float64),
+          "format": np.asarray([format_compliance(x, template.answer_format).strict
+                                if template.answer_format != "none" else False
+                                for x in texts], np.float64),
+          "length": np.asarray([len(c.tokens) for c in gen.completions], np.float64)})
+      rewards_bg = rows["total"].reshape(g.prompts_per_step, g.G)
       adv_n = group_advantages(rewards_bg, g.adv_norm).reshape(-1).astype(np.float32)
+      adv_n = adv_n[mine.start * g.G:mine.stop * g.G]
       tokens_nt, index_nm, mask_nt = grpo_data.rollout_batch(
           gen.prompt_tokens, [c.tokens for c in gen.completions], g.G, tok.pad_id, rollout_len,
           g.max_new_tokens)
       t_sample = time.perf_counter() - t0
-      # ---- learning
+      # ---- learning: the rows of every process form one global batch
       t1 = time.perf_counter()
-      n = tokens_nt.shape[0]
-      tokens_nt = parallel.global_array(tokens_nt, batch_sh, tokens_nt.shape)
-      mask_j = parallel.global_array(mask_nt, batch_sh, mask_nt.shape)
-      index_j = parallel.global_array(index_nm, batch_sh, index_nm.shape)
+      n = g.prompts_per_step * g.G
+      tokens_nt = parallel.global_array(tokens_nt, batch_sh, (n, tokens_nt.shape[1]))
+      mask_j = parallel.global_array(mask_nt, batch_sh, (n, mask_nt.shape[1]))
+      index_j = parallel.global_array(index_nm, batch_sh, (n, index_nm.shape[1]))
       adv_j = parallel.global_array(adv_n, parallel.batch_sharding(mesh, ndim=1), (n,))
       ref_logp = ref_fn(ref_trainable, frozen, tokens_nt, index_j) if use_ref else mask_j
       old_logp = mask_j   # not read by the first pass
@@ -339,19 +371,17 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       if not all(math.isfinite(v) for v in m.values()):
         raise TrainingDiverged(f"GRPO diverged at step {step}: {m}. The last good checkpoint is "
                                f"step {checkpointer.latest_step()}; lower train.lr and --resume.")
-      fmt_ok = [format_compliance(x, template.answer_format).strict for x in texts] \
-          if template.answer_format != "none" else [False]
+      total, comps = rows["total"], rows["comps"]
       record = {
           "step": step, "reward_mean": float(total.mean()), "reward_std": float(total.std()),
           **{f"reward_{k}_mean": float(v.mean()) for k, v in comps.items()},
           **{f"reward_{k}_std": float(v.std()) for k, v in comps.items()},
-          "accuracy": float(np.mean([rewards.is_correct(x, y, extractor=config.rewards.extractor)
-                                     for x, y in zip(texts, golds_rep)])),
-          "format": float(np.mean(fmt_ok)),
+          "accuracy": float(np.mean(rows["correct"])),
+          "format": float(np.mean(rows["format"])),
           "kl": m["kl"] if use_ref else None, "beta": beta, "eps": eps,
           "clip_frac": m["clip_frac"], "loss": m["loss"], "pg_loss": m["pg_loss"],
           "grad_norm": m["grad_norm"], "entropy": m["entropy"],
-          "completion_len": float(np.mean([len(c.tokens) for c in gen.completions])),
+          "completion_len": float(np.mean(rows["length"])),
           "zero_signal_frac": float(np.mean(np.ptp(rewards_bg, axis=1) == 0)),
           "sample_s": t_sample, "learn_s": t_learn,
           "completions_per_s": n / (t_sample + t_learn), "lr": float(schedule(step - 1))}
@@ -372,7 +402,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       last = record
       if step % t.checkpoint_every == 0 or step == t.steps:
         save(step, last)
-      if stop.requested:
+      if parallel.any_process(stop.requested):
         save(step, last)
         interrupted = True
         progress.newline()
@@ -392,12 +422,12 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     summary = {"method": config.method, "step": step, "params": counts, "source": source,
                "first_eval": first_eval or _first_eval(records), "last_eval": last_eval,
                "last": last}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    write_summary(workdir, summary)
     result["summary"] = summary
-  result["plot"] = reporting.plot_series(records, os.path.join(workdir, "curves.png"), [
-      ("reward", ["reward_mean", "eval_reward"]),
-      ("accuracy", ["accuracy", "eval_accuracy", "format"]), ("KL", ["kl"])])
+  if is_main_process():
+    result["plot"] = reporting.plot_series(records, os.path.join(workdir, "curves.png"), [
+        ("reward", ["reward_mean", "eval_reward"]),
+        ("accuracy", ["accuracy", "eval_accuracy", "format"]), ("KL", ["kl"])])
   checkpointer.close()
   return result
 

@@ -10,6 +10,9 @@ default: the <reasoning>/<solution> format the rewards score).
 Step s takes prompts `order[s·P : (s+1)·P]` of an endless sequence of seeded
 permutations of the pool (epoch e is permutation(seed, e)): a pure function of
 (seed, step), so a resumed run sees exactly the prompts it would have seen.
+With several processes, process p samples the p-th contiguous share of them
+(`process_slice`), each prompt with the seed of its position in the whole step,
+so the completions do not depend on how many processes there are.
 """
 
 from __future__ import annotations
@@ -90,6 +93,17 @@ def step_indices(n_pool: int, per_step: int, seed: int, step: int) -> np.ndarray
     epoch, pos = divmod(k, n_pool)
     out.append(np.random.default_rng([seed, epoch]).permutation(n_pool)[pos])
   return np.asarray(out, np.int64)
+
+
+def process_slice(per_step: int, process_index: int, process_count: int) -> range:
+  """The positions (within a step's prompts) this process samples: a contiguous
+  share, so each group of G completions stays inside one process."""
+  if per_step % process_count:
+    raise UserError(f"grpo.prompts_per_step={per_step} must be divisible by the {process_count} "
+                    f"processes (each samples its own prompts); use a multiple of "
+                    f"{process_count}.")
+  share = per_step // process_count
+  return range(process_index * share, (process_index + 1) * share)
 
 
 def rollout_seed(seed: int, step: int, i: int) -> int:

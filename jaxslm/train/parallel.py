@@ -96,3 +96,51 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_array(local: np.ndarray, sharding: NamedSharding, global_shape: tuple) -> jax.Array:
   """A global array from this process's rows (each process feeds only its share)."""
   return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def put_replicated(tree, mesh: Mesh):
+  """`tree` replicated on every device of `mesh`. With several processes, leaves
+  committed to this process's devices (a checkpoint just loaded) go through the
+  host, as JAX moves no buffer between hosts; every process must pass equal values."""
+  sharding = replicated(mesh)
+  if jax.process_count() > 1:
+    tree = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, tree)
+  return jax.device_put(tree, sharding)
+
+
+def local_replica(tree):
+  """This process's copy of a replicated tree, on its first local device: for
+  work each process does on its own (sampling its prompts, evaluation). The
+  leaves share the replicated buffers: do not use them after donating `tree`."""
+  def one(x):
+    if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+      return x
+    if not x.is_fully_replicated:
+      raise ValueError(f"local_replica needs replicated arrays; got one sharded as {x.sharding}.")
+    return x.addressable_data(0)
+  return jax.tree.map(one, tree)
+
+
+def gather_rows(tree):
+  """Every process's rows (leading axis) of each numpy leaf, concatenated in
+  process order: per-process host values (rewards, lengths) made global. Sent
+  as raw bytes, so float64 stays float64 (a JAX array would make it float32).
+  Every process must pass the same structure and row counts. One process: unchanged."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils
+  leaves, treedef = jax.tree.flatten(tree)
+  arrays = [np.ascontiguousarray(x) for x in leaves]
+  raw = [a.reshape(a.shape[0], -1).view(np.uint8) for a in arrays]
+  got = multihost_utils.process_allgather(raw, tiled=True)
+  out = [np.asarray(r).view(a.dtype).reshape(-1, *a.shape[1:]) for r, a in zip(got, arrays)]
+  return jax.tree.unflatten(treedef, out)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any (e.g. a stop request), so
+  all processes leave a loop at the same step."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))

@@ -28,7 +28,7 @@ from jaxslm.data import BatchSampler, build_token_dataset, eval_batches, iter_te
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig, count_params, flops_per_token, init_params, summary
 from jaxslm.sampling import sample_reference
-from jaxslm.train import parallel, reporting
+from jaxslm.train import memory, parallel, reporting
 from jaxslm.train.signals import StopRequest
 from jaxslm.train.optim import make_optimizer
 from jaxslm.train.step import (TrainState, create_state, eval_step, jit_train_step,
@@ -104,6 +104,30 @@ def build_tokenizer(config: ConfigDict) -> tokenizers.Tokenizer:
                                         seed=config.train.seed)
 
 
+def same_tokenizer_everywhere(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+  """Process 0's tokenizer on every process (each trained its own from the same
+  documents and seed, which should agree; this makes sure of it)."""
+  if jax.process_count() == 1:
+    return tok
+  data = np.frombuffer(json.dumps(tok.spec()).encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+  buf = data if is_main_process() else np.zeros(size, np.uint8)
+  spec = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
+  return tokenizers.from_spec(spec)
+
+
+def compile_step(step_fn, abstract: TrainState, state_sh: TrainState, batch_spec):
+  """`step_fn` compiled ahead of time for the state and batch shapes (the only
+  ones a run uses); logs XLA's memory account where the backend gives one."""
+  spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, state_sh)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(spec, batch_spec).compile()
+  line = memory.compiled_line(compiled)
+  log(f"Compiled the train step in {time.perf_counter() - t0:.1f}s" + (f". {line}" if line else ""))
+  return compiled
+
+
 def saved_config(workdir: str) -> ConfigDict | None:
   """The config of the latest checkpoint in `workdir`, or None."""
   try:
@@ -168,6 +192,8 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
 
   # Tokenizer: a resumed run reuses the exact one it was trained with.
   tok = tokenizers.from_spec(saved_meta["tokenizer"]) if saved_meta else build_tokenizer(config)
+  if config.tokenizer.name == "train" and not saved_meta:
+    tok = same_tokenizer_everywhere(tok)
   if tok.vocab_size > model_cfg.vocab_size:
     raise UserError(f"The tokenizer {tok.name} has {tok.vocab_size} ids but model.vocab_size is "
                     f"{model_cfg.vocab_size}; set --config.model.vocab_size={tok.vocab_size}.")
@@ -190,6 +216,15 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   abstract = jax.eval_shape(fresh_state)
   state_sh = state_shardings(abstract, mesh)
   step_fn, batch_sh = jit_train_step(model_cfg, optimizer, schedule, state_sh, mesh)
+  log(memory.estimate(model_cfg, params=abstract.params, opt_state=abstract.opt_state,
+                      param_shardings=state_sh.params, opt_shardings=state_sh.opt_state,
+                      batch_per_device=micro // jax.device_count(), seq_len=t.seq_len,
+                      grad_copies=2 if t.grad_accum > 1 else 1,
+                      where=f"mesh {dict(mesh.shape)}").line())
+  # Compile the step before anything else runs: a run that cannot fit fails here, at step 0.
+  step_fn = compile_step(step_fn, abstract, state_sh,
+                         jax.ShapeDtypeStruct((t.grad_accum, micro, t.seq_len + 1), jnp.int32,
+                                              sharding=batch_sh))
   eval_sh = parallel.batch_sharding(mesh)
   eval_fn = jax.jit(functools.partial(eval_step, model_cfg=model_cfg),
                     in_shardings=(state_sh.params, eval_sh),

@@ -1,0 +1,156 @@
+"""How much device memory a training step needs, printed before the first step.
+
+Exact parts (from shapes and shardings, per device): parameters, optimizer
+state (from the abstract state, `jax.eval_shape`), gradients. Estimated parts
+(stated as such): activations kept for the backward pass and, for GRPO, the
+sampler's KV cache. FSDP shows up through the shardings: a leaf split over
+`fsdp` devices counts 1/fsdp of its bytes on each.
+
+Activations (per device, B its rows, T tokens, D d_model, L layers, N heads,
+V vocab, b the compute dtype's bytes):
+
+    B·T·D·L·ACTIVATION_FACTOR·b       block activations (Korthikanti et al. 2022
+                                       count ~34·B·T·D bytes per layer in 16-bit,
+                                       i.e. ~17 values of D per token; we use 16)
+  + B·N·T²·L·b                        attention probabilities (the XLA path keeps them)
+  + B·T·V·4·2                         float32 logits and their gradient
+
+With `remat`, blocks keep only their inputs (B·T·D·L·b) plus one block's
+working set (B·T·D·ACTIVATION_FACTOR·b + B·N·T²·b) at a time.
+
+The KV cache of the sampler: rows × L × 2 (k and v) × kv heads × head dim ×
+cache length × b, on the one device a process samples on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+ACTIVATION_FACTOR = 16
+
+
+def fmt_bytes(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if abs(n) < 1024 or unit == "GiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+    n /= 1024
+  return f"{n:.3g} TiB"   # pragma: no cover
+
+
+def _dtype_bytes(dtype) -> int:
+  return np.dtype(dtype).itemsize
+
+
+def leaf_bytes(leaf, sharding=None) -> int:
+  """Bytes of one array (or ShapeDtypeStruct) on one device under `sharding`
+  (anything with `shard_shape(shape)`; None: the whole array)."""
+  shape = tuple(getattr(leaf, "shape", ()))
+  if sharding is not None and shape:
+    shape = tuple(sharding.shard_shape(shape))
+  return int(math.prod(shape)) * _dtype_bytes(leaf.dtype)
+
+
+def tree_bytes(tree, shardings=None) -> int:
+  """Per-device bytes of every array leaf of `tree` (shardings: a matching tree or None)."""
+  leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+  if shardings is None:
+    return sum(leaf_bytes(x) for x in leaves)
+  shs = jax.tree.leaves(shardings, is_leaf=lambda s: hasattr(s, "shard_shape"))
+  if len(shs) != len(leaves):
+    raise ValueError(f"{len(leaves)} leaves but {len(shs)} shardings")
+  return sum(leaf_bytes(x, s) for x, s in zip(leaves, shs))
+
+
+def activation_bytes(model_cfg, batch: int, seq_len: int) -> int:
+  """The activation estimate of the module doc, for `batch` rows on one device."""
+  b = _dtype_bytes(model_cfg.dtype)
+  B, T, D, L, N = batch, seq_len, model_cfg.d_model, model_cfg.n_layers, model_cfg.n_heads
+  block = B * T * D * ACTIVATION_FACTOR * b
+  attn = B * N * T * T * b
+  kept = (B * T * D * L * b + block + attn) if model_cfg.remat else (block + attn) * L
+  return kept + B * T * model_cfg.vocab_size * 4 * 2
+
+
+def kv_cache_bytes(model_cfg, rows: int, length: int) -> int:
+  """rows × layers × 2 × kv heads × head dim × length × dtype bytes."""
+  return (rows * model_cfg.n_layers * 2 * model_cfg.num_kv_heads * model_cfg.dim_per_head
+          * length * _dtype_bytes(model_cfg.dtype))
+
+
+@dataclasses.dataclass
+class Estimate:
+  """Per-device bytes by part; `estimated` names the parts that are estimates."""
+  parts: dict[str, int]
+  estimated: tuple[str, ...] = ("activations", "kv_cache")
+  where: str = ""
+
+  @property
+  def total(self) -> int:
+    return sum(self.parts.values())
+
+  def line(self) -> str:
+    def part(k, v):
+      return f"{k.replace('_', ' ')} {'~' if k in self.estimated else ''}{fmt_bytes(v)}"
+    body = " + ".join(part(k, v) for k, v in self.parts.items() if v)
+    rough = any(self.parts.get(k) for k in self.estimated)
+    note = " (~: estimates, see jaxslm/train/memory.py)" if rough else ""
+    return (f"Memory per device{f' ({self.where})' if self.where else ''}: {body} = "
+            f"{'~' if rough else ''}{fmt_bytes(self.total)}{note}")
+
+
+def estimate(model_cfg, *, params, opt_state, batch_per_device: int, seq_len: int,
+             param_shardings=None, opt_shardings=None, frozen=None, grad_copies: int = 1,
+             extra: dict[str, int] | None = None, kv_cache: tuple[int, int] | None = None,
+             where: str = "") -> Estimate:
+  """Per-device memory of one step. `params`: the trained tree (its gradients
+  have its shapes, `grad_copies` of them: 2 while accumulating micro-batches);
+  `frozen`: params without gradients (a LoRA base); `extra`: other exact parts
+  (a reference snapshot); `kv_cache`: (rows, length) of the sampler."""
+  parts = {"params": tree_bytes(params, param_shardings)}
+  if frozen is not None:
+    parts["frozen"] = tree_bytes(frozen)
+  parts.update(extra or {})
+  parts["optimizer"] = tree_bytes(opt_state, opt_shardings)
+  parts["gradients"] = grad_copies * tree_bytes(params, param_shardings)
+  parts["activations"] = activation_bytes(model_cfg, batch_per_device, seq_len)
+  if kv_cache is not None:
+    parts["kv_cache"] = kv_cache_bytes(model_cfg, *kv_cache)
+  return Estimate(parts, where=where)
+
+
+def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: int,
+                  rollout_len: int, sample_prompts: int, group: int, prompt_budget: int,
+                  max_new_tokens: int) -> Estimate:
+  """A GRPO step: policy (trainable + frozen), the reference snapshot (a copy of
+  the trainable tree), AdamW state, gradients, the update's activations
+  (`rows_per_device` × rollout length) and the KV cache of the rollouts one
+  process samples on one device: its `sample_prompts` × `group` completions
+  (the sampler rounds the prompt count, prompt length and budget up to powers of two)."""
+  from jaxslm.sampling.generate import bucket
+  cache_len = (bucket(min(prompt_budget, model_cfg.max_seq_len))
+               + bucket(min(max_new_tokens, model_cfg.max_seq_len)))
+  return estimate(model_cfg, params=trainable, frozen=frozen, opt_state=opt_state,
+                  extra={"reference": tree_bytes(trainable)}, batch_per_device=rows_per_device,
+                  seq_len=rollout_len - 1, kv_cache=(bucket(sample_prompts, 1) * group, cache_len),
+                  where="rollouts on one device per process")
+
+
+def compiled_line(compiled) -> str | None:
+  """XLA's own account of a compiled step (None where the backend gives none)."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:   # noqa: BLE001 - not every backend implements it
+    return None
+  if stats is None:
+    return None
+  args = getattr(stats, "argument_size_in_bytes", 0)
+  out = getattr(stats, "output_size_in_bytes", 0)
+  alias = getattr(stats, "alias_size_in_bytes", 0)
+  temp = getattr(stats, "temp_size_in_bytes", 0)
+  return (f"Compiled step (XLA, per device): arguments {fmt_bytes(args)}, outputs "
+          f"{fmt_bytes(out)} ({fmt_bytes(alias)} reusing donated inputs), temporaries "
+          f"{fmt_bytes(temp)}; peak about {fmt_bytes(args + out - alias + temp)}")

@@ -1,0 +1,100 @@
+"""The memory estimate against numbers worked out by hand for the `tiny` preset
+(vocab 512, D 64, 2 layers, 4 heads, 2 kv heads of 16, FFN 128, untied, no biases)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxslm.config import base_config
+from jaxslm.models import ModelConfig, init_params
+from jaxslm.train import memory, parallel
+from jaxslm.train.optim import make_optimizer
+
+CFG = ModelConfig.preset("tiny", vocab_size=512, dtype="float32")
+# embed 512·64 + lm_head 64·512 + per layer (q 64·64 + k 64·32 + v 64·32 + o 64·64
+# + gate/up 2·64·128 + down 128·64 + 2 norms of 64) + final norm 64
+N_PARAMS = 2 * 512 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
+NORM_PARAMS = 2 * 2 * 64 + 64
+
+
+@pytest.fixture(scope="module")
+def abstract():
+  params = jax.eval_shape(lambda: init_params(CFG, jax.random.PRNGKey(0)))
+  optimizer, _ = make_optimizer(base_config().train)
+  return params, jax.eval_shape(optimizer.init, params)
+
+
+def test_params_optimizer_and_gradients_are_exact(abstract):
+  params, opt_state = abstract
+  assert N_PARAMS == 139_584
+  est = memory.estimate(CFG, params=params, opt_state=opt_state, batch_per_device=2, seq_len=32)
+  assert est.parts["params"] == 4 * N_PARAMS == 558_336
+  # AdamW: mu and nu in float32, plus two int32 step counts (Adam's, the schedule's).
+  assert est.parts["optimizer"] == 2 * 4 * N_PARAMS + 2 * 4 == 1_116_680
+  assert est.parts["gradients"] == 4 * N_PARAMS
+  accumulating = memory.estimate(CFG, params=params, opt_state=opt_state, batch_per_device=2,
+                                 seq_len=32, grad_copies=2)
+  assert accumulating.parts["gradients"] == 2 * 4 * N_PARAMS
+
+
+def test_fsdp_divides_every_kernel_by_the_fsdp_size(abstract):
+  params, _ = abstract
+
+  class FakeMesh:   # parallel's rules need only the axis sizes
+    shape = {"data": 2, "fsdp": 2}
+
+  class Spec:
+    def __init__(self, spec):
+      self.spec = spec
+
+    def shard_shape(self, shape):
+      return tuple(d // (FakeMesh.shape[a] if a else 1) for d, a in zip(shape, self.spec))
+
+  shardings = jax.tree_util.tree_map_with_path(
+      lambda p, x: Spec(parallel.spec_for(parallel.path_str(p), x.shape, FakeMesh)), params)
+  # Every kernel and embedding has an "embed" axis split over fsdp=2; norm scales are replicated.
+  assert memory.tree_bytes(params, shardings) == 4 * ((N_PARAMS - NORM_PARAMS) // 2 + NORM_PARAMS)
+  assert memory.tree_bytes(params, shardings) == 279_808
+
+
+def test_activation_and_kv_cache_formulas():
+  # B 2, T 32: blocks 2·32·64·16 values, attention 2·4·32·32, per layer, float32;
+  # logits 2·32·512 float32 twice (values and gradient).
+  block, attn, logits = 2 * 32 * 64 * 16 * 4, 2 * 4 * 32 * 32 * 4, 2 * 32 * 512 * 4 * 2
+  assert memory.activation_bytes(CFG, 2, 32) == 2 * (block + attn) + logits == 851_968
+  remat = ModelConfig.preset("tiny", vocab_size=512, dtype="float32", remat=True)
+  assert memory.activation_bytes(remat, 2, 32) == 2 * 32 * 64 * 2 * 4 + block + attn + logits
+  bf16 = ModelConfig.preset("tiny", vocab_size=512, dtype="bfloat16")
+  assert memory.activation_bytes(bf16, 2, 32) == 2 * (block + attn) // 2 + logits
+  # rows 8 × layers 2 × (k, v) × kv heads 2 × head dim 16 × length 64 × 4 bytes
+  assert memory.kv_cache_bytes(CFG, 8, 64) == 8 * 2 * 2 * 2 * 16 * 64 * 4 == 262_144
+
+
+def test_grpo_estimate_adds_the_reference_and_the_bucketed_kv_cache(abstract):
+  params, opt_state = abstract
+  est = memory.grpo_estimate(CFG, trainable=params, frozen={}, opt_state=opt_state,
+                             rows_per_device=4, rollout_len=129, sample_prompts=3, group=4,
+                             prompt_budget=90, max_new_tokens=40)
+  assert est.parts["reference"] == est.parts["params"] == 4 * N_PARAMS
+  # 3 prompts -> 4 (power of two) × G 4 = 16 rows; cache 128 (prompt) + 64 (budget) slots
+  assert est.parts["kv_cache"] == memory.kv_cache_bytes(CFG, 16, 128 + 64)
+  assert est.parts["activations"] == memory.activation_bytes(CFG, 4, 128)
+  line = est.line()
+  assert "kv cache ~" in line and "reference" in line and "estimates" in line
+  assert est.total == sum(est.parts.values())
+
+
+def test_line_and_compiled_account():
+  est = memory.Estimate({"params": 3 * 2**20, "activations": 512})
+  assert est.line() == ("Memory per device: params 3 MiB + activations ~512 B = ~3 MiB "
+                        "(~: estimates, see jaxslm/train/memory.py)")
+  compiled = jax.jit(lambda x: x * 2).lower(jnp.ones((256,), jnp.float32)).compile()
+  line = memory.compiled_line(compiled)
+  assert line is None or "arguments 1 KiB" in line
+
+  class NoStats:
+    def memory_analysis(self):
+      return None
+  assert memory.compiled_line(NoStats()) is None
