@@ -429,3 +429,23 @@ def test_launcher_both_directions(llama_dir, tmp_path, capsys):
   assert json.load(open(os.path.join(hf, "config.json")))["model_type"] == "llama"
   assert main(["hf2jax", "--hf", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
   assert "no config.json" in capsys.readouterr().err
+
+
+def test_sentencepiece_model_file_without_tokenizer_json(llama_dir, tmp_path):
+  """A repo with only tokenizer.model (SentencePiece, as older Gemma/Llama ones)
+  converts with that tokenizer behind jaxslm's interface."""
+  import base64
+  from jaxslm.tokenizers import train_sentencepiece
+  d = tmp_path / "hf"
+  _copy(llama_dir, d)
+  os.remove(d / "tokenizer.json")
+  sp = train_sentencepiece(TEXTS * 20, vocab_size=VOCAB)
+  (d / "tokenizer.model").write_bytes(base64.b64decode(sp.spec()["model_proto_b64"]))
+  with pytest.warns(UserWarning, match="no tokenizer.json"):
+    out = convert.hf_to_jaxslm(str(d), str(tmp_path / "jax"))
+  tok = jaxslm.load(out).tokenizer
+  assert isinstance(tok, tokenizers.SentencePieceTokenizer)
+  assert tok.encode(TEXTS[1]) == sp.encode(TEXTS[1]) and tok.decode(tok.encode(TEXTS[1])) == TEXTS[1]
+  os.remove(d / "tokenizer.model")
+  with pytest.raises(UserError, match="no tokenizer.json or tokenizer.model"):
+    convert.hf_to_jaxslm(str(d), str(tmp_path / "jax2"))

@@ -147,7 +147,8 @@ def test_launcher_writes_summary_examples_and_report(checkpoint, data_dir, tmp_p
   proc = subprocess.run(
       [sys.executable, str(ROOT / "launch/eval.py"), "--checkpoint", checkpoint,
        "--checkpoint", checkpoint, "--label", "a", "--label", "b", "--data", str(data_dir),
-       "--limit", "8", "--max-new-tokens", "12", "--batch-size", "4", "--out", str(out)],
+       "--limit", "8", "--max-new-tokens", "12", "--batch-size", "4", "--out", str(out),
+       "--similarity-model", "off"],   # the metric is tested in test_similarity.py
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   summary = json.loads((out / "summary.json").read_text())

@@ -157,7 +157,7 @@ def test_launcher_and_eval_on_the_workdir(base, tmp_path):
   assert res.returncode == 0, res.stdout + res.stderr
   res = subprocess.run([sys.executable, str(ROOT / "launch/eval.py"), "--checkpoint",
                         str(workdir), "--data", data, "--max-new-tokens", "8", "--limit", "4",
-                        "--no-perplexity",
+                        "--no-perplexity", "--similarity-model", "off",
                         "--out", str(tmp_path / "eval")], capture_output=True, text=True,
                        timeout=300)
   assert res.returncode == 0, res.stdout + res.stderr

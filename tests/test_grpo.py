@@ -242,7 +242,7 @@ def test_reward_rises_from_a_warm_start(warm, tmp_path):
   of the last 10 of 100 steps is above that of the first 10, and so is its
   format component. (This tiny model cannot learn the arithmetic itself;
   benchmarks/grpo_learning.py measures held-out accuracy on a larger one.)"""
-  c = tiny(warm, prompts_per_step=8, beta=0.0, kl_target=0.0)
+  c = tiny(warm, prompts_per_step=4, beta=0.0, kl_target=0.0)
   c.train.update(steps=100, lr=3e-3, checkpoint_every=1000, log_every=1000)
   out = grpo.run(c, str(tmp_path / "w"))
   total = [r["reward_mean"] for r in out["records"]]

@@ -193,7 +193,14 @@ def _tokenizer(hf_dir: str, tokenizer) -> tokenizers.Tokenizer:
     return tokenizer
   if tokenizer is not None:
     return tokenizers.get_tokenizer(tokenizer)
-  if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
-    raise UserError(f"{hf_dir!r} has no tokenizer.json; pass tokenizer=... (a tokenizer.json "
-                    "path, 'gpt2', or a SentencePiece '.model' file).")
-  return tokenizers.HFTokenizer.from_dir(hf_dir)
+  if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+    return tokenizers.HFTokenizer.from_dir(hf_dir)
+  sp_model = os.path.join(hf_dir, "tokenizer.model")
+  if os.path.isfile(sp_model):   # SentencePiece only (older Gemma / Llama 2 repos)
+    import warnings
+    warnings.warn(f"{hf_dir!r} has tokenizer.model but no tokenizer.json: using the "
+                  "SentencePiece model; its chat template (if any) is not carried over.",
+                  stacklevel=3)
+    return tokenizers.get_tokenizer(sp_model)
+  raise UserError(f"{hf_dir!r} has no tokenizer.json or tokenizer.model; pass tokenizer=... "
+                  "(a tokenizer.json path, 'gpt2', or a SentencePiece '.model' file).")
