@@ -59,6 +59,26 @@ def test_loglikelihood_matches_hf_backend(models):
   assert ours.truncated["loglikelihood"] >= 2     # LONG and the 200-character context
 
 
+def test_shared_prefixes_match_separate_forwards_and_hf(models):
+  """Multiple-choice requests (4 choices per context, one context longer than
+  the model's window) through the shared-prefix KV-cache path, against one
+  forward per request and against the hf backend."""
+  hf, ours, _ = models
+  contexts = ["Question: 2+2\nAnswer:", "", "Weng earns $12 an hour.", LONG]
+  pairs = [(c, ch) for c in contexts for ch in (" 4", " five", " 22 apples", "?")]
+  reqs = _reqs("loglikelihood", pairs)
+  shared = ours.loglikelihood(reqs)
+  ours.share_prefixes = False
+  try:
+    plain = ours.loglikelihood(reqs)
+  finally:
+    ours.share_prefixes = True
+  theirs = hf.loglikelihood(reqs)
+  np.testing.assert_allclose([x[0] for x in shared], [x[0] for x in plain], atol=1e-4, rtol=0)
+  np.testing.assert_allclose([x[0] for x in shared], [x[0] for x in theirs], atol=TOL, rtol=0)
+  assert [x[1] for x in shared] == [x[1] for x in plain] == [x[1] for x in theirs]
+
+
 def test_is_greedy_true_for_the_greedy_continuation(models):
   hf, ours, _ = models
   gen = ours.generate_until(_reqs("generate_until", [

@@ -47,7 +47,7 @@ except ImportError as e:   # pragma: no cover - exercised only without the extra
   raise ImportError("jaxslm's lm-evaluation-harness backend needs lm-eval: "
                     "pip install 'jaxslm[lm-eval]' (or pip install lm-eval).") from e
 
-from jaxslm.models import Decoder, ModelConfig
+from jaxslm.models import Decoder, ModelConfig, init_cache
 from jaxslm.sampling.engine import compute_params
 from jaxslm.sampling.generate import bucket, generate
 
@@ -60,11 +60,42 @@ DTYPES = ("float32", "bfloat16", "float16")
 def _score(params, tokens_bt, index_bk, targets_bk, mask_bk, *, model_cfg: ModelConfig):
   """Sum of log p(target) over each row's continuation, and whether all were argmax."""
   logits_bkv = Decoder(model_cfg).apply({"params": params}, tokens_bt, logit_index_bk=index_bk)
+  return _sums(logits_bkv, targets_bk, mask_bk)
+
+
+def _sums(logits_bkv, targets_bk, mask_bk):
   logp_bkv = jax.nn.log_softmax(logits_bkv.astype(jnp.float32), axis=-1)
   logp_bk = jnp.take_along_axis(logp_bkv, targets_bk[..., None], axis=-1)[..., 0]
   greedy_bk = jnp.argmax(logits_bkv, axis=-1) == targets_bk
   return (jnp.where(mask_bk, logp_bk, 0.0).sum(-1),
           jnp.all(jnp.where(mask_bk, greedy_bk, True), axis=-1))
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg",))
+def _score_shared(params, prefix_up, prefix_len_u, owner_b, suffix_bm, targets_bm, mask_bm, *,
+                  model_cfg: ModelConfig):
+  """`_score` with each distinct prefix run once: multiple-choice requests share
+  their context. Prefixes [U, P] are left-padded into a KV cache; request b
+  continues prefix owner_b[b] with its suffix [M] (the last context token and
+  the continuation but its last token), whose logits score the continuation."""
+  (u, p), m = prefix_up.shape, suffix_bm.shape[1]
+  model = Decoder(model_cfg)
+  pad_u = p - prefix_len_u
+  slot_s = jnp.arange(p + m, dtype=jnp.int32)
+  kv_mask_us = (slot_s[None] >= pad_u[:, None]) & (slot_s[None] < p)
+  positions_up = jnp.maximum(slot_s[None, :p] - pad_u[:, None], 0)
+  _, cache = model.apply({"params": params}, prefix_up, positions_up,
+                         cache=init_cache(model_cfg, u, p + m), cache_index=0,
+                         kv_mask_bs=kv_mask_us, last_only=True)
+  cache = jax.tree.map(lambda x: x[owner_b], cache)
+  kv_mask_bs = kv_mask_us[owner_b] | (slot_s[None] >= p)
+  # Padding after a suffix may run past the context: clamp its positions (a
+  # learned position table has no row there, and a NaN key would leak).
+  positions_bm = jnp.minimum(prefix_len_u[owner_b][:, None] + jnp.arange(m, dtype=jnp.int32)[None],
+                             model_cfg.max_seq_len - 1)
+  logits_bmv, _ = model.apply({"params": params}, suffix_bm, positions_bm, cache=cache,
+                              cache_index=p, kv_mask_bs=kv_mask_bs)
+  return _sums(logits_bmv, targets_bm, mask_bm)
 
 
 def _length_bucket(n: int, minimum: int = 16) -> int:
@@ -105,12 +136,15 @@ class JaxslmLM(TemplateLM):
   batch_size (int, or "auto" = 32), max_length (default: the model's context),
   max_gen_toks (default 256), add_bos_token (default: true when the tokenizer
   has a BOS distinct from EOS, as Llama/Mistral/Gemma tokenizers add it and
-  GPT-2/Qwen/Phi-2 ones do not), seed (sampling seed for do_sample requests).
+  GPT-2/Qwen/Phi-2 ones do not), seed (sampling seed for do_sample requests),
+  share_prefixes (default true: a batch whose requests share contexts, such as a
+  multiple-choice question's choices, runs each context once through a KV cache).
   """
 
   def __init__(self, checkpoint: str | None = None, model=None, dtype: str | None = None,
                batch_size: int | str = 32, max_length: int | None = None,
                max_gen_toks: int | str = 256, add_bos_token=None, seed: int | str = 0,
+               share_prefixes=True,
                pretrained: str | None = None, device=None, max_batch_size=None, **unused):
     super().__init__()
     from jaxslm.api import resolve_model
@@ -145,6 +179,7 @@ class JaxslmLM(TemplateLM):
     if self.add_bos_token and bos is None:
       raise UserError(f"add_bos_token=true but tokenizer {self.tok.name!r} has no BOS token.")
     self.seed = _parse_int("seed", seed, 0)
+    self.share_prefixes = bool(_parse_bool("share_prefixes", share_prefixes))
     self.truncated = {"loglikelihood": 0, "loglikelihood_rolling": 0, "generate_until": 0}
 
   @classmethod
@@ -238,30 +273,65 @@ class JaxslmLM(TemplateLM):
       inp = whole[-(length + 1):][:-1]
       n_cont = min(len(cont), len(inp))   # continuation tokens that have a predictor
       rows.append((inp, list(cont)[-n_cont:]))
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    # Requests that share a prefix (a multiple-choice question's choices) sit
+    # together, so a batch can run each distinct prefix once.
+    prefix = [tuple(inp[:len(inp) - len(cont)]) for inp, cont in rows]
+    order = sorted(range(len(rows)), key=lambda i: (-len(prefix[i]), prefix[i]))
     out: list[tuple[float, bool] | None] = [None] * len(rows)
     b = self.batch_size
     for start in range(0, len(order), b):
       group = order[start:start + b]
-      t = min(_length_bucket(max(len(rows[i][0]) for i in group)), length)
-      k = bucket(max(len(rows[i][1]) for i in group), 1)
-      tokens = np.zeros((b, t), np.int32)
-      index = np.zeros((b, k), np.int32)
-      targets = np.zeros((b, k), np.int32)
-      mask = np.zeros((b, k), bool)
-      for r, i in enumerate(group):
-        inp, cont = rows[i]
-        tokens[r, :len(inp)] = inp
-        index[r, :len(cont)] = np.arange(len(inp) - len(cont), len(inp))
-        targets[r, :len(cont)] = cont
-        mask[r, :len(cont)] = True
-      logp_b, greedy_b = jax.device_get(_score(self.params, tokens, index, targets, mask,
-                                               model_cfg=self.model_cfg))
+      distinct = list(dict.fromkeys(prefix[i] for i in group))
+      if self.share_prefixes and len(distinct) <= b // 2:
+        logp_b, greedy_b = self._shared_batch(group, rows, prefix, distinct)
+      else:
+        logp_b, greedy_b = self._plain_batch(group, rows)
       for r, i in enumerate(group):
         out[i] = (float(logp_b[r]), bool(greedy_b[r]))
         if requests[i][0] is not None:
           self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
     return out
+
+  def _plain_batch(self, group, rows):
+    """One forward over each request's whole input; logits at its continuation."""
+    b = self.batch_size
+    t = min(_length_bucket(max(len(rows[i][0]) for i in group)), self.max_length)
+    k = bucket(max(len(rows[i][1]) for i in group), 1)
+    tokens = np.zeros((b, t), np.int32)
+    index, targets = np.zeros((b, k), np.int32), np.zeros((b, k), np.int32)
+    mask = np.zeros((b, k), bool)
+    for r, i in enumerate(group):
+      inp, cont = rows[i]
+      tokens[r, :len(inp)] = inp
+      index[r, :len(cont)] = np.arange(len(inp) - len(cont), len(inp))
+      targets[r, :len(cont)] = cont
+      mask[r, :len(cont)] = True
+    return jax.device_get(_score(self.params, tokens, index, targets, mask,
+                                 model_cfg=self.model_cfg))
+
+  def _shared_batch(self, group, rows, prefix, distinct):
+    """Each distinct prefix once, then every request's suffix on its cache."""
+    b = self.batch_size
+    u = bucket(len(distinct), 1)
+    p = _length_bucket(max(len(x) for x in distinct))
+    m = bucket(max(len(rows[i][1]) for i in group), 1)
+    prefix_up, prefix_len_u = np.zeros((u, p), np.int32), np.zeros(u, np.int32)
+    for j, x in enumerate(distinct):
+      prefix_up[j, p - len(x):] = x
+      prefix_len_u[j] = len(x)
+    slot = {x: j for j, x in enumerate(distinct)}
+    owner_b = np.zeros(b, np.int32)
+    suffix_bm, targets_bm = np.zeros((b, m), np.int32), np.zeros((b, m), np.int32)
+    mask_bm = np.zeros((b, m), bool)
+    for r, i in enumerate(group):
+      inp, cont = rows[i]
+      owner_b[r] = slot[prefix[i]]
+      suffix_bm[r, :len(cont)] = inp[len(inp) - len(cont):]
+      targets_bm[r, :len(cont)] = cont
+      mask_bm[r, :len(cont)] = True
+    return jax.device_get(_score_shared(self.params, prefix_up, prefix_len_u, owner_b,
+                                        suffix_bm, targets_bm, mask_bm,
+                                        model_cfg=self.model_cfg))
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
     windows, owners = [], []
