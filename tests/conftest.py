@@ -1,5 +1,7 @@
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -8,6 +10,17 @@ SHARED_TIKTOKEN = ROOT.parent / "shared" / "tiktoken_cache"
 
 if "TIKTOKEN_CACHE_DIR" not in os.environ and SHARED_TIKTOKEN.is_dir():
   os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED_TIKTOKEN)
+
+
+# One XLA compilation cache for the session (this process and the launchers it
+# starts): the many tiny runs compile the same programs again and again.
+_XLA_CACHE = tempfile.mkdtemp(prefix="jaxslm-tests-xla-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

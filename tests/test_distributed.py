@@ -155,7 +155,10 @@ def runs(tmp_path_factory):
   base = make_base(tmp)
   t0 = time.time()
   deadline = t0 + TIMEOUT
-  single = spawn([pretrain_args(tmp / "one", STEPS), grpo_args(tmp / "grpo_one", base)],
+  # The one-process run also samples after training from its FSDP-sharded params.
+  single = spawn([pretrain_args(tmp / "one", STEPS, "--config.train.sample_prompts=('Question:',)",
+                                "--config.train.sample_tokens=4"),
+                  grpo_args(tmp / "grpo_one", base)],
                  tmp / "single.log", devices=4)
   logs = {"one": wait([single], deadline)[0]}
   pair = two_processes([pretrain_args(tmp / "stopped", STOP_AT),
@@ -196,6 +199,7 @@ def test_fsdp_pretraining_on_two_processes_matches_one_process(runs):
   launcher flags): the result equals one process's uninterrupted run."""
   tmp, logs = runs
   p0, p1 = logs["two"]
+  assert "mesh {'data': 2, 'fsdp': 2}" in logs["one"] and "--- sample" in logs["one"]
   assert "mesh {'data': 2, 'fsdp': 2}" in p0 and "(2 process(es))" in p0
   assert "Memory per device" in p0 and "Compiled the train step" in p0
   # Only process 0 logs and reports.
@@ -208,7 +212,7 @@ def test_fsdp_pretraining_on_two_processes_matches_one_process(runs):
   one_val = losses(tmp / "one", "val_loss")   # the stopped run also evaluated at its stop
   d_val = assert_close_series({s: v for s, v in losses(tmp / "stopped", "val_loss").items()
                                if s in one_val}, one_val)
-  d_param = max_param_diff(tmp / "stopped", tmp / "one")
+  d_param = max_param_diff(tmp / "stopped", tmp / "one")   # FSDP checkpoints, loaded here
   print(f"pretrain 2 processes (stopped, resumed) vs 1: max |loss diff| {d_loss:.2e}, "
         f"val {d_val:.2e}, params {d_param:.2e}")
 

@@ -180,8 +180,9 @@ def _write_tasks(d: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def task_manager(tmp_path_factory):
-  from lm_eval.tasks import TaskManager   # indexing the harness's tasks takes seconds: once
-  return TaskManager(include_path=str(_write_tasks(tmp_path_factory.mktemp("tasks"))))
+  from lm_eval.tasks import TaskManager   # only the local tasks: indexing the harness's
+  return TaskManager(include_path=str(_write_tasks(tmp_path_factory.mktemp("tasks"))),
+                     include_defaults=False)     # thousands takes seconds (the CLI test does)
 
 
 def test_harness_runs_local_tasks_like_the_hf_backend(models, task_manager):
