@@ -310,3 +310,33 @@ def grpo_config(method: str = "lora") -> ConfigDict:
   c.eval = ConfigDict(dict(problems=200, every=50, max_new_tokens=256, batch_size=64))
   c.mesh = ConfigDict(dict(data=-1))
   return c
+
+
+def launch_from_checkpoint(argv: Sequence[str], doc: str, run, base: ConfigDict, *,
+                           default_workdir, what: str) -> int:
+  """The body of a launcher whose runs start from a checkpoint (fine-tuning,
+  GRPO): --help, multi-host start-up, config parsing, --resume with the saved
+  config, exit codes 0 ok / 1 diverged / 2 bad input / 130 interrupted (saved).
+  `default_workdir(config)` names the workdir when --workdir is not given."""
+  from jaxslm.errors import UserError, report
+  from jaxslm.train.pretrain import TrainingDiverged
+  if any(a in ("-h", "--help") for a in argv):
+    print(doc + "\n" + DISTRIBUTED_HELP)
+    return 0
+  try:
+    argv = start_distributed(argv)   # first: before anything asks JAX for a device
+    config, options = parse_args(argv, base=base)
+    workdir = options["workdir"] or default_workdir(config)
+    if options["resume"]:
+      from jaxslm import checkpoint as ckpt
+      try:
+        meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
+      except FileNotFoundError:
+        raise UserError(f"--resume: {workdir!r} holds no {what} checkpoint to continue; "
+                        "check --workdir, or drop --resume to start a new run.") from None
+      if not options["config_path"]:
+        config, _ = parse_args(argv, base=ConfigDict(meta["config"]))
+    result = run(config, workdir, resume=options["resume"])
+  except (UserError, FileNotFoundError, TrainingDiverged) as e:
+    return report(e, 1 if isinstance(e, TrainingDiverged) else 2)
+  return 130 if result["interrupted"] else 0

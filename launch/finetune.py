@@ -21,34 +21,13 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxslm.config import (DISTRIBUTED_HELP, ConfigDict, finetune_config, parse_args,
-                           start_distributed)
-from jaxslm.errors import UserError, report
+from jaxslm.config import finetune_config, launch_from_checkpoint
 from jaxslm.train.finetune import run
-from jaxslm.train.pretrain import TrainingDiverged
 
 
 def main(argv: list[str]) -> int:
-  if any(a in ("-h", "--help") for a in argv):
-    print(__doc__ + "\n" + DISTRIBUTED_HELP)
-    return 0
-  try:
-    argv = start_distributed(argv)   # first: before anything asks JAX for a device
-    config, options = parse_args(argv, base=finetune_config())
-    workdir = options["workdir"] or os.path.join("runs", f"sft_{config.method}")
-    if options["resume"]:
-      from jaxslm import checkpoint as ckpt
-      try:
-        meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
-      except FileNotFoundError:
-        raise UserError(f"--resume: {workdir!r} holds no fine-tuning checkpoint to continue; "
-                        "check --workdir, or drop --resume to start a new run.") from None
-      if not options["config_path"]:
-        config, _ = parse_args(argv, base=ConfigDict(meta["config"]))
-    result = run(config, workdir, resume=options["resume"])
-  except (UserError, FileNotFoundError, TrainingDiverged) as e:
-    return report(e, 1 if isinstance(e, TrainingDiverged) else 2)
-  return 130 if result["interrupted"] else 0
+  return launch_from_checkpoint(argv, __doc__, run, finetune_config(), what="fine-tuning",
+                                default_workdir=lambda c: os.path.join("runs", f"sft_{c.method}"))
 
 
 if __name__ == "__main__":
