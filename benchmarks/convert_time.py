@@ -8,11 +8,15 @@ For each shape: a random `transformers` model of that shape (Llama-shaped
 SmolLM2-135M: 30 layers, d 576, 9 heads / 3 kv, FFN 1536, vocab 49,152;
 Qwen2.5-0.5B-shaped: 24 layers, d 896, 14 / 2 heads, FFN 4864, vocab 151,936,
 q/k/v biases, tied) is saved with `save_pretrained` in `--dtype`. Then
-`launch/convert.py hf2jax` and `jax2hf` each run in their own process, timed
-by wall clock, with peak RSS from `getrusage(RUSAGE_CHILDREN)` of a fresh
-waiter process (so each number is that one conversion's peak). The on-disk
-safetensors size is reported for scale: peak RSS near (or below) model size
-plus the interpreter means no second full copy was held.
+`launch/convert.py hf2jax` (to `--dtype`) and `jax2hf` each run in their own
+process, timed by wall clock, with peak RSS from `getrusage(RUSAGE_CHILDREN)`
+of a fresh waiter process (so each number is that one conversion's peak;
+it counts the pages of memory-mapped files the process has touched too).
+
+The baseline is the same measurement of a process that only imports what
+the launcher imports (jax, jaxslm.convert) and starts the CPU backend. Each
+row reports (peak - baseline) / model bytes (the safetensors size, which is
+the model in `--dtype`): about 1 is one copy of the model, 2 two copies.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t,
 """
 
 
+BASELINE = ("import jax, jax.numpy as jnp; from jaxslm import convert; from jaxslm.errors import "
+            "report; jnp.zeros(1).block_until_ready()")
+
+
 def timed(cmd) -> dict:
   out = subprocess.run([sys.executable, "-c", _TIMED, *cmd], capture_output=True, text=True)
   result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -75,6 +83,8 @@ def main(argv):
   ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
+  base = min(timed([sys.executable, "-c", BASELINE])["peak_rss_bytes"] for _ in range(3))
+  print(json.dumps({"baseline_peak_rss_bytes": base}), flush=True)
   rows = []
   for name in args.shapes.split(","):
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,12 +96,15 @@ def main(argv):
       b = timed([sys.executable, convert, "jax2hf", "--checkpoint", ck, "--out", back])
       rows.append({"shape": name, "safetensors_bytes": size,
                    "hf2jax_s": a["wall_s"], "hf2jax_peak_rss_bytes": a["peak_rss_bytes"],
-                   "jax2hf_s": b["wall_s"], "jax2hf_peak_rss_bytes": b["peak_rss_bytes"]})
+                   "hf2jax_extra_over_model": (a["peak_rss_bytes"] - base) / size,
+                   "jax2hf_s": b["wall_s"], "jax2hf_peak_rss_bytes": b["peak_rss_bytes"],
+                   "jax2hf_extra_over_model": (b["peak_rss_bytes"] - base) / size})
       print(json.dumps(rows[-1]), flush=True)
   import jax
   result = {"command": "python benchmarks/convert_time.py " + " ".join(argv),
             "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-            "dtype": args.dtype, "rows": rows}
+            "dtype": args.dtype, "baseline_peak_rss_bytes": base,
+            "baseline_command": f"python -c {BASELINE!r}", "rows": rows}
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=2)

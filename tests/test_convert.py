@@ -227,6 +227,23 @@ def test_phi_qk_layernorm_and_tied_head_bias(tmp_path, tokens):
   assert np.abs(_hf_logits(back, tokens) - _hf_logits(model, tokens)).max() < TOL
 
 
+def test_llama_linear_rope_scaling(tmp_path, tokens):
+  """Llama with rope_scaling {"rope_type": "linear"}: positions divided by the
+  factor (every inverse frequency is), in both directions."""
+  config = transformers.LlamaConfig(**LLAMA_SHAPE, tie_word_embeddings=False, rope_theta=10000.0,
+                                    rope_scaling={"rope_type": "linear", "factor": 4.0})
+  model, hf_dir = _random_hf_model(config, tmp_path)
+  cfg, params, _ = jaxslm.load(convert.hf_to_jaxslm(hf_dir, str(tmp_path / "jax")))
+  assert dict(cfg.rope_scaling) == {"type": "linear", "factor": 4.0}
+  ours = _jax_logits(cfg, params, tokens)
+  assert np.abs(ours - _hf_logits(model, tokens)).max() < TOL
+  unscaled = _jax_logits(cfg.replace(rope_scaling={}), params, tokens)
+  assert np.abs(unscaled - ours).max() > 1e-2   # the scaling matters at these positions
+  out = convert.jaxslm_to_hf(str(tmp_path / "jax"), str(tmp_path / "export"))
+  back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  assert np.abs(_hf_logits(back, tokens) - _hf_logits(model, tokens)).max() < TOL
+
+
 def test_config_from_hf_reads_each_family(tmp_path):
   cfgs = {k: c.to_dict() for k, c in _hf_configs().items()}
   gpt2 = convert.config_from_hf(cfgs["gpt2"])

@@ -15,8 +15,11 @@ Layout: `table.py` (rules, families, shape checks), one module per family
 group (`gpt2.py`; `gpt_neox.py`, the home of jaxslm's own GPT-style presets;
 `llama.py`: Llama, Mistral, Qwen2, Qwen3; `phi.py`: Phi-2, Phi-3/Phi-4;
 `gemma3.py`: Gemma 3, text-only and the text model of a multimodal one), `files.py`
-(config.json, safetensors read tensor by tensor and written shard by shard),
-`checkpoints.py` (the two directions).
+(config.json; safetensors memory-mapped tensor by tensor, and written as a
+stream), `store.py` (the Orbax side: a tree written in place, leaves restored
+a batch at a time), `checkpoints.py` (the two directions). Neither direction
+holds two copies of a model: hf2jax keeps the converted tree plus one
+tensor, jax2hf (of a plain checkpoint) a small batch of tensors.
 """
 
 from __future__ import annotations

@@ -21,12 +21,14 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxslm import checkpoint as ckpt
 from jaxslm import tokenizers
-from jaxslm.convert import files
-from jaxslm.convert.table import (FAMILIES, Family, check_coverage, check_shape, expand,
-                                  expected_hf_shape, flat_shapes, get_family, match_keys, nbytes)
+from jaxslm.convert import files, store
+from jaxslm.convert.table import (FAMILIES, Entry, Family, check_coverage, check_shape, expand,
+                                  expected_hf, expected_hf_shape, flat_shapes, get_family,
+                                  match_keys, nbytes)
 from jaxslm.errors import UserError
 from jaxslm.lora import nest_paths
 from jaxslm.models import ModelConfig
@@ -50,7 +52,10 @@ def config_from_hf(config_json: dict | str, dtype: str = "float32") -> ModelConf
 def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=None) -> str:
   """Convert a Hugging Face model directory into a jaxslm checkpoint at `out_dir`.
 
-  Tensors are read one at a time (memory-mapped) and cast to `dtype`.
+  Tensors are read one at a time (memory-mapped), transformed and cast to
+  `dtype` on the host, and the mapping dropped before the next one, so the
+  process holds the converted tree plus one tensor; the tree is written
+  in place (`store.save_in_place`), with no second copy.
   `tokenizer`: a `Tokenizer`, a name or path for `get_tokenizer`, or None to
   use the directory's tokenizer.json. Returns `out_dir`.
   """
@@ -66,16 +71,17 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
     matched = match_keys(reader.keys(), entries, cfg, family)
     for key, entry in matched.items():   # every shape first: fail before reading anything
       check_shape(key, reader.shape(key), expected_hf_shape(entry, cfg, shapes), entry)
-    for key, entry in matched.items():
+    for key, entry in matched.items():   # C-ordered copies: nothing keeps the mapping alive
       outs = entry.rule.to_jax(reader.get(key), cfg)
-      for path, x in zip(entry.jax, outs):
-        flat[path] = jnp.asarray(x, shapes[path].dtype)
+      flat.update({path: np.array(x, dtype=shapes[path].dtype, order="C")
+                   for path, x in zip(entry.jax, outs)})
+      del outs
   text = family.text_config(hf) if family.text_config else None   # a multimodal checkpoint
   meta = {"model": cfg.to_dict(), "tokenizer": tok.spec(),
           "hf": ({"model_type": family.model_type, "config": hf} if text is None
                  else {"model_type": text["model_type"], "config": text}),
           "converted_from": os.path.abspath(hf_dir)}
-  return ckpt.save_params(out_dir, nest_paths(flat), meta)
+  return store.save_in_place(out_dir, nest_paths(flat), meta)
 
 
 def jaxslm_to_hf(checkpoint: str, out_dir: str, *, model_type: str | None = None,
@@ -83,12 +89,27 @@ def jaxslm_to_hf(checkpoint: str, out_dir: str, *, model_type: str | None = None
   """Export a jaxslm checkpoint (anything `jaxslm.load` opens) as a Hugging
   Face directory: config.json, safetensors (sharded above `max_shard_bytes`)
   and, for a tokenizer.json tokenizer, the tokenizer files. LoRA adapters are
-  merged and quantized kernels dequantized first. Returns `out_dir`."""
-  from jaxslm.loading import load
-  loaded = load(checkpoint)
-  return export(loaded.model_cfg, loaded.params, loaded.tokenizer, out_dir,
-                hf_meta=loaded.meta.get("hf"), model_type=model_type,
-                max_shard_bytes=max_shard_bytes)
+  merged and quantized kernels dequantized first. Returns `out_dir`.
+
+  A plain checkpoint (a converted model, a pretraining run) streams: a few
+  tensors are restored at a time (as host arrays), transformed and written,
+  so the process never holds the whole model. Fine-tuned ones (adapters to
+  merge) are loaded whole first."""
+  step_dir = ckpt.resolve_step_dir(checkpoint)
+  meta = ckpt.read_step_meta(step_dir)
+  if "model" not in meta or "finetune" in meta:
+    from jaxslm.loading import load
+    loaded = load(checkpoint)
+    return export(loaded.model_cfg, loaded.params, loaded.tokenizer, out_dir,
+                  hf_meta=loaded.meta.get("hf"), model_type=model_type,
+                  max_shard_bytes=max_shard_bytes)
+  cfg = ModelConfig.from_dict(meta["model"])
+  shapes = flat_shapes(cfg)
+
+  def restore(batches):
+    return store.read_batched(step_dir, shapes, batches)
+  return _export(cfg, shapes, restore, tokenizers.from_spec(meta["tokenizer"]), out_dir,
+                 hf_meta=meta.get("hf"), model_type=model_type, max_shard_bytes=max_shard_bytes)
 
 
 def export(cfg: ModelConfig, params, tok, out_dir: str, *, hf_meta: dict | None = None,
@@ -97,34 +118,77 @@ def export(cfg: ModelConfig, params, tok, out_dir: str, *, hf_meta: dict | None 
   from jaxslm import lora
   params = lora.map_with_paths(lora.merge(params), lambda _, x: (
       lora.dequantize(x, jnp.float32) if lora.is_quantized(x) else x))
+  flat = lora.flatten_paths(params)
+  del params
+  shapes = {p: jax.ShapeDtypeStruct(x.shape, x.dtype) for p, x in flat.items()}
+
+  def host(batches):   # one leaf at a time on the host (no copy for CPU arrays)
+    return ({p: np.asarray(flat[p]) for p in batch} for batch in batches)
+  return _export(cfg, shapes, host, tok, out_dir, hf_meta=hf_meta, model_type=model_type,
+                 max_shard_bytes=max_shard_bytes)
+
+
+# Leaves restored at once when exporting a checkpoint (bounds the memory in flight).
+EXPORT_BATCH_BYTES = 64 << 20
+
+
+def _export(cfg: ModelConfig, shapes: dict, leaves, tok, out_dir: str, *, hf_meta, model_type,
+            max_shard_bytes: int) -> str:
+  """Write the Hugging Face directory; `leaves(batches)` yields {path: host
+  array} for each batch of jaxslm paths, in the order the files need them."""
   model_type = model_type or (hf_meta or {}).get("model_type")
   family = get_family(model_type, "the checkpoint") if model_type else _infer_family(cfg)
-  hf_config = _hf_config(cfg, family, hf_meta, tok, params)
+  hf_config = _hf_config(cfg, family, hf_meta, tok, shapes)
   entries = expand(family.rules(cfg), cfg)
   check_coverage(entries, cfg, family)
-  flat = lora.flatten_paths(params)
-  shapes = {p: jax.ShapeDtypeStruct(x.shape, x.dtype) for p, x in flat.items()}
-  sizes = [(e.hf, nbytes(expected_hf_shape(e, cfg, shapes), shapes[e.jax[0]].dtype))
-           for e in entries]
+  specs = [files.TensorSpec(e.hf, *_shape_dtype(expected_hf(e, cfg, shapes))) for e in entries]
+  plan = files.plan_files(specs, max_shard_bytes)
+  by_name = {e.hf: e for e in entries}
+  order = [by_name[s.name] for _, fs in plan for s in fs]
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir):
     raise FileExistsError(f"{out_dir!r} already exists; choose a new directory or remove it.")
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=os.path.dirname(out_dir))
   try:
-    tensors = ((e.hf, e.rule.to_hf(tuple(flat[p] for p in e.jax), cfg)) for e in entries)
-    files.write_safetensors(tmp, tensors, sizes, max_shard_bytes)
+    files.write_planned(tmp, plan, _hf_tensors(order, cfg, shapes, leaves),
+                        order=[e.hf for e in entries])
     files.write_json(os.path.join(tmp, files.CONFIG), hf_config)
     if isinstance(tok, tokenizers.HFTokenizer):
       tok.save(tmp)
     else:
       warnings.warn(f"The tokenizer {tok.name!r} is not a tokenizer.json; {out_dir} gets no "
-                    "tokenizer files (add them, e.g. GPT-2's from the Hub).", stacklevel=2)
+                    "tokenizer files (add them, e.g. GPT-2's from the Hub).", stacklevel=3)
     os.replace(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out_dir
+
+
+def _hf_tensors(order: list[Entry], cfg: ModelConfig, shapes: dict, leaves):
+  """Each entry's Hugging Face tensor, in `order`; leaves fetched in batches
+  of about EXPORT_BATCH_BYTES and dropped once their tensor is made."""
+  batches, current, used = [], [], 0
+  for e in order:
+    size = sum(nbytes(shapes[p].shape, shapes[p].dtype) for p in e.jax)
+    if current and used + size > EXPORT_BATCH_BYTES:
+      batches.append(current)
+      current, used = [], 0
+    current.append(e)
+    used += size
+  if current:
+    batches.append(current)
+  fetched = leaves([p for e in batch for p in e.jax] for batch in batches)
+  for batch in batches:
+    got = next(fetched)
+    for e in batch:
+      yield e.rule.to_hf(tuple(got.pop(p) for p in e.jax), cfg)
+    del got
+
+
+def _shape_dtype(x: jax.ShapeDtypeStruct) -> tuple:
+  return tuple(x.shape), np.dtype(x.dtype)
 
 
 def _semantic(cfg: ModelConfig) -> dict:
@@ -170,7 +234,7 @@ def _infer_family(cfg: ModelConfig) -> Family:
                   f"{reasons}. Supported model types: {sorted(FAMILIES)}.")
 
 
-def _hf_config(cfg: ModelConfig, family: Family, hf_meta: dict | None, tok, params) -> dict:
+def _hf_config(cfg: ModelConfig, family: Family, hf_meta: dict | None, tok, shapes: dict) -> dict:
   bad = _expressible(cfg, family)
   if bad:
     raise UserError(f"A {family.model_type} config.json cannot express this model: "
@@ -182,7 +246,7 @@ def _hf_config(cfg: ModelConfig, family: Family, hf_meta: dict | None, tok, para
     eos = list(getattr(tok, "eos_ids", ())) or [tok.eos_id]
     base.update(bos_token_id=tok.bos_id, eos_token_id=eos if len(eos) > 1 else eos[0],
                 pad_token_id=tok.pad_id)
-  dtypes = {str(x.dtype) for x in jax.tree.leaves(params)}
+  dtypes = {str(x.dtype) for x in shapes.values()}
   return {**base, **family.config_to_hf(cfg), "model_type": family.model_type,
           "architectures": [family.architecture],
           "torch_dtype": "bfloat16" if dtypes == {"bfloat16"} else "float32"}

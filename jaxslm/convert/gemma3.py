@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import warnings
 
-import jax.numpy as jnp
+import numpy as np
 
 from jaxslm.convert.gpt2 import _GELUS
 from jaxslm.convert.llama import bias_fields, rope_from_hf, rope_to_hf
-from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register
+from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register, xp
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
 
@@ -152,11 +152,12 @@ def _to_hf(cfg: ModelConfig) -> dict:
 
 
 def _plus_one_to_jax(x, cfg):
-  return (jnp.asarray(x, jnp.float32) + 1,)
+  m = xp(x)
+  return (m.asarray(x, m.float32) + 1,)
 
 
 def _minus_one_to_hf(xs, cfg):
-  return (xs[0].astype(jnp.float32) - 1).astype(xs[0].dtype)
+  return (xs[0].astype(np.float32) - 1).astype(xs[0].dtype)
 
 
 GEMMA_NORM = (_plus_one_to_jax, _minus_one_to_hf)   # x * (1 + w)  <->  jaxslm's x * scale

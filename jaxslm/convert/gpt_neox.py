@@ -13,11 +13,9 @@ it to `lm_head.weight` on load, and that name is accepted on read).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from jaxslm.convert.gpt2 import _GELUS
 from jaxslm.convert.llama import bias_fields, need, rope_from_hf, rope_to_hf
-from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register
+from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register, xp
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
 
@@ -61,13 +59,14 @@ def _qkv_to_jax(x, cfg):
   """[N*3*H, D] rows (or [N*3*H] bias) -> q, k, v as [D, N*H] kernels (or [N*H])."""
   n, h = cfg.n_heads, cfg.dim_per_head
   x = x.reshape(n, 3, h, *x.shape[1:])
-  return tuple(jnp.transpose(x[:, j].reshape(n * h, *x.shape[3:])) for j in range(3))
+  return tuple(xp(x).transpose(x[:, j].reshape(n * h, *x.shape[3:])) for j in range(3))
 
 
 def _qkv_to_hf(xs, cfg):
   n, h = cfg.n_heads, cfg.dim_per_head
-  parts = [jnp.transpose(x).reshape(n, h, *x.shape[:-1]) for x in xs]   # [N, H(, D)]
-  return jnp.stack(parts, axis=1).reshape(n * 3 * h, *xs[0].shape[:-1])
+  m = xp(*xs)
+  parts = [m.transpose(x).reshape(n, h, *x.shape[:-1]) for x in xs]   # [N, H(, D)]
+  return m.stack(parts, axis=1).reshape(n * 3 * h, *xs[0].shape[:-1])
 
 
 def _rules(cfg: ModelConfig) -> list[Rule]:

@@ -4,7 +4,8 @@
     grouped-query attention; torch `nn.Linear` weights [out, in].
 
 They differ only in config fields: Llama's optional `attention_bias`
-(q/k/v/o) and `mlp_bias` and the "llama3" RoPE scaling, Qwen2's q/k/v biases
+(q/k/v/o) and `mlp_bias`, RoPE scaling ("llama3", or "linear": positions
+divided by `factor`, as every inverse frequency is), Qwen2's q/k/v biases
 (no o_proj bias), Mistral's `sliding_window`, Qwen3's per-head q/k RMSNorm
 (`qk_norm`, before RoPE) and explicit `head_dim`. One rule builder serves all
 of them; it reads what to emit from the jaxslm config (biases, q/k norms,
@@ -84,8 +85,12 @@ def bias_fields(qkv: bool, o: bool, mlp: bool) -> dict:
   return dict(use_bias=mlp, qkv_bias=None if qkv == mlp else qkv, o_bias=None if o == mlp else o)
 
 
+# The RoPE types transformers' Llama-shaped models take (rope_type in config.json).
+LLAMA_ROPE = ("default", "linear", "llama3")
+
+
 def base_config(hf: dict, model_type: str, partial: bool = False,
-                kinds: tuple[str, ...] = ("default", "llama3"), **fields) -> ModelConfig:
+                kinds: tuple[str, ...] = LLAMA_ROPE, **fields) -> ModelConfig:
   """A Llama-shaped config; `partial`, `kinds` as for `rope_from_hf`."""
   act = hf.get("hidden_act", "silu")
   if act != "silu":

@@ -13,15 +13,18 @@ A rule ties one Hugging Face tensor to one or more jaxslm leaves:
 `{i}` is the layer index: the Hugging Face name becomes a regular
 expression (`{i}` -> `(\\d+)`) to match tensors in a file, and a format
 string to name them on export. `to_jax(x, cfg) -> tuple` (one array per
-jaxslm path) and `to_hf(xs, cfg) -> array` are inverses, written with
-`jax.numpy` so `jax.eval_shape` derives each tensor's expected Hugging Face
-shape from the jaxslm shapes: every tensor is checked before it is
-transformed, and a mismatch names the key and both shapes.
+jaxslm path) and `to_hf(xs, cfg) -> array` are inverses, written against
+`xp(x)`: numpy for host arrays (conversion runs on the host, tensor by
+tensor, with no device copies), `jax.numpy` for tracers, so `jax.eval_shape`
+derives each tensor's expected Hugging Face shape from the jaxslm shapes:
+every tensor is checked before it is transformed, and a mismatch names the
+key and both shapes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import re
@@ -30,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
@@ -54,6 +58,14 @@ class Rule:
     return re.compile(re.escape(self.hf).replace(re.escape("{i}"), r"(\d+)") + r"\Z")
 
 
+def xp(*xs):
+  """The array module for `xs`: numpy when every one is a host array (a
+  memory-mapped tensor, a restored leaf), jax.numpy otherwise (jax arrays,
+  and the tracers of `jax.eval_shape`). Rules written against it run on
+  the host without device copies and still derive shapes abstractly."""
+  return np if all(isinstance(x, np.ndarray) for x in xs) else jnp
+
+
 def _identity_to_jax(x, cfg):
   return (x,)
 
@@ -63,11 +75,11 @@ def _identity_to_hf(xs, cfg):
 
 
 def _transpose_to_jax(x, cfg):
-  return (jnp.transpose(x),)
+  return (xp(x).transpose(x),)
 
 
 def _transpose_to_hf(xs, cfg):
-  return jnp.transpose(xs[0])
+  return xp(*xs).transpose(xs[0])
 
 
 COPY = (_identity_to_jax, _identity_to_hf)           # same layout both sides
@@ -78,13 +90,15 @@ def split_columns(sizes: Callable[[ModelConfig], tuple[int, ...]], transpose: bo
   """A fused tensor whose last axis (columns; rows of a torch Linear when
   `transpose`) concatenates several jaxslm leaves of `sizes(cfg)` columns."""
   def to_jax(x, cfg):
-    x = jnp.transpose(x) if transpose else x
+    m = xp(x)
+    x = m.transpose(x) if transpose else x
     bounds = list(itertools.accumulate(sizes(cfg)))[:-1]
-    return tuple(jnp.split(x, bounds, axis=-1))
+    return tuple(m.split(x, bounds, axis=-1))
 
   def to_hf(xs, cfg):
-    x = jnp.concatenate(xs, axis=-1)
-    return jnp.transpose(x) if transpose else x
+    m = xp(*xs)
+    x = m.concatenate(xs, axis=-1)
+    return m.transpose(x) if transpose else x
   return to_jax, to_hf
 
 
@@ -169,9 +183,21 @@ def check_coverage(entries: list[Entry], cfg: ModelConfig, family: Family) -> No
                          f"without a rule {missing}, rule targets that do not exist {extra}.")
 
 
+def expected_hf(entry: Entry, cfg: ModelConfig, shapes: dict) -> jax.ShapeDtypeStruct:
+  """The shape and dtype `entry.rule.to_hf` gives for the jaxslm `shapes`."""
+  ins = tuple((tuple(shapes[p].shape), jnp.dtype(shapes[p].dtype)) for p in entry.jax)
+  return _eval_to_hf(entry.rule, cfg, ins)
+
+
+@functools.lru_cache(maxsize=1024)
+def _eval_to_hf(rule: Rule, cfg: ModelConfig, ins: tuple) -> jax.ShapeDtypeStruct:
+  # Cached: every layer's entry of a rule has the same shapes (one trace, not one per layer).
+  return jax.eval_shape(lambda *xs: rule.to_hf(xs, cfg),
+                        *[jax.ShapeDtypeStruct(s, d) for s, d in ins])
+
+
 def expected_hf_shape(entry: Entry, cfg: ModelConfig, shapes: dict) -> tuple[int, ...]:
-  out = jax.eval_shape(lambda *xs: entry.rule.to_hf(xs, cfg), *[shapes[p] for p in entry.jax])
-  return tuple(out.shape)
+  return tuple(expected_hf(entry, cfg, shapes).shape)
 
 
 def match_keys(keys, entries: list[Entry], cfg: ModelConfig, family: Family) -> dict:
