@@ -154,10 +154,11 @@ def run_agent(generate: Generate, questions: list[str], *,
 
 
 def model_generator(model, *, temperature: float = 0.0, seed: int = 0,
-                    **sample_kwargs) -> Generate:
+                    add_bos: bool | None = None, **sample_kwargs) -> Generate:
   """A `Generate` backed by `jaxslm.sample`; `model` is a path or `jaxslm.load(path)`.
 
-  A path is loaded once here rather than on every round. A prompt that fills
+  A path is loaded once here rather than on every round. Prompts start with BOS
+  where `add_bos` says (None: the tokenizer's `add_bos_default`). A prompt that fills
   the model's context gets None (the episode ends "context_full"). Round r samples
   with seed `seed + r`, so rounds at temperature > 0 draw fresh randomness
   while the whole run stays reproducible.
@@ -170,11 +171,12 @@ def model_generator(model, *, temperature: float = 0.0, seed: int = 0,
 
   def generate(prompts: list[str], stop: list[str], max_new_tokens: int) -> list[str | None]:
     r, rounds[0] = rounds[0], rounds[0] + 1
-    fits = [i for i, p in enumerate(prompts) if len(tok.encode(p)) < context]
+    fits = [i for i, p in enumerate(prompts) if len(tok.encode(p, add_bos=add_bos)) < context]
     out: list[str | None] = [None] * len(prompts)
     if fits:
       texts = jaxslm.sample(model, [prompts[i] for i in fits], max_new_tokens=max_new_tokens,
-                            temperature=temperature, stop=stop, seed=seed + r, **sample_kwargs)
+                            temperature=temperature, stop=stop, seed=seed + r, add_bos=add_bos,
+                            **sample_kwargs)
       for i, text in zip(fits, texts):
         out[i] = text
     return out

@@ -12,6 +12,12 @@ tokenizer's chat template renders it with the generation prompt appended, and
 special-token text in the rendered template ("<|im_start|>") becomes special ids.
 Generation stops at any of the tokenizer's EOS ids (`tokenizer.eos_ids`).
 
+BOS: `add_bos=None` (the default) starts a text prompt with BOS where the
+model's tokenizer says so (`tokenizer.add_bos_default`: True for models
+converted from Llama 3, Gemma or Mistral, whose Hugging Face tokenizers prepend
+it; False for GPT-2, Qwen, Phi-2 and models trained by jaxslm). A chat prompt
+gets BOS from its template, never twice; `add_bos=True` / False force it.
+
 `model` is a checkpoint path (loaded once and kept: later calls with the same
 path reuse it), the `Loaded` that `jaxslm.load` returns, or a tuple
 (model_cfg, params, tokenizer). Compiled functions are cached by JAX across
@@ -57,7 +63,8 @@ def sample(model, prompt: str | Sequence, *, max_new_tokens: int = 128,
            temperature=0.0, top_k: int | None = None, top_p: float = 1.0, min_p: float = 0.0,
            n: int = 1, seed=0, stop: str | Sequence[str] | None = None,
            stop_at_eos: bool = True, calculator: bool = False, truncate: bool = False,
-           add_bos: bool = False, chat: bool = False, return_result: bool = False, **kwargs):
+           add_bos: bool | None = None, chat: bool = False, return_result: bool = False,
+           **kwargs):
   """Continue `prompt` (a str or a list of str), or with `chat=True` answer a
   conversation (a list of {"role", "content"} dicts) or a list of them.
 
@@ -72,8 +79,8 @@ def sample(model, prompt: str | Sequence, *, max_new_tokens: int = 128,
   """
   loaded = resolve_model(model)
   tok = loaded.tokenizer
-  single, ids = (_chat_ids(tok, prompt, add_bos) if chat
-                 else _text_ids(tok, prompt, add_bos))
+  single, ids = (_chat_ids(tok, prompt, bool(add_bos)) if chat   # templates write BOS
+                 else _text_ids(tok, prompt, tok.resolve_add_bos(add_bos)))
   stops = [stop] if isinstance(stop, str) else list(stop or ())
   stop_ids = list(kwargs.pop("stop_token_ids", ()))
   if stop_at_eos:

@@ -5,10 +5,15 @@
   python launch/convert.py jax2hf --checkpoint runs/sft --out exports/sft   # LoRA merged
 
 hf2jax reads a directory saved with `save_pretrained` (config.json,
-model.safetensors or shards + index, tokenizer.json); supported model types:
-gpt2, gpt_neox, llama, mistral, qwen2. jax2hf takes anything `jaxslm.load` opens and
+model.safetensors or shards + index, tokenizer.json or a SentencePiece
+tokenizer.model); supported model types (`jaxslm.convert.supported_model_types()`):
+gemma3 (and gemma3_text, or the text model of a multimodal Gemma 3), gpt2,
+gpt_neox, llama, mistral, phi (Phi-2), phi3 (Phi-3 / Phi-4), qwen2, qwen3.
+The tokenizer keeps whether transformers prepends BOS to plain text
+(`add_bos_default`: Llama 3, Gemma, Mistral do), and `jaxslm.sample`, evaluation
+and fine-tuning follow it. jax2hf takes anything `jaxslm.load` opens and
 writes config.json, safetensors and the tokenizer files that transformers
-loads as is. Exit codes: 0 ok, 2 bad input.
+loads as is (BOS behaviour included). Exit codes: 0 ok, 2 bad input.
 """
 
 from __future__ import annotations

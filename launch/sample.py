@@ -8,7 +8,9 @@ Answer:"
 
 --checkpoint takes a run's workdir (latest step), its checkpoints/ dir or one
 step's directory. With one prompt and --n 1 the text streams; otherwise every
-completion is printed when all are done. Exit codes: 0 ok, 2 bad input.
+completion is printed when all are done. The prompt starts with BOS where the
+model's tokenizer says so (models converted from Llama 3, Gemma or Mistral;
+--add-bos true/false forces it). Exit codes: 0 ok, 2 bad input.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def parse(argv):
   ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
   ap.add_argument("--calculator", action="store_true", help="fill in <<expr= with its value")
   ap.add_argument("--truncate", action="store_true", help="keep a long prompt's last tokens")
+  ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
+                  help="BOS before the prompt; auto: the tokenizer's add_bos_default (true "
+                       "for models converted from Llama 3 / Gemma / Mistral)")
   return ap.parse_args(argv)
 
 
@@ -44,7 +49,8 @@ def main(argv: list[str]) -> int:
     model = jaxslm.load(args.checkpoint)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, min_p=args.min_p, n=args.n, seed=args.seed, stop=args.stop,
-              calculator=args.calculator, truncate=args.truncate)
+              calculator=args.calculator, truncate=args.truncate,
+              add_bos={"auto": None, "true": True, "false": False}[args.add_bos])
     if len(args.prompt) == 1 and args.n == 1:
       stream = TextStream(model.tokenizer, args.stop, skip_ids=[model.tokenizer.eos_id])
       print(args.prompt[0], end="", flush=True)

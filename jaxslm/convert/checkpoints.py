@@ -5,7 +5,8 @@
     jaxslm_to_hf("runs/smol", "exports/smol")     # transformers.AutoModelForCausalLM loads it
 
 A converted checkpoint is self-contained: params, the `ModelConfig`, the
-tokenizer spec (a tokenizer.json is embedded, chat template included) and
+tokenizer spec (a tokenizer.json is embedded, chat template included, with
+`add_bos_default`: whether transformers prepends BOS to plain text) and
 meta["hf"] = {"model_type", "config"} (the original config.json, so an export
 keeps fields jaxslm does not model, such as token ids). A checkpoint without
 meta["hf"] (trained in jaxslm) exports as the first family whose config.json
@@ -31,6 +32,7 @@ from jaxslm.convert.table import (FAMILIES, Entry, Family, check_coverage, check
                                   match_keys, nbytes)
 from jaxslm.errors import UserError
 from jaxslm.lora import nest_paths
+from jaxslm.tokenizers import hf_bos
 from jaxslm.models import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -261,10 +263,13 @@ def _tokenizer(hf_dir: str, tokenizer) -> tokenizers.Tokenizer:
     return tokenizers.HFTokenizer.from_dir(hf_dir)
   sp_model = os.path.join(hf_dir, "tokenizer.model")
   if os.path.isfile(sp_model):   # SentencePiece only (older Gemma / Llama 2 repos)
-    import warnings
     warnings.warn(f"{hf_dir!r} has tokenizer.model but no tokenizer.json: using the "
                   "SentencePiece model; its chat template (if any) is not carried over.",
                   stacklevel=3)
-    return tokenizers.get_tokenizer(sp_model)
+    tok = tokenizers.SentencePieceTokenizer.from_file(sp_model)
+    tcfg = files.read_json(os.path.join(hf_dir, "tokenizer_config.json")) or {}
+    if hf_bos.adds_bos(None, tcfg, tok.bos_id):   # transformers' add_bos_token, as it reads it
+      tok = tokenizers.SentencePieceTokenizer(tok.model_proto, name=tok.name, add_bos_default=True)
+    return tok
   raise UserError(f"{hf_dir!r} has no tokenizer.json or tokenizer.model; pass tokenizer=... "
                   "(a tokenizer.json path, 'gpt2', or a SentencePiece '.model' file).")

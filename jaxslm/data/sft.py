@@ -247,7 +247,7 @@ class Encoded(list):
 
 
 def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: bool = True,
-           add_bos: bool = False, mask_prompt: bool = True,
+           add_bos: bool | None = None, mask_prompt: bool = True,
            truncate: bool = False) -> tuple[Encoded, int]:
   """(encoded, number dropped): token ids and loss masks (see the module docstring
   for the boundary and the mask), and how many examples were left out.
@@ -256,6 +256,8 @@ def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: 
   index listed in `encoded.dropped`, or with `truncate=True` cut to its first
   `max_len` tokens (listed in `.truncated`; it loses its EOS). A cut example
   left with no token to learn (the prompt alone fills max_len) is dropped.
+  `add_bos=None` starts each prompt with BOS where the tokenizer's
+  `add_bos_default` says so, as evaluation and sampling encode prompts.
   """
   if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 2:
     raise UserError(f"max_len={max_len!r} must be an integer >= 2 (a prompt token and a "

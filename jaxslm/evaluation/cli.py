@@ -65,6 +65,9 @@ def parse(argv):
   ap.add_argument("--extractors", default=",".join(extract.EXTRACTORS))
   ap.add_argument("--calculator", action="store_true", help="the sampler's <<expr= hook")
   ap.add_argument("--agent-max-steps", type=int, default=8)
+  ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
+                  help="BOS before each prompt; auto: the tokenizer's add_bos_default (true "
+                       "for models converted from Llama 3 / Gemma / Mistral)")
   ap.add_argument("--no-perplexity", action="store_true")
   ap.add_argument("--no-rouge", action="store_true")
   ap.add_argument("--similarity-model", default="auto",
@@ -119,7 +122,8 @@ def _options(args) -> EvalOptions:
       seed=args.sample_seed, pass_k=ks, extractors=extractors, calculator=args.calculator,
       rouge=not args.no_rouge, perplexity=not args.no_perplexity,
       similarity=args.similarity_model,
-      agent_max_steps=args.agent_max_steps)
+      agent_max_steps=args.agent_max_steps,
+      add_bos={"auto": None, "true": True, "false": False}[args.add_bos])
 
 
 def _load_problems(args, log):

@@ -78,6 +78,8 @@ class EvalOptions:
                                       # installed; launch/eval.py's default), a path or hub
                                       # name; None/"off": skip (training-time evals)
   agent_max_steps: int = 8
+  add_bos: bool | None = None         # BOS before each prompt; None: the tokenizer's default
+                                      # (`add_bos_default`: True for Llama 3 / Gemma / Mistral)
 
 
 @dataclasses.dataclass
@@ -155,7 +157,7 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
   """Completions for every prompt (n each) in batches; returns (samples, info)."""
   from jaxslm.sampling.generate import generate
   tok, cfg = loaded.tokenizer, loaded.model_cfg
-  ids = [tok.encode(p) for p in prompts]
+  ids = [tok.encode(p, add_bos=opts.add_bos) for p in prompts]
   budget = cfg.max_seq_len - opts.max_new_tokens
   truncated = sum(len(x) > budget for x in ids)
   order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
@@ -205,7 +207,7 @@ def _agent_all(loaded, problems, opts: EvalOptions, log):
   from jaxslm.agent import AgentFormat, model_generator, run_agent
   from jaxslm.tools import calculator
   base = model_generator(loaded, temperature=opts.temperature, seed=opts.seed,
-                         top_p=opts.top_p)
+                         top_p=opts.top_p, add_bos=opts.add_bos)
   tok = loaded.tokenizer
   counts = Counter()
 
@@ -382,7 +384,8 @@ def _add_text_metrics(loaded, problems, records, summary, tmpl, opts, log) -> No
     summary["rouge1"] = _accuracy(scores, binary=False)
   if opts.perplexity:
     log("  perplexity of the reference solutions")
-    ppl = perplexity(loaded, refs, [tmpl.prompt(p.question) for p in problems])
+    ppl = perplexity(loaded, refs, [tmpl.prompt(p.question) for p in problems],
+                     add_bos=opts.add_bos)
     for r, e in zip(records, ppl.pop("per_example")):
       r["ref_nll"], r["ref_tokens"] = e["nll"], e["tokens"]
     summary["perplexity"] = ppl

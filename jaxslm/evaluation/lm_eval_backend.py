@@ -134,9 +134,10 @@ class JaxslmLM(TemplateLM):
   Model args: checkpoint (path; or model= a `jaxslm.load` result from Python),
   dtype (float32 | bfloat16 | float16; default: the checkpoint's compute dtype),
   batch_size (int, or "auto" = 32), max_length (default: the model's context),
-  max_gen_toks (default 256), add_bos_token (default: true when the tokenizer
-  has a BOS distinct from EOS, as Llama/Mistral/Gemma tokenizers add it and
-  GPT-2/Qwen/Phi-2 ones do not), seed (sampling seed for do_sample requests),
+  max_gen_toks (default 256), add_bos_token (default: the tokenizer's
+  `add_bos_default`, true for models converted from Hugging Face tokenizers
+  that prepend BOS, as Llama 3/Mistral/Gemma ones do and GPT-2/Qwen/Phi-2 ones
+  do not; false for jaxslm's own), seed (sampling seed for do_sample requests),
   share_prefixes (default true: a batch whose requests share contexts, such as a
   multiple-choice question's choices, runs each context once through a KV cache).
   """
@@ -171,11 +172,10 @@ class JaxslmLM(TemplateLM):
       raise UserError(f"max_length={self._max_length} exceeds the model's context "
                       f"{cfg.max_seq_len}; leave it unset or lower it.")
     self._max_gen_toks = _parse_int("max_gen_toks", max_gen_toks)
-    bos, eos = self.tok.bos_id, self.tok.eos_id
-    default_bos = bos is not None and bos != eos
+    bos = self.tok.bos_id
     self.add_bos_token = _parse_bool("add_bos_token", add_bos_token)
     if self.add_bos_token is None:
-      self.add_bos_token = default_bos
+      self.add_bos_token = bool(getattr(self.tok, "add_bos_default", False))
     if self.add_bos_token and bos is None:
       raise UserError(f"add_bos_token=true but tokenizer {self.tok.name!r} has no BOS token.")
     self.seed = _parse_int("seed", seed, 0)

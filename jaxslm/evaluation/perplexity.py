@@ -91,9 +91,13 @@ def token_nll(model_cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
   return out, truncated
 
 
-def perplexity(model, targets: Sequence[str], contexts: Sequence[str] | None = None,
-               **kwargs) -> dict:
+def perplexity(model, targets: Sequence[str], contexts: Sequence[str] | None = None, *,
+               add_bos: bool | None = None, **kwargs) -> dict:
   """Perplexity of `targets` (strings) given `contexts` (strings or None = no context).
+
+  A context starts with BOS when `add_bos` says so (None: the tokenizer's
+  `add_bos_default`), as a prompt does when sampling; an empty context is BOS
+  alone where the tokenizer has one.
 
   `model` is a checkpoint path, `jaxslm.load(...)` or (model_cfg, params, tokenizer).
   Returns {"ppl", "nll_per_token", "tokens", "texts", "truncated", "per_example":
@@ -106,7 +110,8 @@ def perplexity(model, targets: Sequence[str], contexts: Sequence[str] | None = N
   if not targets:
     raise UserError("perplexity: no texts to score; give at least one target string.")
   contexts = [""] * len(targets) if contexts is None else list(contexts)
-  ctx_ids = [tok.encode(c) if c else ([tok.bos_id] if tok.bos_id is not None else [])
+  ctx_ids = [tok.encode(c, add_bos=add_bos) if c
+             else ([tok.bos_id] if tok.bos_id is not None else [])
              for c in contexts]
   tgt_ids = [tok.encode(t) for t in targets]
   for i, t in enumerate(tgt_ids):

@@ -16,9 +16,14 @@ which `encode_chat` uses for the rendered template (trusted text). Special ids a
 otherwise added only through `add_bos` / `add_eos`. A tokenizer pickles through
 its spec.
 
+`tok.add_bos_default` says whether prompts start with BOS (`encode(text,
+add_bos=None)`, `jaxslm.sample`, evaluation, fine-tuning): a Hugging Face
+tokenizer read from its files says what transformers' `tokenizer(text)` does
+(True for Llama 3, Gemma, Mistral), jaxslm's own tokenizers say False.
+
 Modules: `base` (the interface), `tiktoken_tok`, `sentencepiece_tok`, `hf`
-(tokenizer.json), `chat` (Jinja chat templates), `factory` (`get_tokenizer`,
-`from_spec`).
+(tokenizer.json), `hf_bos` (BOS as transformers decides it), `chat` (Jinja chat
+templates), `factory` (`get_tokenizer`, `from_spec`).
 """
 from __future__ import annotations
 

@@ -18,6 +18,13 @@ class Tokenizer(abc.ABC):
     that also end a generation (e.g. Llama 3 instruct's <|eot_id|> beside
     <|end_of_text|>); `eos_ids` is all of them. `chat_template` is a Jinja chat
     template (Hugging Face style) or None.
+
+    `add_bos_default` says whether text prompts of this tokenizer's model start
+    with BOS: True where the Hugging Face tokenizer it was converted from prepends
+    BOS when encoding plain text (Llama 3, Gemma, Mistral), False otherwise (GPT-2,
+    Qwen, Phi-2, and jaxslm's own tokenizers, whose models are trained without
+    BOS). `encode(text, add_bos=None)` follows it; `add_bos=False` stays the
+    default of `encode` (training data is encoded as written).
     """
 
     name: str
@@ -28,6 +35,7 @@ class Tokenizer(abc.ABC):
     special_tokens: dict[str, int]
     extra_eos_ids: tuple[int, ...] = ()
     chat_template: str | None = None
+    add_bos_default: bool = False
 
     @abc.abstractmethod
     def _encode(self, text: str) -> list[int]: ...
@@ -53,10 +61,12 @@ class Tokenizer(abc.ABC):
         """Every id that ends a generation: `eos_id` first, then `extra_eos_ids`."""
         return (self.eos_id, *(i for i in self.extra_eos_ids if i != self.eos_id))
 
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False,
+    def encode(self, text: str, *, add_bos: bool | None = False, add_eos: bool = False,
                allow_special: bool = False) -> list[int]:
         """Token ids of `text`. Special-token text stays plain text unless
-        `allow_special=True` (for trusted text such as a rendered chat template)."""
+        `allow_special=True` (for trusted text such as a rendered chat template).
+        `add_bos=None` means `add_bos_default`; BOS is never added to text that
+        already starts with it (a chat template that writes BOS itself)."""
         if not isinstance(text, str):
             raise TypeError(
                 f"{self.name}.encode expects a str, got {type(text).__name__}; "
@@ -65,7 +75,11 @@ class Tokenizer(abc.ABC):
         ids = self._encode_special(text) if allow_special else self._encode(text)
         return self._add_specials(ids, add_bos, add_eos)
 
-    def encode_batch(self, texts: Sequence[str], *, add_bos: bool = False,
+    def resolve_add_bos(self, add_bos: bool | None) -> bool:
+        """`add_bos`, or `add_bos_default` for None: whether a prompt gets BOS."""
+        return self.add_bos_default if add_bos is None else bool(add_bos)
+
+    def encode_batch(self, texts: Sequence[str], *, add_bos: bool | None = False,
                      add_eos: bool = False, allow_special: bool = False) -> list[list[int]]:
         if isinstance(texts, str):
             raise TypeError(
@@ -134,21 +148,33 @@ class Tokenizer(abc.ABC):
                     **variables: Any) -> list[int]:
         """`render_chat`, then `encode` with special-token text mapped to special
         ids, as transformers' `apply_chat_template(..., tokenize=True)`. Templates
-        write BOS themselves where the model wants it, so `add_bos` is off."""
+        write BOS themselves where the model wants it, so `add_bos` is off (and
+        `add_bos=True` does not add a second BOS after a template's own)."""
         text = self.render_chat(messages, add_generation_prompt=add_generation_prompt,
                                 **variables)
         return self.encode(text, add_bos=add_bos, allow_special=True)
 
     # ------------------------------------------------------------- helpers
 
-    def _add_specials(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
-        if add_bos:
+    def _set_add_bos_default(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise UserError(f"add_bos_default={value!r}: expected True or False.")
+        if value and self.bos_id is None:
+            raise UserError(
+                f"add_bos_default=True but tokenizer {self.name!r} has no BOS token (bos_id is "
+                "None); give its bos_id (a bos_token in tokenizer_config.json) or leave "
+                "add_bos_default False.")
+        self.add_bos_default = value
+
+    def _add_specials(self, ids: list[int], add_bos: bool | None, add_eos: bool) -> list[int]:
+        if self.resolve_add_bos(add_bos):
             if self.bos_id is None:
                 raise UserError(
                     f"tokenizer {self.name!r} has no BOS token (bos_id is None); pass "
                     "add_bos=False (GPT-2 style models separate documents with add_eos=True)."
                 )
-            ids = [self.bos_id, *ids]
+            if ids[:1] != [self.bos_id]:  # never twice (a template may have written it)
+                ids = [self.bos_id, *ids]
         if add_eos:
             ids = [*ids, self.eos_id]
         return ids

@@ -36,7 +36,8 @@ def get_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
 
 
 def from_spec(spec: Mapping[str, Any]) -> Tokenizer:
-    """Rebuilds a tokenizer from `Tokenizer.spec()` (e.g. as stored in a checkpoint)."""
+    """Rebuilds a tokenizer from `Tokenizer.spec()` (e.g. as stored in a checkpoint).
+    A spec without "add_bos_default" (written before it existed) means False."""
     if not isinstance(spec, Mapping):
         raise TypeError(f"from_spec expects a Tokenizer.spec() dict, got {type(spec).__name__}.")
     kind = spec.get("kind")
@@ -45,12 +46,14 @@ def from_spec(spec: Mapping[str, Any]) -> Tokenizer:
             tok: Tokenizer = TiktokenTokenizer(spec["name"])
         elif kind == "sentencepiece":
             proto = base64.b64decode(spec["model_proto_b64"])
-            tok = SentencePieceTokenizer(proto, name=spec.get("name"))
+            tok = SentencePieceTokenizer(proto, name=spec.get("name"),
+                                         add_bos_default=bool(spec.get("add_bos_default")))
         elif kind == "hf":
             tok = HFTokenizer(spec["tokenizer_json"], eos_id=spec["eos_id"],
                               bos_id=spec.get("bos_id"), pad_id=spec.get("pad_id"),
                               chat_template=spec.get("chat_template"), name=spec.get("name"),
-                              extra_eos_ids=spec.get("extra_eos_ids") or ())
+                              extra_eos_ids=spec.get("extra_eos_ids") or (),
+                              add_bos_default=bool(spec.get("add_bos_default")))
         else:
             raise UserError(f"Unknown tokenizer spec kind {kind!r}; expected 'tiktoken', "
                              "'sentencepiece' or 'hf'.")

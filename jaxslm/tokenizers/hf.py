@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxslm.errors import UserError
+from jaxslm.tokenizers import hf_bos
 from jaxslm.tokenizers.base import SPEC_VERSION, Tokenizer
 
 
@@ -25,12 +26,14 @@ def _as_ids(value) -> list[int]:
 class HFTokenizer(Tokenizer):
     """A Hugging Face `tokenizer.json`, held as its JSON text so `spec()` is
     self-contained. `chat_template` (Jinja) is kept as given, for chat formatting;
-    `extra_eos_ids` are further ids that end a generation besides `eos_id`."""
+    `extra_eos_ids` are further ids that end a generation besides `eos_id`;
+    `add_bos_default` is whether prompts get BOS (`from_dir` reads it from the
+    files as transformers does; see `jaxslm.tokenizers.hf_bos`)."""
 
     def __init__(self, tokenizer_json: str, *, eos_id: int | None = None,
                  bos_id: int | None = None, pad_id: int | None = None,
                  chat_template: str | None = None, name: str | None = None,
-                 extra_eos_ids: Sequence[int] = ()):
+                 extra_eos_ids: Sequence[int] = (), add_bos_default: bool = False):
         import tokenizers as hf_tokenizers  # the Hugging Face library, not this package
 
         try:
@@ -62,12 +65,15 @@ class HFTokenizer(Tokenizer):
                             f"{type(chat_template).__name__}.")
         self.chat_template = chat_template
         self.name = name or f"hf-{type(tok.model).__name__.lower()}-{self.vocab_size}"
+        self._set_add_bos_default(add_bos_default)
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, *, name: str | None = None) -> "HFTokenizer":
         """tokenizer.json, with special ids and the chat template from
         tokenizer_config.json (or chat_template.jinja), config.json and
-        generation_config.json. Every EOS id these list ends a generation."""
+        generation_config.json. Every EOS id these list ends a generation.
+        `add_bos_default` is what transformers' AutoTokenizer does with these
+        files: BOS where `tokenizer(text)` prepends it."""
         directory = os.fspath(directory)
         path = os.path.join(directory, "tokenizer.json")
         if not os.path.isfile(path):
@@ -97,12 +103,13 @@ class HFTokenizer(Tokenizer):
                 return vocab[token]
             ids = _as_ids(mcfg.get(f"{kind}_token_id")) or _as_ids(gcfg.get(f"{kind}_token_id"))
             return ids[0] if ids else None
-        eos_id = special("eos")
+        eos_id, bos_id = special("eos"), special("bos")
         extra = [i for cfg in (mcfg, gcfg) for i in _as_ids(cfg.get("eos_token_id"))
                  if i != eos_id and 0 <= i < len(vocab)]
-        return cls(text, eos_id=eos_id, bos_id=special("bos"), pad_id=special("pad"),
+        add_bos = hf_bos.adds_bos(text, tcfg, bos_id, where=directory)
+        return cls(text, eos_id=eos_id, bos_id=bos_id, pad_id=special("pad"),
                    chat_template=template if isinstance(template, str) else None,
-                   extra_eos_ids=extra,
+                   extra_eos_ids=extra, add_bos_default=add_bos,
                    name=name or os.path.basename(os.path.abspath(directory)) or None)
 
     def token_text(self, i: int | None) -> str | None:
@@ -110,14 +117,17 @@ class HFTokenizer(Tokenizer):
 
     def save(self, directory: str | os.PathLike) -> list[str]:
         """Writes tokenizer.json and a tokenizer_config.json that transformers'
-        AutoTokenizer reads (special tokens, chat template)."""
+        AutoTokenizer reads (special tokens, chat template, and BOS before plain
+        text exactly when `add_bos_default`: the tokenizer.json post-processor is
+        adjusted where it says otherwise)."""
         directory = os.fspath(directory)
+        bos_text = self.token_text(self.bos_id)
         with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
-            f.write(self._json)
+            f.write(hf_bos.with_bos(self._json, bos_text, self.bos_id, self.add_bos_default))
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast",
                "clean_up_tokenization_spaces": False,
-               "eos_token": self.token_text(self.eos_id), "bos_token": self.token_text(self.bos_id),
-               "pad_token": self.token_text(self.pad_id)}
+               "eos_token": self.token_text(self.eos_id), "bos_token": bos_text,
+               "pad_token": self.token_text(self.pad_id), "add_bos_token": self.add_bos_default}
         if self.chat_template is not None:
             cfg["chat_template"] = self.chat_template
         with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
@@ -144,4 +154,5 @@ class HFTokenizer(Tokenizer):
         return {"kind": "hf", "version": SPEC_VERSION, "name": self.name,
                 "vocab_size": self.vocab_size, "tokenizer_json": self._json,
                 "eos_id": self.eos_id, "bos_id": self.bos_id, "pad_id": self.pad_id,
-                "extra_eos_ids": list(self.extra_eos_ids), "chat_template": self.chat_template}
+                "extra_eos_ids": list(self.extra_eos_ids), "chat_template": self.chat_template,
+                **({"add_bos_default": True} if self.add_bos_default else {})}

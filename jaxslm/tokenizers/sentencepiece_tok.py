@@ -35,9 +35,13 @@ def _sp_model_type(model_proto: bytes) -> str | None:
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """A SentencePiece model, held as its serialized proto so `spec()` is self-contained."""
+    """A SentencePiece model, held as its serialized proto so `spec()` is self-contained.
+    `add_bos_default`: whether prompts get BOS (False for models trained by jaxslm;
+    a converted Hugging Face tokenizer.model takes `add_bos_token` from its
+    tokenizer_config.json)."""
 
-    def __init__(self, model_proto: bytes, *, name: str | None = None):
+    def __init__(self, model_proto: bytes, *, name: str | None = None,
+                 add_bos_default: bool = False):
         import sentencepiece as spm
 
         if not isinstance(model_proto, (bytes, bytearray)):
@@ -63,9 +67,11 @@ class SentencePieceTokenizer(Tokenizer):
                                if sp.is_control(i) or sp.is_unknown(i)}
         kind = _sp_model_type(self._model_proto)
         self.name = name or "-".join(["sentencepiece", *[kind] * bool(kind), str(self.vocab_size)])
+        self._set_add_bos_default(add_bos_default)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, *, name: str | None = None):
+    def from_file(cls, path: str | os.PathLike, *, name: str | None = None,
+                  add_bos_default: bool = False):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -73,7 +79,7 @@ class SentencePieceTokenizer(Tokenizer):
                 "'.model' file, or train one with jaxslm.tokenizers.train_sentencepiece."
             )
         with open(path, "rb") as f:
-            return cls(f.read(), name=name)
+            return cls(f.read(), name=name, add_bos_default=add_bos_default)
 
     @property
     def model_proto(self) -> bytes:
@@ -100,6 +106,7 @@ class SentencePieceTokenizer(Tokenizer):
             "name": self.name,
             "vocab_size": self.vocab_size,
             "model_proto_b64": base64.b64encode(self._model_proto).decode("ascii"),
+            **({"add_bos_default": True} if self.add_bos_default else {}),
         }
 
 

@@ -64,9 +64,10 @@ def load_problems(data, *, heldout: bool, limit: int) -> tuple[list[tuple[str, s
 
 
 def encode_pool(problems, tok, template, *, budget: int, too_long: str, source: str,
-                add_bos: bool = False) -> PromptPool:
+                add_bos: bool | None = None) -> PromptPool:
   """Prompts as ids; one longer than `budget` tokens is cut to its last `budget`
-  tokens and counted ("truncate") or refused with its index ("refuse")."""
+  tokens and counted ("truncate") or refused with its index ("refuse").
+  `add_bos=None`: BOS first where the tokenizer's `add_bos_default` says so."""
   if too_long not in TOO_LONG:
     raise UserError(f"data.too_long={too_long!r}; valid values: {', '.join(TOO_LONG)}.")
   if budget < 1:
