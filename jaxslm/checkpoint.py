@@ -10,6 +10,11 @@ Layout: `<workdir>/checkpoints/<step>/` with items
 Orbax writes each step into a temporary directory and renames it into place
 when complete, so a process killed mid-save (or a full disk) leaves the
 previous checkpoints intact; unfinished temporaries are ignored.
+
+Paths may be `gs://bucket/...` URLs (`jaxslm.paths`): TensorStore writes the
+arrays there itself, and as an object store has no rename, Orbax writes each
+step in place and marks it finished with a `commit_success.txt` file; a step
+without one (a save cut short) is ignored the same way.
 """
 
 from __future__ import annotations
@@ -20,21 +25,24 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxslm import paths
+
 ITEMS = ("params", "opt_state", "meta")
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return paths.join(paths.resolve(workdir), "checkpoints")
 
 
 class Checkpointer:
   """Save every N steps (async), keep the last K, restore exactly."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self.manager = ocp.CheckpointManager(_orbax_path(self.directory), options=options,
+                                         item_names=ITEMS)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -74,49 +82,72 @@ def abstract_like(tree, shardings=None):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _orbax_path(path: str):
+  """What Orbax is given: a URL as an `epath.Path` (so gs:// reaches TensorStore
+  and gcsfs), a local path as it is."""
+  if paths.is_remote(path):
+    from etils import epath
+    return epath.Path(path)
+  return path
+
+
+def _is_step_dir(path: str) -> bool:
+  return (paths.isdir(paths.join(path, "params")) and paths.isdir(paths.join(path, "meta"))
+          and paths.finished(path))
+
+
 def resolve_step_dir(path: str) -> str:
   """A step directory from a run's workdir, its checkpoints/ dir, or a step dir."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
+  path = paths.resolve(path)
+  if not paths.isdir(path):
     raise FileNotFoundError(f"Checkpoint path {path!r} does not exist.")
-  if os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "meta")):
+  if _is_step_dir(path):
     return path
-  for base in (os.path.join(path, "checkpoints"), path):
-    if os.path.isdir(base):
-      steps = [int(d) for d in os.listdir(base) if d.isdigit()
-               and os.path.isdir(os.path.join(base, d, "meta"))]
+  for base in (paths.join(path, "checkpoints"), path):
+    if paths.isdir(base):
+      steps = [int(d) for d in paths.listdir(base) if d.isdigit()
+               and paths.isdir(paths.join(base, d, "meta"))
+               and paths.finished(paths.join(base, d))]
       if steps:
-        return os.path.join(base, str(max(steps)))
+        return paths.join(base, str(max(steps)))
   raise FileNotFoundError(
       f"No checkpoint found under {path!r}: expected a run's workdir (with checkpoints/<step>/), "
       f"a checkpoints/ directory, or one step's directory (with params/ and meta/).")
 
 
 def read_step_meta(step_dir: str) -> dict[str, Any]:
-  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "meta"))
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+      _orbax_path(paths.join(step_dir, "meta")))
 
 
 def read_step_params(step_dir: str, abstract_params=None):
   ckptr = ocp.StandardCheckpointer()
-  return ckptr.restore(os.path.join(step_dir, "params"), abstract_params)
+  return ckptr.restore(_orbax_path(paths.join(step_dir, "params")), abstract_params)
 
 
 def save_params(directory: str, params, meta: dict[str, Any]) -> str:
   """Write a params-only checkpoint (no optimizer state): `directory/params`
   and `directory/meta`, the layout `jaxslm.load` reads (a converted model,
-  an export for sampling). Written to a temporary sibling and renamed into
-  place, so an interrupted write never leaves a half checkpoint behind.
-  Refuses to overwrite an existing directory. Only the calling process writes:
-  pass host (numpy) arrays, or arrays on this process's devices.
+  an export for sampling). Locally it is written to a temporary sibling and
+  renamed into place, so an interrupted write never leaves a half checkpoint
+  behind. On an object store (gs://) it is written in place, each item
+  finished by Orbax's commit file: `resolve_step_dir` ignores it until both
+  are there (a killed process leaves an unfinished directory, to be removed
+  before writing it again). Refuses to overwrite an existing directory. Only the calling
+  process writes: pass host (numpy) arrays, or arrays on this process's devices.
   """
-  import shutil
-  import tempfile
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory):
+  directory = paths.resolve(directory)
+  if paths.exists(directory):
     raise FileExistsError(f"{directory!r} already exists; choose a new directory or remove it.")
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+  remote = paths.is_remote(directory)
+  if remote:
+    tmp = directory
+    paths.makedirs(directory)
+  else:
+    import tempfile
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
   try:
     # This process alone writes (in a multi-process run, the caller is process 0
     # with host arrays); by default Orbax would wait for every process.
@@ -125,12 +156,13 @@ def save_params(directory: str, params, meta: dict[str, Any]) -> str:
     if jax.process_count() > 1:   # Orbax will not write one process's device arrays
       params = jax.device_get(params)
     ckptr = ocp.StandardCheckpointer(multiprocessing_options=one)
-    ckptr.save(os.path.join(tmp, "params"), params)
+    ckptr.save(_orbax_path(paths.join(tmp, "params")), params)
     ckptr.wait_until_finished()
     ocp.Checkpointer(ocp.JsonCheckpointHandler(multiprocessing_options=one),
-                     multiprocessing_options=one).save(os.path.join(tmp, "meta"), meta)
-    os.replace(tmp, directory)
+                     multiprocessing_options=one).save(_orbax_path(paths.join(tmp, "meta")), meta)
+    if not remote:
+      os.replace(tmp, directory)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    paths.rmtree(tmp)
     raise
   return directory

@@ -261,7 +261,9 @@ def finetune_config(method: str = "lora") -> ConfigDict:
       warmup_steps=20, decay_steps=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
       grad_clip=1.0, log_every=10, eval_every=100, checkpoint_every=100, keep_checkpoints=2,
   ))
-  c.mesh = ConfigDict(dict(data=-1))   # data parallel over every device (-1: all)
+  # Data parallel over every device (-1: all); fsdp > 1 also splits the base, the
+  # trainable tree and the optimizer state over that many devices.
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1))
   c.eval = ConfigDict(dict(
       problems=100,           # GSM8K test problems for exact match at each evaluation (0: off)
       split="test", path="", seed=1234, max_new_tokens=256, batch_size=32, rouge=True,
@@ -308,7 +310,7 @@ def grpo_config(method: str = "lora") -> ConfigDict:
       seed=0, steps=200, lr=5e-6, min_lr=0.0, warmup_ratio=0.1, b1=0.9, b2=0.99, eps=1e-8,
       weight_decay=0.1, grad_clip=1.0, log_every=1, checkpoint_every=50, keep_checkpoints=2))
   c.eval = ConfigDict(dict(problems=200, every=50, max_new_tokens=256, batch_size=64))
-  c.mesh = ConfigDict(dict(data=-1))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1))   # as in fine-tuning
   return c
 
 

@@ -13,13 +13,13 @@ Re-exported by `jaxslm.lora`.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxslm import paths
 from jaxslm.errors import UserError
 from jaxslm.lora import (FORMAT, LoraWeight, _append, _list_paths, flatten_paths, nest_paths,
                          is_quantized, map_with_paths, strip)
@@ -66,8 +66,8 @@ def save_adapters(directory: str, params, meta: dict | None = None) -> str:
 def read_adapter_meta(directory: str) -> dict:
   """The meta `save_adapters` wrote (yours plus the "lora" record)."""
   from jaxslm import checkpoint
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(os.path.join(directory, "meta")):
+  directory = paths.resolve(directory)
+  if not paths.isdir(paths.join(directory, "meta")):
     raise UserError(f"{directory!r} is not an adapter directory (no meta/); pass a directory "
                     f"written by lora.save_adapters.")
   meta = checkpoint.read_step_meta(directory)
@@ -108,7 +108,7 @@ def load_adapters(directory: str, base_params, *, strict: bool = False):
     for i, (r, dt) in enumerate(zip(info["ranks"], info["dtypes"])):
       abstract[f"{p}/a{i}"] = jax.ShapeDtypeStruct((d_in, r), jnp.dtype(dt))
       abstract[f"{p}/b{i}"] = jax.ShapeDtypeStruct((r, d_out), jnp.dtype(dt))
-  arrays = flatten_paths(checkpoint.read_step_params(os.path.abspath(directory),
+  arrays = flatten_paths(checkpoint.read_step_params(paths.resolve(directory),
                                                      nest_paths(abstract)))
 
   def one(path, x):

@@ -86,6 +86,29 @@ def test_grpo_estimate_adds_the_reference_and_the_bucketed_kv_cache(abstract):
   assert est.total == sum(est.parts.values())
 
 
+def test_fsdp_grpo_counts_shards_and_the_gathered_rollout_copy(abstract):
+  params, opt_state = abstract
+
+  class Half:   # every leaf split in two along its first axis
+    def shard_shape(self, shape):
+      return (shape[0] // 2, *shape[1:])
+
+  half = lambda tree: jax.tree.map(lambda _: Half(), tree)   # noqa: E731
+  adapters = {"a0": jax.ShapeDtypeStruct((64, 4), jnp.float32)}
+  adapter_opt = jax.eval_shape(make_optimizer(base_config().train)[0].init, adapters)
+  kw = dict(rows_per_device=4, rollout_len=129, sample_prompts=3, group=4, prompt_budget=90,
+            max_new_tokens=40)
+  plain = memory.grpo_estimate(CFG, trainable=adapters, frozen=params, opt_state=adapter_opt, **kw)
+  assert "rollout_params" not in plain.parts   # replicated: the sampler shares the buffers
+  split = memory.grpo_estimate(CFG, trainable=adapters, frozen=params, opt_state=adapter_opt,
+                               trainable_shardings=half(adapters), frozen_shardings=half(params),
+                               opt_shardings=half(adapter_opt), where="mesh x", **kw)
+  assert split.parts["frozen"] == memory.tree_bytes(params, half(params)) < plain.parts["frozen"]
+  assert split.parts["params"] == split.parts["reference"] == 64 * 4 * 4 // 2
+  assert split.parts["rollout_params"] == 4 * N_PARAMS + 64 * 4 * 4
+  assert "rollout params" in split.line() and "(mesh x, rollouts" in split.line()
+
+
 def test_line_and_compiled_account():
   est = memory.Estimate({"params": 3 * 2**20, "activations": 512})
   assert est.line() == ("Memory per device: params 3 MiB + activations ~512 B = ~3 MiB "

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslm import checkpoint as ckpt
+from jaxslm import paths
 from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.models import Decoder, ModelConfig
@@ -90,8 +91,8 @@ def build_params(config: ConfigDict, base_params, *, seed: int):
 
 def stack_dir(path: str) -> str:
   """The adapters directory of a stage-1 run: its workdir's adapters/ or the directory."""
-  if os.path.isdir(os.path.join(path, "adapters")):
-    return os.path.join(path, "adapters")
+  if paths.isdir(paths.join(path, "adapters")):
+    return paths.join(path, "adapters")
   return path
 
 
@@ -115,6 +116,7 @@ def validate_config(config: ConfigDict) -> None:
   if t.batch_size % jax.process_count():
     raise UserError(f"train.batch_size={t.batch_size} must be divisible by the "
                     f"{jax.process_count()} processes (each feeds its share of the rows).")
+  parallel.mesh_shape(config.mesh.data, config.mesh.get("fsdp", 1), devices)
   make_optimizer(t)
 
 
@@ -230,7 +232,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   from jaxslm.data import sft
   t = config.train
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=t.keep_checkpoints,
                                    async_save=False)
   latest = checkpointer.latest_step()
@@ -244,7 +246,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       raise UserError(f"{workdir!r} was trained with method {saved['method']!r}, not "
                       f"{config.method!r}; resume with the same method.")
     try:
-      now = os.path.abspath(ckpt.resolve_step_dir(config.init_from))
+      now = paths.resolve(ckpt.resolve_step_dir(config.init_from))
     except FileNotFoundError:
       now = None
     if now != saved["init_from"]:
@@ -252,6 +254,10 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
           f"(init_from={config.init_from!r} now resolves elsewhere).")
     config.init_from = saved["init_from"]
   if config.method == "stacked":   # a private copy: stage 1 may be retrained later
+    if paths.is_remote(workdir):
+      raise UserError(f"method='stacked' pins a copy of the stage-1 adapters in the workdir, "
+                      f"which needs a local --workdir, not {workdir!r}: train locally (or on a "
+                      f"mounted bucket) and copy the run to the bucket after.")
     pinned = os.path.join(os.path.abspath(workdir), "stage1_adapters")
     if not os.path.isdir(pinned):
       if not config.stack_from:
@@ -276,26 +282,29 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   optimizer, schedule = make_optimizer(t)
   opt_state = optimizer.init(trainable)
   config_json = json.loads(config.to_json_best_effort())
-  # Data parallel: the batch is split over every device, params and optimizer
-  # state replicated (adapters are small; FSDP of the frozen base is not done here).
-  mesh = parallel.make_mesh(config.mesh.data, 1)
+  # The batch is split over every device ("data" x "fsdp"); with mesh.fsdp > 1 the
+  # frozen base, the trainable tree (adapters or all), its gradients and AdamW
+  # state are split over "fsdp" by the rules of `parallel` (replicated otherwise).
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.get("fsdp", 1))
   rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  tr_sh, fr_sh, opt_sh = (parallel.tree_shardings(x, mesh) for x in (trainable, frozen, opt_state))
   log(memory.estimate(model_cfg, params=trainable, frozen=frozen, opt_state=opt_state,
+                      param_shardings=tr_sh, frozen_shardings=fr_sh, opt_shardings=opt_sh,
                       batch_per_device=t.batch_size // jax.device_count(), seq_len=t.seq_len,
-                      where=f"{jax.device_count()} devices, data parallel").line())
+                      where=f"mesh {dict(mesh.shape)}").line())
   start, last_saved = 0, {}
   if latest is not None:
-    on_mesh = lambda tree: jax.tree.map(lambda _: rep, tree)   # noqa: E731
     restored, opt_state, meta = checkpointer.restore(
-        latest, ckpt.abstract_like(trainable, on_mesh(trainable)),
-        ckpt.abstract_like(opt_state, on_mesh(opt_state)))
+        latest, ckpt.abstract_like(trainable, tr_sh), ckpt.abstract_like(opt_state, opt_sh))
     trainable, start = restored, int(meta["step"])
     last_saved = dict(meta.get("metrics") or {})
     log(f"Resumed from step {start} ({checkpointer.directory})")
   dropout = config.method != "full" and config.lora.dropout > 0
-  trainable, frozen, opt_state = parallel.put_replicated((trainable, frozen, opt_state), mesh)
+  trainable, frozen, opt_state = parallel.put_sharded((trainable, frozen, opt_state),
+                                                      (tr_sh, fr_sh, opt_sh))
   step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
-                                      dropout=dropout), donate_argnums=(0, 1))
+                                      dropout=dropout), donate_argnums=(0, 1),
+                    out_shardings=(tr_sh, opt_sh, rep))
   eval_fn = jax.jit(functools.partial(eval_loss, model_cfg=model_cfg))
   sampler = sft.SFTBatches(tr_tokens, tr_weights, global_batch_size=t.batch_size, seed=t.seed,
                            process_index=jax.process_index(),
@@ -308,10 +317,10 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   problems = _gsm8k_subset(config)
 
   def validate() -> dict:
-    """Every process evaluates on its own copy of the (replicated) params: the
-    same numbers everywhere, no communication."""
+    """Every process evaluates on its own copy of the params (FSDP shards
+    gathered first): the same numbers everywhere."""
     out = {}
-    local_tr, local_fr = parallel.local_replica((trainable, frozen))
+    local_tr, local_fr = parallel.local_replica(parallel.gathered((trainable, frozen), mesh))
     if va_tokens is not None:
       total = count = 0.0
       for b in range(0, va_tokens.shape[0], t.batch_size):
@@ -325,7 +334,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     return out
 
   meta_base = {"finetune": {"method": config.method, "trainable": trainable_kind,
-                            "init_from": os.path.abspath(base.path),
+                            "init_from": paths.resolve(base.path),
                             "template": config.data.template},
                "config": config_json, "model": model_cfg.to_dict(), "tokenizer": tok.spec(),
                "data": data_info, "params": counts, "jax_version": jax.__version__}
@@ -337,7 +346,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       checkpointer.save(step, trainable, opt_state, {**meta_base, "step": step, "metrics": last})
       saved_step[0] = step
 
-  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"), is_main_process())
+  metrics_log = reporting.MetricsLog(paths.join(workdir, "metrics.jsonl"), is_main_process())
   metrics_log.truncate_after(start if start else -1)
   progress = reporting.Progress(t.steps, is_main_process())
   stop = StopRequest().install()
@@ -391,7 +400,9 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
             "params": params, "model_cfg": model_cfg, "tokenizer": tok, "counts": counts,
             "data": data_info, "train_s": t_train}
   if not interrupted and step >= t.steps:
-    result.update(write_outputs(workdir, config, params, trainable_kind, meta_base, last))
+    whole = parallel.gathered(params, mesh)   # FSDP: a collective, every process takes part
+    result.update(write_outputs(workdir, config, whole, trainable_kind, meta_base, last))
+    del whole
     from jaxslm.evaluation.gsm8k import peak_memory
     summary = {"method": config.method, "step": step, "train_s": t_train, "params": counts,
                "data": data_info, "last": last, **peak_memory()}
@@ -401,15 +412,14 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     write_summary(workdir, summary)
     result["summary"] = summary
   if is_main_process():
-    result["plot"] = reporting.plot_losses(metrics_log.read(), os.path.join(workdir, "loss.png"))
+    result["plot"] = reporting.plot_losses(metrics_log.read(), paths.join(workdir, "loss.png"))
   checkpointer.close()
   return result
 
 
 def write_summary(workdir: str, summary: dict) -> None:
   if is_main_process():
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    paths.write_text(paths.join(workdir, "summary.json"), json.dumps(summary, indent=2))
 
 
 def _fmt(m: dict) -> str:
@@ -419,7 +429,8 @@ def _fmt(m: dict) -> str:
 
 def write_outputs(workdir, config, params, trainable_kind, meta_base, last) -> dict:
   """adapters/ (LoRA methods) and export/ (merged, plain params), replaced atomically.
-  Process 0 writes them alone, from its host copy of the (replicated) params."""
+  Process 0 writes them alone, from its host copy of the params: pass them
+  replicated (`parallel.gathered`) in a multi-process run."""
   from jaxslm import lora
   out = {}
   if not is_main_process():
@@ -430,19 +441,25 @@ def write_outputs(workdir, config, params, trainable_kind, meta_base, last) -> d
   meta.update(step=last.get("step"), metrics=last,
               config={**meta_base["config"], "sft": {"template": config.data.template}})
   if trainable_kind != "all":
-    out["adapters"] = _replace_dir(os.path.join(workdir, "adapters"), lambda d: lora.save_adapters(
+    out["adapters"] = _replace_dir(paths.join(workdir, "adapters"), lambda d: lora.save_adapters(
         d, params, {"base": meta_base["finetune"]["init_from"], "method": config.method}))
     merged = lora.merge(params)
   else:
     merged = params
-  out["export"] = _replace_dir(os.path.join(workdir, "export"),
+  out["export"] = _replace_dir(paths.join(workdir, "export"),
                                lambda d: ckpt.save_params(d, merged, meta))
   log(f"Wrote {out.get('adapters', '')} {out['export']}".replace("  ", " "))
   return out
 
 
 def _replace_dir(path: str, write) -> str:
-  """Write a directory beside `path`, then swap it in: the old one survives a crash."""
+  """Write a directory beside `path`, then swap it in: the old one survives a crash.
+  An object store (gs://) has no rename: there the old one is removed first and
+  the new one written in place (finished when its commit files are there)."""
+  if paths.is_remote(path):
+    paths.rmtree(path)
+    write(path)
+    return path
   import shutil
   tmp, old = path + ".new", path + ".old"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -463,7 +480,7 @@ def load_finetuned(step_dir: str, meta: dict, device=None):
   config = ConfigDict(meta["config"])
   with config.unlocked():
     config.init_from = meta["finetune"]["init_from"]
-  if not os.path.exists(config.init_from):
+  if not paths.exists(config.init_from):
     raise FileNotFoundError(f"{step_dir} was fine-tuned from {config.init_from!r}, which no "
                             "longer exists; load its export/ directory (the merged model) "
                             "instead, or restore the base checkpoint.")

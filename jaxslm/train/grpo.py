@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslm import checkpoint as ckpt
+from jaxslm import paths
 from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.models import Decoder
@@ -83,11 +83,13 @@ def reference_logprobs(ref_trainable, frozen, tokens_nt, index_nm, *, model_cfg)
 def grpo_step(trainable, opt_state, frozen, tokens_nt, index_nm, mask_nt, adv_n, old_logp_nt,
               ref_logp_nt,
               eps, beta, rng, *, model_cfg, optimizer, aggregation: str, norm_tokens: int,
-              first: bool, dropout: bool, use_ref: bool):
+              first: bool, dropout: bool, use_ref: bool, shardings=None):
   """One optimizer update; returns (trainable, opt_state, metrics, log p [N, M]).
 
   `first`: old log-probs are the policy's own (stopped), so the ratio is exactly 1
-  and `old_logp_nt` is not read. `use_ref` False: no KL term (`ref_logp_nt` unread)."""
+  and `old_logp_nt` is not read. `use_ref` False: no KL term (`ref_logp_nt` unread).
+  `shardings`: a `parallel.Static` of (trainable, opt_state) shardings the
+  updated trees keep (FSDP), or None to leave them to the compiler."""
   import optax
 
   def loss_fn(tr):
@@ -103,6 +105,9 @@ def grpo_step(trainable, opt_state, frozen, tokens_nt, index_nm, mask_nt, adv_n,
   (loss, (m, logp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
   updates, opt_state = optimizer.update(grads, opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
+  if shardings is not None:
+    trainable, opt_state = jax.lax.with_sharding_constraint((trainable, opt_state),
+                                                            shardings.tree)
   m.update(loss=loss, grad_norm=optax.tree.norm(grads))
   return trainable, opt_state, m, jax.lax.stop_gradient(logp)
 
@@ -111,7 +116,8 @@ def grpo_step(trainable, opt_state, frozen, tokens_nt, index_nm, mask_nt, adv_n,
 # are hashable and the optimizer is memoized by its settings, so a second run
 # with the same settings (a resume, a sweep in a notebook) compiles nothing.
 _step_jit = jax.jit(grpo_step, donate_argnums=(0, 1), static_argnames=(
-    "model_cfg", "optimizer", "aggregation", "norm_tokens", "first", "dropout", "use_ref"))
+    "model_cfg", "optimizer", "aggregation", "norm_tokens", "first", "dropout", "use_ref",
+    "shardings"))
 _reference_jit = jax.jit(reference_logprobs, static_argnames=("model_cfg",))
 
 
@@ -185,6 +191,7 @@ def validate_config(config: ConfigDict) -> None:
   if rows % devices:
     raise UserError(f"grpo.prompts_per_step * grpo.G = {rows} completions must be divisible by "
                     f"the {devices} devices (data parallel); change grpo.prompts_per_step.")
+  parallel.mesh_shape(config.mesh.data, config.mesh.get("fsdp", 1), devices)
   grpo_data.process_slice(g.prompts_per_step, 0, jax.process_count())
   if config.method == "lora" and config.lora.rank < 1:
     raise UserError(f"lora.rank={config.lora.rank} must be >= 1.")
@@ -214,7 +221,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   from jaxslm.train.finetune import write_outputs, write_summary
   g, t, d = config.grpo, config.train, config.data
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=t.keep_checkpoints,
                                    async_save=False)
   latest = checkpointer.latest_step()
@@ -246,40 +253,44 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   optimizer, schedule = _optimizer(tuple(sorted(tcfg.to_dict().items())))
   opt_state = optimizer.init(trainable)
   ref_trainable = jax.tree.map(jnp.copy, trainable)
-  # Data parallel over every device; each process samples its share of the prompts.
-  mesh = parallel.make_mesh(config.mesh.data, 1)
-  rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  # The update's batch is split over every device ("data" x "fsdp"); with
+  # mesh.fsdp > 1 the frozen base, the trainable tree, the reference snapshot
+  # and AdamW state are split over "fsdp" too. Each process samples its share
+  # of the prompts on a whole copy of the policy (gathered when split).
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.get("fsdp", 1))
+  batch_sh = parallel.batch_sharding(mesh)
+  tr_sh, fr_sh, opt_sh = (parallel.tree_shardings(x, mesh) for x in (trainable, frozen, opt_state))
   mine = grpo_data.process_slice(g.prompts_per_step, jax.process_index(), jax.process_count())
   rollout_len = min(grpo_data.pad_to(d.prompt_budget + g.max_new_tokens), model_cfg.max_seq_len + 1)
   log(memory.grpo_estimate(
       model_cfg, trainable=trainable, frozen=frozen, opt_state=opt_state,
       rows_per_device=g.prompts_per_step * g.G // jax.device_count(), rollout_len=rollout_len,
       sample_prompts=len(mine), group=g.G, prompt_budget=d.prompt_budget,
-      max_new_tokens=g.max_new_tokens).line())
+      max_new_tokens=g.max_new_tokens, trainable_shardings=tr_sh, frozen_shardings=fr_sh,
+      opt_shardings=opt_sh, where=f"mesh {dict(mesh.shape)}").line())
   beta, start, last = float(g.beta), 0, {}
   if latest is not None:
-    on_mesh = lambda tree: jax.tree.map(lambda _: rep, tree)   # noqa: E731
     saved_state = {"opt": opt_state, "ref": ref_trainable}
     trainable, state, meta = checkpointer.restore(
-        latest, ckpt.abstract_like(trainable, on_mesh(trainable)),
-        ckpt.abstract_like(saved_state, on_mesh(saved_state)))
+        latest, ckpt.abstract_like(trainable, tr_sh),
+        ckpt.abstract_like(saved_state, {"opt": opt_sh, "ref": tr_sh}))
     opt_state, ref_trainable = state["opt"], state["ref"]
     start, beta = int(meta["step"]), float(meta["grpo"]["beta"])
     last = dict(meta.get("metrics") or {})
     log(f"Resumed from step {start} (beta {beta:.4g})")
-  trainable, frozen, opt_state, ref_trainable = parallel.put_replicated(
-      (trainable, frozen, opt_state, ref_trainable), mesh)
+  trainable, frozen, opt_state, ref_trainable = parallel.put_sharded(
+      (trainable, frozen, opt_state, ref_trainable), (tr_sh, fr_sh, opt_sh, tr_sh))
   dropout = config.method != "full" and config.lora.dropout > 0
   use_ref = g.beta > 0 or g.kl_target > 0   # beta 0 without a KL target: no reference pass
   step_fns = {first: functools.partial(
       _step_jit, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
       norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
-      use_ref=use_ref) for first in (True, False)}
+      use_ref=use_ref, shardings=parallel.Static((tr_sh, opt_sh))) for first in (True, False)}
   ref_fn = functools.partial(_reference_jit, model_cfg=model_cfg)
 
   config_json = json.loads(config.to_json_best_effort())
   meta_base = {"finetune": {"method": config.method, "trainable": kind,
-                            "init_from": os.path.abspath(base.path), "template": d.template},
+                            "init_from": paths.resolve(base.path), "template": d.template},
                "config": config_json, "model": model_cfg.to_dict(), "tokenizer": tok.spec(),
                "params": counts, "data": {"source": source, "truncated": pool.truncated},
                "jax_version": jax.__version__}
@@ -299,11 +310,12 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
     if eval_pool is None:
       return {}
     return grpo_data.evaluate_heldout(
-        model_cfg, parallel.local_replica(lora.combine(trainable, frozen)), tok, template,
+        model_cfg, parallel.local_replica(parallel.gathered(lora.combine(trainable, frozen), mesh)),
+        tok, template,
         eval_pool, fns, weights, max_new_tokens=config.eval.max_new_tokens,
         batch_size=config.eval.batch_size, extractor=config.rewards.extractor)
 
-  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"), is_main_process())
+  metrics_log = reporting.MetricsLog(paths.join(workdir, "metrics.jsonl"), is_main_process())
   metrics_log.truncate_after(start if start else -1)
   progress = reporting.Progress(t.steps, is_main_process())
   stop = StopRequest().install()
@@ -322,12 +334,15 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       idx = grpo_data.step_indices(len(pool), g.prompts_per_step, t.seed, step)
       idx = idx[mine.start:mine.stop]
       ids = [pool.ids[i] for i in idx]
-      policy = parallel.local_replica(lora.combine(trainable, frozen))
+      # FSDP: a whole copy gathered on every device (a collective), freed by the `del`.
+      policy = parallel.local_replica(parallel.gathered(lora.combine(trainable, frozen), mesh))
       gen = grpo_data.generate_for(
           model_cfg, policy, tok, template, ids, max_new_tokens=g.max_new_tokens,
           temperature=temps, n=g.G, top_p=g.top_p,
           seeds=[grpo_data.rollout_seed(t.seed, step, i) for i in mine])
-      del policy   # it shares buffers with `trainable`, which the update donates
+      # Unsharded, it shares buffers with `trainable`, which the update donates:
+      # no reference may outlive this line.
+      del policy
       texts = [grpo_data.completion_text(c, tok, template) for c in gen.completions]
       prompts_rep = [pool.texts[i] for i in idx for _ in range(g.G)]
       golds_rep = [pool.golds[i] for i in idx for _ in range(g.G)]
@@ -418,14 +433,16 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
             "params": params, "model_cfg": model_cfg, "tokenizer": tok, "counts": counts,
             "records": records, "trainable": trainable, "beta": beta}
   if not interrupted and step >= t.steps:
-    result.update(write_outputs(workdir, config, params, kind, meta_base, last))
+    whole = parallel.gathered(params, mesh)   # FSDP: a collective, every process takes part
+    result.update(write_outputs(workdir, config, whole, kind, meta_base, last))
+    del whole
     summary = {"method": config.method, "step": step, "params": counts, "source": source,
                "first_eval": first_eval or _first_eval(records), "last_eval": last_eval,
                "last": last}
     write_summary(workdir, summary)
     result["summary"] = summary
   if is_main_process():
-    result["plot"] = reporting.plot_series(records, os.path.join(workdir, "curves.png"), [
+    result["plot"] = reporting.plot_series(records, paths.join(workdir, "curves.png"), [
         ("reward", ["reward_mean", "eval_reward"]),
         ("accuracy", ["accuracy", "eval_accuracy", "format"]), ("KL", ["kl"])])
   checkpointer.close()

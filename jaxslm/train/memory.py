@@ -19,7 +19,9 @@ With `remat`, blocks keep only their inputs (B·T·D·L·b) plus one block's
 working set (B·T·D·ACTIVATION_FACTOR·b + B·N·T²·b) at a time.
 
 The KV cache of the sampler: rows × L × 2 (k and v) × kv heads × head dim ×
-cache length × b, on the one device a process samples on.
+cache length × b, on the one device a process samples on. With FSDP, GRPO
+samples from a gathered (whole) copy of the policy, counted as `rollout params`:
+it is freed before the update, so this sum over-counts the peak a little.
 """
 
 from __future__ import annotations
@@ -103,16 +105,17 @@ class Estimate:
 
 
 def estimate(model_cfg, *, params, opt_state, batch_per_device: int, seq_len: int,
-             param_shardings=None, opt_shardings=None, frozen=None, grad_copies: int = 1,
-             extra: dict[str, int] | None = None, kv_cache: tuple[int, int] | None = None,
-             where: str = "") -> Estimate:
+             param_shardings=None, opt_shardings=None, frozen=None, frozen_shardings=None,
+             grad_copies: int = 1, extra: dict[str, int] | None = None,
+             kv_cache: tuple[int, int] | None = None, where: str = "") -> Estimate:
   """Per-device memory of one step. `params`: the trained tree (its gradients
-  have its shapes, `grad_copies` of them: 2 while accumulating micro-batches);
-  `frozen`: params without gradients (a LoRA base); `extra`: other exact parts
-  (a reference snapshot); `kv_cache`: (rows, length) of the sampler."""
+  have its shapes and shardings, `grad_copies` of them: 2 while accumulating
+  micro-batches); `frozen`: params without gradients (a LoRA base); `extra`:
+  other exact parts (a reference snapshot); `kv_cache`: (rows, length) of the
+  sampler. Shardings (matching trees) make FSDP-split leaves count their shard."""
   parts = {"params": tree_bytes(params, param_shardings)}
   if frozen is not None:
-    parts["frozen"] = tree_bytes(frozen)
+    parts["frozen"] = tree_bytes(frozen, frozen_shardings)
   parts.update(extra or {})
   parts["optimizer"] = tree_bytes(opt_state, opt_shardings)
   parts["gradients"] = grad_copies * tree_bytes(params, param_shardings)
@@ -124,19 +127,28 @@ def estimate(model_cfg, *, params, opt_state, batch_per_device: int, seq_len: in
 
 def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: int,
                   rollout_len: int, sample_prompts: int, group: int, prompt_budget: int,
-                  max_new_tokens: int) -> Estimate:
+                  max_new_tokens: int, trainable_shardings=None, frozen_shardings=None,
+                  opt_shardings=None, where: str = "") -> Estimate:
   """A GRPO step: policy (trainable + frozen), the reference snapshot (a copy of
   the trainable tree), AdamW state, gradients, the update's activations
   (`rows_per_device` × rollout length) and the KV cache of the rollouts one
   process samples on one device: its `sample_prompts` × `group` completions
-  (the sampler rounds the prompt count, prompt length and budget up to powers of two)."""
+  (the sampler rounds the prompt count, prompt length and budget up to powers of two).
+  With FSDP (shardings that split leaves) the sampler needs the whole policy:
+  a gathered copy (`rollout_params`) lives on each device while sampling."""
   from jaxslm.sampling.generate import bucket
   cache_len = (bucket(min(prompt_budget, model_cfg.max_seq_len))
                + bucket(min(max_new_tokens, model_cfg.max_seq_len)))
+  extra = {"reference": tree_bytes(trainable, trainable_shardings)}
+  whole = tree_bytes(trainable) + tree_bytes(frozen)
+  split = tree_bytes(trainable, trainable_shardings) + tree_bytes(frozen, frozen_shardings)
+  if split < whole:
+    extra["rollout_params"] = whole
   return estimate(model_cfg, params=trainable, frozen=frozen, opt_state=opt_state,
-                  extra={"reference": tree_bytes(trainable)}, batch_per_device=rows_per_device,
+                  param_shardings=trainable_shardings, frozen_shardings=frozen_shardings,
+                  opt_shardings=opt_shardings, extra=extra, batch_per_device=rows_per_device,
                   seq_len=rollout_len - 1, kv_cache=(bucket(sample_prompts, 1) * group, cache_len),
-                  where="rollouts on one device per process")
+                  where=", ".join(x for x in (where, "rollouts on one device per process") if x))
 
 
 def compiled_line(compiled) -> str | None:

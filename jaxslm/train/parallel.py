@@ -3,10 +3,17 @@
 Parameters get logical axis names from one table of path rules, and one rules
 table maps logical axes to mesh axes. The batch is split over both mesh axes;
 with `fsdp > 1`, parameters and optimizer state are split over "fsdp" too.
+
+LoRA trees follow their kernel's rule: a wrapped kernel's base `w` has the
+kernel's axes, an adapter `a` [in, r] its input axis and `b` [r, out] its
+output axis (rank replicated), whether they sit in a `LoraWeight` (`.../kernel/w`,
+`.../kernel/a/0`) or in the trainable tree of `lora.split` (`.../kernel/a0`).
+NF4-quantized kernels (flat code arrays) stay replicated.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -54,10 +61,19 @@ def path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+# A part of a LoRA-wrapped kernel: its base `w`, or adapter `a`/`b` number i.
+_LORA_PART = re.compile(r"^(.*)/(w|a/?\d+|b/?\d+)$")
+
+
 def logical_axes(path: str, ndim: int) -> tuple:
   for pattern, axes in PARAM_AXES:
     if re.search(pattern, path) and len(axes) == ndim:
       return axes
+  lora_part = _LORA_PART.match(path)
+  if lora_part and ndim == 2:
+    kernel = logical_axes(lora_part.group(1), 2)
+    part = lora_part.group(2)[0]
+    return kernel if part == "w" else (kernel[0], None) if part == "a" else (None, kernel[1])
   return (None,) * ndim
 
 
@@ -99,13 +115,56 @@ def global_array(local: np.ndarray, sharding: NamedSharding, global_shape: tuple
 
 
 def put_replicated(tree, mesh: Mesh):
-  """`tree` replicated on every device of `mesh`. With several processes, leaves
-  committed to this process's devices (a checkpoint just loaded) go through the
-  host, as JAX moves no buffer between hosts; every process must pass equal values."""
-  sharding = replicated(mesh)
+  """`tree` replicated on every device of `mesh` (see `put_sharded`)."""
+  return put_sharded(tree, replicated(mesh))
+
+
+def put_sharded(tree, shardings):
+  """`tree` placed per `shardings` (a matching tree, or one sharding for all). With
+  several processes, leaves committed to this process's devices (a checkpoint just
+  loaded) go through the host, as JAX moves no buffer between hosts; every
+  process must pass equal values."""
   if jax.process_count() > 1:
     tree = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, tree)
-  return jax.device_put(tree, sharding)
+  return jax.device_put(tree, shardings)
+
+
+def is_replicated(tree) -> bool:
+  return all(x.is_fully_replicated for x in jax.tree.leaves(tree) if isinstance(x, jax.Array))
+
+
+@functools.lru_cache(maxsize=8)
+def _gather_fn(mesh: Mesh):
+  return jax.jit(lambda tree: tree, out_shardings=replicated(mesh))
+
+
+def gathered(tree, mesh: Mesh):
+  """`tree` with every leaf replicated on `mesh`: FSDP-sharded leaves gathered
+  into a full copy on each device (a collective: every process must call it).
+  Unchanged (no copy) when it is replicated already. Drop the copy (`del`) when
+  done: it holds the full parameters on every device."""
+  if is_replicated(tree):
+    return tree
+  return _gather_fn(mesh)(tree)
+
+
+class Static:
+  """A pytree (of shardings) as a hashable value, for a jitted function's static argument."""
+
+  def __init__(self, tree):
+    self.leaves, self.treedef = jax.tree.flatten(tree)
+    self.leaves = tuple(self.leaves)
+
+  @property
+  def tree(self):
+    return jax.tree.unflatten(self.treedef, self.leaves)
+
+  def __hash__(self):
+    return hash((self.treedef, self.leaves))
+
+  def __eq__(self, other):
+    return isinstance(other, Static) and (self.treedef, self.leaves) == (other.treedef,
+                                                                         other.leaves)
 
 
 def local_replica(tree):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxslm import checkpoint as ckpt
+from jaxslm import paths
 from jaxslm import tokenizers
 from jaxslm.config import ConfigDict, build_model_config
 from jaxslm.data import BatchSampler, build_token_dataset, eval_batches, iter_texts
@@ -160,7 +160,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   model_cfg = validate_config(config)
   optimizer, schedule = make_optimizer(t)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
   latest = checkpointer.latest_step()
@@ -253,7 +253,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
         b, eval_sh, (b.shape[0] * jax.process_count(), b.shape[1]))) for b in val_local]
     return float(np.mean(jax.device_get(losses)))
 
-  metrics_log = reporting.MetricsLog(os.path.join(workdir, "metrics.jsonl"), is_main_process())
+  metrics_log = reporting.MetricsLog(paths.join(workdir, "metrics.jsonl"), is_main_process())
   # A resumed run rewrites what came after its checkpoint; a fresh one starts a new log.
   metrics_log.truncate_after(start if start else -1)
   peak, peak_src = reporting.peak_flops_per_device(t.peak_flops)
@@ -360,7 +360,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   if step >= t.steps and not result["interrupted"]:
     result["samples"] = print_samples(model_cfg, state.params, tok, t, mesh)
   if is_main_process():
-    result["plot"] = reporting.plot_losses(metrics_log.read(), os.path.join(workdir, "loss.png"))
+    result["plot"] = reporting.plot_losses(metrics_log.read(), paths.join(workdir, "loss.png"))
     log(f"Wrote {metrics_log.path}" + (f" and {result['plot']}" if result["plot"] else ""))
   checkpointer.close()
   return result

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxslm import paths
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -63,24 +64,19 @@ class MetricsLog:
       return
     clean = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v)
              for k, v in record.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(clean) + "\n")
+    paths.append_text(self.path, json.dumps(clean) + "\n")
 
   def truncate_after(self, step: int) -> None:
     """Drop records past `step` (a resumed run recomputes them)."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not paths.exists(self.path):
       return
     keep = [r for r in self.read() if r.get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in keep)
-    os.replace(tmp, self.path)
+    paths.write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
   def read(self) -> list[dict]:
-    if not os.path.exists(self.path):
+    if not paths.exists(self.path):
       return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.read_text(self.path).splitlines() if line.strip()]
 
 
 class Progress:
@@ -113,6 +109,17 @@ class Progress:
       self.stream.flush()
 
 
+def _save_png(fig, path: str) -> None:
+  """`fig` as a PNG at a local path or a URL (gs://)."""
+  if not paths.is_remote(path):
+    fig.savefig(path, dpi=120)
+    return
+  import io
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  paths.write_bytes(path, buf.getvalue())
+
+
 def plot_losses(records: list[dict], path: str) -> str | None:
   """Train loss (and validation loss) against step, as a PNG."""
   import matplotlib
@@ -132,7 +139,7 @@ def plot_losses(records: list[dict], path: str) -> str | None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save_png(fig, path)
   plt.close(fig)
   return path
 
@@ -158,6 +165,6 @@ def plot_series(records: list[dict], path: str, panels: list[tuple[str, list[str
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save_png(fig, path)
   plt.close(fig)
   return path
