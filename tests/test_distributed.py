@@ -4,7 +4,8 @@ with 2 fake CPU devices, against one process with 4, running the real launchers
 
   pretraining with mesh data=2 x fsdp=2 (FSDP across the two processes),
   stopped at step 2 and resumed by two fresh processes,
-  GRPO (each process samples its own prompts).
+  GRPO (each process samples its own prompts), with fsdp=2 on two processes
+  against fsdp=1 on one (the policy gathered across processes for sampling).
 
 Both layouts do the same arithmetic except for the order of cross-device sums,
 so losses and parameters agree to float32 rounding: RTOL/ATOL below. Plus the
@@ -116,13 +117,19 @@ def pretrain_args(workdir, steps, *extra):
           "--config.train.async_checkpoint=false", "--config.train.peak_flops=1e11", *extra]
 
 
-def grpo_args(workdir, base):
+def grpo_args(workdir, base, *extra):
+  return [*_grpo_args(workdir, base), *extra]
+
+
+def _grpo_args(workdir, base):
   return ["grpo", "--config", str(ROOT / "configs" / "grpo_synthetic.py"), "--workdir",
           str(workdir), f"--config.init_from={base}", "--config.model_dtype=float32",
           "--config.data.synthetic_max_steps=1", "--config.data.train_problems=32",
           "--config.data.prompt_budget=96", "--config.grpo.prompts_per_step=4",
           "--config.grpo.G=2", "--config.grpo.temperatures=(0.8, 1.2)",
           "--config.grpo.max_new_tokens=16", "--config.lora.rank=4", "--config.lora.alpha=8.0",
+          "--config.rewards.names=('format', '_multiprocess_worker:length_reward')",
+          "--config.rewards.weights=(0.5, 1.0)",
           f"--config.train.steps={STOP_AT}", "--config.train.checkpoint_every=100",
           "--config.eval.problems=0", "--config.eval.every=0"]
 
@@ -162,7 +169,8 @@ def runs(tmp_path_factory):
                  tmp / "single.log", devices=4)
   logs = {"one": wait([single], deadline)[0]}
   pair = two_processes([pretrain_args(tmp / "stopped", STOP_AT),
-                        grpo_args(tmp / "grpo_two", base)], tmp, "first")
+                        grpo_args(tmp / "grpo_two", base, "--config.mesh.fsdp=2")],
+                       tmp, "first")
   logs["two"] = wait(pair, deadline)
   resumed = two_processes([pretrain_args(tmp / "stopped", STEPS, "--resume")], tmp, "resume",
                           flags=True)
@@ -219,6 +227,7 @@ def test_fsdp_pretraining_on_two_processes_matches_one_process(runs):
 
 def test_grpo_on_two_processes_matches_one_process(runs):
   tmp, logs = runs
+  assert "mesh {'data': 2, 'fsdp': 2}, rollouts" in logs["two"][0] and "rollout params" in logs["two"][0]
   two, one = records(tmp / "grpo_two"), records(tmp / "grpo_one")
   assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, STOP_AT + 1))
   diffs = {}
