@@ -205,18 +205,22 @@ def test_lm_eval_backend_default_follows_the_tokenizer(case):
 # ------------------------------------------------------- transformers' rules
 
 
-def _decide(tmp_path, tok, tcfg):
+def _decide(tmp_path, tok, tcfg, model_config=None):
   d = _write_tokenizer(str(tmp_path), tok, tcfg)
+  if model_config is not None:
+    model_config.save_pretrained(d)
   theirs = transformers.AutoTokenizer.from_pretrained(d)(PROMPTS[1])["input_ids"]
   ours = tokenizers.HFTokenizer.from_dir(d)
   return ours.add_bos_default, theirs[0] == ours.bos_id
 
 
-@pytest.mark.parametrize("kind", ["phi3", "no_post_processor", "gpt_neox", "code_llama"])
+@pytest.mark.parametrize("kind", ["phi3", "no_post_processor", "gpt_neox", "code_llama",
+                                  "gpt_neox_model_type"])
 def test_flag_beside_tokenizer_json_decided_as_transformers(kind, tmp_path):
   """transformers drops add_bos_token beside a tokenizer.json: its post-processor
   decides (Phi-3 style: flag false, template with BOS -> BOS; no post-processor,
-  flag true -> none), except for classes that rebuild it (GPT-NeoX, CodeLlama)."""
+  flag true -> none), except for classes that rebuild it (GPT-NeoX, CodeLlama),
+  named by tokenizer_config.json or, without a name there, by config.json's model type."""
   cfg = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
   tok, tcfg = {
       "phi3": lambda: (_byte_bpe(ENDS["gemma"], _bos_template("<bos>")),
@@ -228,8 +232,11 @@ def test_flag_beside_tokenizer_json_decided_as_transformers(kind, tmp_path):
                            {**cfg, "tokenizer_class": "GPTNeoXTokenizer"}),
       "code_llama": lambda: (_byte_bpe(ENDS["gemma"]),
                              {**cfg, "tokenizer_class": "CodeLlamaTokenizer"}),
+      "gpt_neox_model_type": lambda: (_byte_bpe(ENDS["gemma"], _bos_template("<bos>")), cfg),
   }[kind]()
-  ours, theirs = _decide(tmp_path, tok, tcfg)
+  model_config = transformers.GPTNeoXConfig() if kind == "gpt_neox_model_type" else None
+  ours, theirs = _decide(tmp_path, tok, tcfg, model_config)
+  assert ours is (kind in ("phi3", "code_llama")), kind
   assert ours is theirs, kind
   exported = tokenizers.HFTokenizer.from_dir(str(tmp_path))
   exported.save(str(tmp_path))   # as jax2hf writes it: PreTrainedTokenizerFast

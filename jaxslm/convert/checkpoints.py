@@ -268,7 +268,8 @@ def _tokenizer(hf_dir: str, tokenizer) -> tokenizers.Tokenizer:
                   stacklevel=3)
     tok = tokenizers.SentencePieceTokenizer.from_file(sp_model)
     tcfg = files.read_json(os.path.join(hf_dir, "tokenizer_config.json")) or {}
-    if hf_bos.adds_bos(None, tcfg, tok.bos_id):   # transformers' add_bos_token, as it reads it
+    hf = files.read_json(os.path.join(hf_dir, files.CONFIG))
+    if hf_bos.adds_bos(None, tcfg, tok.bos_id, model_config=hf):   # as transformers reads it
       tok = tokenizers.SentencePieceTokenizer(tok.model_proto, name=tok.name, add_bos_default=True)
     return tok
   raise UserError(f"{hf_dir!r} has no tokenizer.json or tokenizer.model; pass tokenizer=... "

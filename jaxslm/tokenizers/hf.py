@@ -106,7 +106,7 @@ class HFTokenizer(Tokenizer):
         eos_id, bos_id = special("eos"), special("bos")
         extra = [i for cfg in (mcfg, gcfg) for i in _as_ids(cfg.get("eos_token_id"))
                  if i != eos_id and 0 <= i < len(vocab)]
-        add_bos = hf_bos.adds_bos(text, tcfg, bos_id, where=directory)
+        add_bos = hf_bos.adds_bos(text, tcfg, bos_id, model_config=mcfg, where=directory)
         return cls(text, eos_id=eos_id, bos_id=bos_id, pad_id=special("pad"),
                    chat_template=template if isinstance(template, str) else None,
                    extra_eos_ids=extra, add_bos_default=add_bos,

@@ -14,7 +14,9 @@ tests/test_convert_bos.py):
   `TemplateProcessing` that writes BOS before the text; GPT-2 and Qwen carry
   none, or only `ByteLevel`. No post-processor means no special tokens. Two
   classes named by `tokenizer_class` replace the post-processor whatever the
-  file says: `GPTNeoXTokenizer` (no BOS) and `CodeLlamaTokenizer` (BOS).
+  file says: `GPTNeoXTokenizer` (no BOS) and `CodeLlamaTokenizer` (BOS). The
+  class is tokenizer_config.json's `tokenizer_class`, else config.json's, else
+  the one registered for the model type (GPTNeoXTokenizer for gpt_neox).
 - Without one (a SentencePiece tokenizer.model only), `add_bos_token` in
   tokenizer_config.json decides; it defaults to False (True for CodeLlama).
 - Either way, no BOS token means no BOS.
@@ -30,13 +32,17 @@ import json
 import warnings
 from collections.abc import Mapping
 
-# tokenizer_config.json classes whose __init__ sets the post-processor itself.
+# Tokenizer classes whose __init__ sets the post-processor itself.
 _CLASS_ADDS_BOS = {"GPTNeoXTokenizer": False, "CodeLlamaTokenizer": True}
+# AutoTokenizer's class for a model type whose files name none (jaxslm's families).
+_MODEL_TYPE_CLASS = {"gpt_neox": "GPTNeoXTokenizer"}
 _PROBE = "a b"
 
 
-def _class(tokenizer_config: Mapping) -> str:
-  return str(tokenizer_config.get("tokenizer_class") or "").removesuffix("Fast")
+def _class(tokenizer_config: Mapping, model_config: Mapping) -> str:
+  name = (tokenizer_config.get("tokenizer_class") or model_config.get("tokenizer_class")
+          or _MODEL_TYPE_CLASS.get(model_config.get("model_type")) or "")
+  return str(name).removesuffix("Fast")
 
 
 def template_ends(tokenizer_json: str) -> tuple[list[int], list[int]]:
@@ -60,14 +66,16 @@ def post_processor_adds_bos(tokenizer_json: str, bos_id: int | None) -> bool:
 
 
 def adds_bos(tokenizer_json: str | None, tokenizer_config: Mapping | None,
-             bos_id: int | None, *, where: str = "the tokenizer") -> bool:
+             bos_id: int | None, *, model_config: Mapping | None = None,
+             where: str = "the tokenizer") -> bool:
   """Whether transformers' tokenizer of these files prepends BOS to plain text.
   `tokenizer_json` is the text of tokenizer.json, or None for a SentencePiece
-  tokenizer.model alone; `tokenizer_config` is tokenizer_config.json (or None)."""
+  tokenizer.model alone; `tokenizer_config` is tokenizer_config.json and
+  `model_config` config.json (either may be None)."""
   tcfg = tokenizer_config or {}
   if bos_id is None:
     return False
-  cls = _class(tcfg)
+  cls = _class(tcfg, model_config or {})
   if tokenizer_json is None:
     return bool(tcfg.get("add_bos_token", _CLASS_ADDS_BOS.get(cls, False)))
   if cls in _CLASS_ADDS_BOS:
