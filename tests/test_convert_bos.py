@@ -326,3 +326,19 @@ def test_launcher_docstring_lists_every_model_type():
     doc = ast.get_docstring(ast.parse(f.read()))
   for model_type in convert.supported_model_types():
     assert model_type in doc, model_type
+
+
+def test_pretraining_with_a_bos_tokenizer_trains_prompts_without_bos(tmp_path):
+  """Pretraining never puts BOS before a document, so the tokenizer it saves
+  must not make prompts start with one."""
+  from jaxslm.config import base_config
+  from jaxslm.train.pretrain import build_tokenizer
+  tok, tcfg = _llama3()
+  d = _write_tokenizer(str(tmp_path / "tok"), tok, tcfg)
+  from jaxslm.tokenizers import get_tokenizer
+  assert get_tokenizer(d).add_bos_default
+  c = base_config()
+  c.tokenizer.name = d
+  built = build_tokenizer(c)
+  assert not built.add_bos_default
+  assert built.encode("Hi", add_bos=None) == built.encode("Hi")

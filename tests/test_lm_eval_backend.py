@@ -266,3 +266,21 @@ def test_eval_launcher_puts_harness_numbers_next_to_gsm8k(models, task_manager, 
   assert "accuracy" in s and "acc,none" in s["harness"]["tasks"]["jaxslm_local_mc"]
   report = (out / "report.md").read_text()
   assert "## lm-evaluation-harness" in report and "| jaxslm_local_mc | acc,none |" in report
+
+
+def test_sentencepiece_checkpoint_scores_and_generates(tmp_path):
+  """jaxslm's own SentencePiece tokenizers cannot map special-token text; the
+  backend must encode plain text with them instead of refusing."""
+  import jax
+  from jaxslm.data.synthetic import iter_documents
+  from jaxslm.models import ModelConfig, init_params
+  from jaxslm.tokenizers import train_sentencepiece
+  tok = train_sentencepiece(list(iter_documents(0, 300)), vocab_size=400)
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(3))
+  lm = JaxslmLM(model=(cfg, params, tok), batch_size=2)
+  out = lm.loglikelihood(_reqs("loglikelihood", [("Question: Ava has 3 pens.", " Answer: 3")]))
+  assert np.isfinite(out[0][0]) and out[0][0] < 0
+  gen = lm.generate_until(_reqs("generate_until", [("Question: Ava", {"until": ["\n"],
+                                                                     "max_gen_toks": 4})]))
+  assert isinstance(gen[0], str)

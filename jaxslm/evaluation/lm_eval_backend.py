@@ -238,8 +238,10 @@ class JaxslmLM(TemplateLM):
     bos_text = self.tok.token_text(self.tok.bos_id) if self.tok.bos_id is not None else None
     if add_special_tokens is None and bos_text and string.startswith(bos_text):
       add_bos = False      # the text already starts with BOS (e.g. a chat template wrote it)
+    # Special-token text ("<|im_start|>" from a chat template) maps to its id where
+    # the tokenizer can do that; SentencePiece tokenizers encode text as text.
     ids = self.tok.encode(string, add_bos=add_bos and self.tok.bos_id is not None,
-                          allow_special=True)
+                          allow_special=_maps_special_text(self.tok))
     return ids[-left_truncate_len:] if left_truncate_len else ids
 
   def tok_decode(self, tokens) -> str:
@@ -417,3 +419,6 @@ class JaxslmLM(TemplateLM):
     return texts
 
 
+def _maps_special_text(tok) -> bool:
+  from jaxslm.tokenizers.base import Tokenizer
+  return type(tok)._encode_special is not Tokenizer._encode_special

@@ -92,7 +92,12 @@ def build_tokenizer(config: ConfigDict) -> tokenizers.Tokenizer:
   """The tokenizer the config names; "train" fits SentencePiece on the corpus."""
   tc = config.tokenizer
   if tc.name != "train":
-    return tokenizers.get_tokenizer(tc.name)
+    tok = tokenizers.get_tokenizer(tc.name)
+    # Pretraining never puts BOS before a document, so the prompts of the model
+    # it trains must not start with one either (a Llama 3 tokenizer.json says so).
+    if tok.add_bos_default:
+      tok._set_add_bos_default(False)
+    return tok
   docs = []
   for doc in iter_texts(config.data):
     docs.append(doc)
