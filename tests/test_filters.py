@@ -85,3 +85,32 @@ def test_fast_argmax_equals_jnp_argmax_with_ties():
   np.testing.assert_array_equal(argmax(x), jnp.argmax(x, axis=-1))
   y = jax.random.normal(jax.random.PRNGKey(1), (8, 50257))
   np.testing.assert_array_equal(argmax(y), jnp.argmax(y, axis=-1))
+
+
+def test_vocab_limit_is_never_crossed_greedy_or_sampled():
+  from jaxslm.sampling.filters import choose
+  logits = jnp.asarray(np.tile(np.arange(8, dtype=np.float32) * 3.0, (6, 1)))   # id 7 best
+  keys = jax.random.split(jax.random.PRNGKey(0), 6)
+  temp = jnp.asarray([0.0, 1.0, 1.0, 2.0, 5.0, 0.0])
+  ones = jnp.ones((6,), jnp.float32)
+  zeros_i = jnp.zeros((6,), jnp.int32)
+  for f in (Filters(greedy_only=False, vocab=5), Filters(greedy_only=True, vocab=5)):
+    out = np.asarray(choose(logits, keys, temp, zeros_i, ones, 0 * ones, f))
+    assert out.max() < 5 and out[0] == 4 and out[5] == 4
+  free = np.asarray(choose(logits, keys, temp, zeros_i, ones, 0 * ones, Filters(greedy_only=False)))
+  assert free[0] == 7
+
+
+def test_padded_embedding_never_samples_ids_the_tokenizer_lacks():
+  """A model whose embedding is padded past its tokenizer (as Qwen's and Phi-2's
+  are): sampling must stay inside the tokenizer, or decoding fails."""
+  from jaxslm.data.synthetic import iter_documents
+  from jaxslm.tokenizers import train_sentencepiece
+  tok = train_sentencepiece(list(iter_documents(0, 300)), vocab_size=400)
+  cfg = ModelConfig.preset("tiny", vocab_size=512, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(1))
+  out = generate(cfg, params, [tok.encode("Question: Ava")] * 4, max_new_tokens=48,
+                 temperature=2.0, n=4, seed=3, tokenizer=tok)
+  ids = np.concatenate([c.tokens for c in out.completions])
+  assert len(ids) > 100 and ids.max() < tok.vocab_size
+  assert all(isinstance(c.text, str) for c in out.completions)

@@ -30,6 +30,8 @@ class Filters:
   top_k: int = 0             # 0: off; else the largest k any row asks for (a static bound)
   top_p: bool = False
   min_p: bool = False
+  vocab: int = 0             # 0: any id; else ids >= vocab (a padded embedding's rows past
+                             # the tokenizer, which it cannot decode) are never chosen
 
 
 def filter_logits(logits_bv, temperature_b, top_k_b, top_p_b, min_p_b, filters: Filters):
@@ -79,6 +81,9 @@ def argmax(x_bv: jax.Array) -> jax.Array:
 def choose(logits_bv, keys_b, temperature_b, top_k_b, top_p_b, min_p_b, filters: Filters):
   """The next token of every row: argmax where temperature is 0, else a draw
   from the filtered distribution with the row's own key."""
+  if filters.vocab:
+    iota = jax.lax.broadcasted_iota(jnp.int32, logits_bv.shape, logits_bv.ndim - 1)
+    logits_bv = jnp.where(iota < filters.vocab, logits_bv, _NEG)
   greedy_b = argmax(logits_bv)
   if filters.greedy_only:
     return greedy_b

@@ -158,7 +158,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   context. `calculator=True` (needs `tokenizer`): after the model writes
   `<<expr=`, the value of expr is written for it (GSM8K's calculator).
   `on_tokens(row, new_ids)` streams each row's new tokens after every chunk of
-  `chunk_size` steps.
+  `chunk_size` steps. With a `tokenizer` smaller than the model's (padded)
+  embedding, ids past the tokenizer are never chosen, greedy included.
   """
   if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
     raise UserError(f"n={n!r} is invalid: expected the number of completions per prompt, >= 1.")
@@ -210,7 +211,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   }
   filters = Filters(greedy_only=bool(np.all(temperature_r == 0)),
                     top_k=0 if top_k is None else min(bucket(top_k, 1), model_cfg.vocab_size),
-                    top_p=top_p < 1.0, min_p=min_p > 0.0)
+                    top_p=top_p < 1.0, min_p=min_p > 0.0,
+                    vocab=_decodable_ids(tokenizer, model_cfg.vocab_size))
 
   t0 = time.perf_counter()
   state = engine.prefill(params, jnp.asarray(tokens_bp), jnp.asarray(lengths_b),
@@ -278,6 +280,13 @@ def _seeds(seed, n_prompts: int) -> np.ndarray:
     raise UserError(f"seed has {len(seed)} values for {n_prompts} prompts: give one int, or one "
                     "per prompt.")
   return np.array([(u32(s, "seed"), 0) for s in seed], np.uint32)
+
+
+def _decodable_ids(tokenizer, model_vocab: int) -> int:
+  """The tokenizer's id count where the model's (padded) embedding is larger,
+  so sampling never picks an id the tokenizer cannot decode; else 0 (no limit)."""
+  n = getattr(tokenizer, "vocab_size", None) if tokenizer is not None else None
+  return int(n) if n is not None and 0 < n < model_vocab else 0
 
 
 def _stop_string_cut(tokenizer, ids: np.ndarray, stops, start: int) -> int | None:
