@@ -125,7 +125,8 @@ def read_step_params(step_dir: str, abstract_params=None):
   return ckptr.restore(_orbax_path(paths.join(step_dir, "params")), abstract_params)
 
 
-def save_params(directory: str, params, meta: dict[str, Any]) -> str:
+def save_params(directory: str, params, meta: dict[str, Any], *,
+                host_in_place: bool = False) -> str:
   """Write a params-only checkpoint (no optimizer state): `directory/params`
   and `directory/meta`, the layout `jaxslm.load` reads (a converted model,
   an export for sampling). Locally it is written to a temporary sibling and
@@ -135,6 +136,11 @@ def save_params(directory: str, params, meta: dict[str, Any]) -> str:
   are there (a killed process leaves an unfinished directory, to be removed
   before writing it again). Refuses to overwrite an existing directory. Only the calling
   process writes: pass host (numpy) arrays, or arrays on this process's devices.
+
+  `host_in_place=True` (conversion): the leaves are host numpy arrays, written
+  from the caller's own buffers and uncompressed. By default Orbax copies each
+  host array and holds the compressed chunks until it commits, about two more
+  copies of the tree at the peak. The arrays must not change until it returns.
   """
   directory = paths.resolve(directory)
   if paths.exists(directory):
@@ -153,11 +159,14 @@ def save_params(directory: str, params, meta: dict[str, Any]) -> str:
     # with host arrays); by default Orbax would wait for every process.
     one = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                              active_processes={jax.process_index()})
-    if jax.process_count() > 1:   # Orbax will not write one process's device arrays
-      params = jax.device_get(params)
-    ckptr = ocp.StandardCheckpointer(multiprocessing_options=one)
-    ckptr.save(_orbax_path(paths.join(tmp, "params")), params)
-    ckptr.wait_until_finished()
+    if host_in_place:
+      _save_host_tree(_orbax_path(paths.join(tmp, "params")), params, one)
+    else:
+      if jax.process_count() > 1:   # Orbax will not write one process's device arrays
+        params = jax.device_get(params)
+      ckptr = ocp.StandardCheckpointer(multiprocessing_options=one)
+      ckptr.save(_orbax_path(paths.join(tmp, "params")), params)
+      ckptr.wait_until_finished()
     ocp.Checkpointer(ocp.JsonCheckpointHandler(multiprocessing_options=one),
                      multiprocessing_options=one).save(_orbax_path(paths.join(tmp, "meta")), meta)
     if not remote:
@@ -166,3 +175,15 @@ def save_params(directory: str, params, meta: dict[str, Any]) -> str:
     paths.rmtree(tmp)
     raise
   return directory
+
+
+def _save_host_tree(path, params, one) -> None:
+  import numpy as np
+  th = ocp.type_handlers
+  registry = th.create_type_handler_registry(
+      *[(t, th.get_type_handler(t)) for t in (int, float, bytes, np.number, jax.Array, str)],
+      (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)))
+  handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False,
+                                        multiprocessing_options=one)
+  ocp.Checkpointer(handler, multiprocessing_options=one).save(
+      path, args=ocp.args.PyTreeSave(jax.tree.map(np.asarray, params)))

@@ -57,7 +57,7 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
   Tensors are read one at a time (memory-mapped), transformed and cast to
   `dtype` on the host, and the mapping dropped before the next one, so the
   process holds the converted tree plus one tensor; the tree is written
-  in place (`store.save_in_place`), with no second copy.
+  in place (`save_params(..., host_in_place=True)`), with no second copy.
   `tokenizer`: a `Tokenizer`, a name or path for `get_tokenizer`, or None to
   use the directory's tokenizer.json. Returns `out_dir`.
   """
@@ -83,7 +83,7 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
           "hf": ({"model_type": family.model_type, "config": hf} if text is None
                  else {"model_type": text["model_type"], "config": text}),
           "converted_from": os.path.abspath(hf_dir)}
-  return store.save_in_place(out_dir, nest_paths(flat), meta)
+  return ckpt.save_params(out_dir, nest_paths(flat), meta, host_in_place=True)
 
 
 def jaxslm_to_hf(checkpoint: str, out_dir: str, *, model_type: str | None = None,
