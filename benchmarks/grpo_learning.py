@@ -41,6 +41,28 @@ def write_synthetic(path: str, n: int, max_steps: int) -> str:
   return path
 
 
+def pretrain_base(args) -> None:
+  """Pretrain `--base` with configs/default.py for `--pretrain-steps` steps, unless it exists."""
+  from jaxslm import checkpoint as ckpt
+  from jaxslm.config import load_config
+  from jaxslm.train import pretrain
+  try:
+    ckpt.resolve_step_dir(args.base)
+    print(f"Base: reusing {args.base}")
+    return
+  except FileNotFoundError:
+    if not args.pretrain_steps:
+      raise SystemExit(f"--base {args.base} has no checkpoint: pretrain it first "
+                       "(python launch/pretrain.py --workdir {args.base}) or pass --pretrain-steps N")
+  c = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "default.py"))
+  c.data.synthetic_documents = max(c.data.synthetic_documents, args.pretrain_steps * 16)
+  c.train.update(steps=args.pretrain_steps, checkpoint_every=args.pretrain_steps,
+                 eval_every=args.pretrain_steps, log_every=100)
+  t0 = time.perf_counter()
+  pretrain.run(c, args.base)
+  print(f"Base: {args.pretrain_steps} pretraining steps in {time.perf_counter() - t0:.0f} s")
+
+
 def warm_start(args) -> str:
   from jaxslm import checkpoint as ckpt
   from jaxslm.config import finetune_config
@@ -72,6 +94,9 @@ def warm_start(args) -> str:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--base", default="runs/default", help="pretrained checkpoint to warm-start")
+  ap.add_argument("--pretrain-steps", type=int, default=0,
+                  help="pretrain --base with configs/default.py for this many steps when it has "
+                       "no checkpoint yet")
   ap.add_argument("--workdir", default="runs/grpo_learning")
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--steps", type=int, default=60, help="GRPO steps per seed")
@@ -89,6 +114,7 @@ def main(argv=None) -> int:
   from jaxslm.config import load_config, set_field
   from jaxslm.evaluation.stats import mean_stderr
   from jaxslm.train import grpo
+  pretrain_base(args)
   sft = warm_start(args)
   runs = []
   for seed in args.seeds:

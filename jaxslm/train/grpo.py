@@ -204,6 +204,9 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   # of the prompts on a whole copy of the policy (gathered when split).
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.get("fsdp", 1))
   batch_sh = parallel.batch_sharding(mesh)
+  # The prompts (one row each, run once per group) split like the rows when they
+  # divide evenly over the devices; otherwise every device runs all of them.
+  prefix_sh = batch_sh if g.prompts_per_step % mesh.size == 0 else parallel.replicated(mesh)
   tr_sh, fr_sh, opt_sh = (parallel.tree_shardings(x, mesh) for x in (trainable, frozen, opt_state))
   mine = grpo_data.process_slice(g.prompts_per_step, jax.process_index(), jax.process_count())
   rollout_len = min(grpo_data.pad_to(d.prompt_budget + g.max_new_tokens), model_cfg.max_seq_len + 1)
@@ -301,27 +304,35 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
           "format": np.asarray([format_compliance(x, template.answer_format).strict
                                 if template.answer_format != "none" else False
                                 for x in texts], np.float64),
-          "length": np.asarray([len(c.tokens) for c in gen.completions], np.float64)})
+          "length": np.asarray([len(c.tokens) for c in gen.completions], np.float64),
+          "prompt_len": np.repeat(np.asarray([len(x) for x in gen.prompt_tokens], np.float64),
+                                  g.G)})
       rewards_bg = rows["total"].reshape(g.prompts_per_step, g.G)
       adv_n = group_advantages(rewards_bg, g.adv_norm).reshape(-1).astype(np.float32)
       adv_n = adv_n[mine.start * g.G:mine.stop * g.G]
-      tokens_nt, index_nm, mask_nt = grpo_data.rollout_batch(
-          gen.prompt_tokens, [c.tokens for c in gen.completions], g.G, tok.pad_id, rollout_len,
-          g.max_new_tokens)
+      # Shapes from every process's lengths, so all build the same global arrays.
+      slots = grpo_data.rollout_lengths(
+          rows["prompt_len"].astype(int).tolist(), rows["length"].astype(int).tolist(),
+          prompt_budget=d.prompt_budget, max_new_tokens=g.max_new_tokens)
+      batch = grpo_data.rollout_batch(gen.prompt_tokens, [c.tokens for c in gen.completions],
+                                      g.G, tok.pad_id, *slots)
       t_sample = time.perf_counter() - t0
       # ---- learning: the rows of every process form one global batch
       t1 = time.perf_counter()
       n = g.prompts_per_step * g.G
-      tokens_nt = parallel.global_array(tokens_nt, batch_sh, (n, tokens_nt.shape[1]))
-      mask_j = parallel.global_array(mask_nt, batch_sh, (n, mask_nt.shape[1]))
-      index_j = parallel.global_array(index_nm, batch_sh, (n, index_nm.shape[1]))
+      if prefix_sh is not batch_sh:   # replicated: every process feeds all the prompts
+        batch.update(parallel.gather_rows({k: batch[k] for k in ("prefix", "prefix_mask")}))
+      batch = {k: parallel.global_array(
+          v, prefix_sh if k.startswith("prefix") else batch_sh,
+          ((g.prompts_per_step if k.startswith("prefix") else n), v.shape[1]))
+          for k, v in batch.items()}
       adv_j = parallel.global_array(adv_n, parallel.batch_sharding(mesh, ndim=1), (n,))
-      ref_logp = ref_fn(ref_trainable, frozen, tokens_nt, index_j) if use_ref else mask_j
-      old_logp = mask_j   # not read by the first pass
+      ref_logp = ref_fn(ref_trainable, frozen, batch) if use_ref else batch["mask"]
+      old_logp = batch["mask"]   # not read by the first pass
       rng = jax.random.fold_in(jax.random.PRNGKey(t.seed + 1), step)
       for k in range(g.mu):
         trainable, opt_state, m, logp = step_fns[k == 0](
-            trainable, opt_state, frozen, tokens_nt, index_j, mask_j, adv_j, old_logp, ref_logp,
+            trainable, opt_state, frozen, batch, adv_j, old_logp, ref_logp,
             jnp.float32(eps), jnp.float32(beta if use_ref else 0.0), jax.random.fold_in(rng, k))
         if k == 0:
           old_logp = logp

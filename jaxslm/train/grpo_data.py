@@ -116,29 +116,59 @@ def pad_to(n: int, multiple: int = 32) -> int:
   return int(math.ceil(max(n, 1) / multiple) * multiple)
 
 
-def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], group: int,
-                  pad_id: int, length: int, budget: int):
-  """(tokens [N, T], index [N, M], mask [N, M]) for N completion rows.
+def rollout_lengths(prompt_lens, completion_lens, *, prompt_budget: int,
+                    max_new_tokens: int) -> tuple[int, int]:
+  """(prefix slots Lp, suffix slots M) for `rollout_batch`: the longest prompt
+  (less its last token) and the longest completion of the step, rounded up to a
+  multiple of 32 (few distinct shapes, so few compilations) and capped by the
+  budgets. Pass every process's lengths so all build the same shapes."""
+  lp = min(pad_to(max(prompt_lens) - 1), max(prompt_budget - 1, 1))
+  m = min(pad_to(max(completion_lens)), max_new_tokens)
+  return max(lp, max(prompt_lens) - 1, 1), max(m, max(completion_lens), 1)
 
-  Row r holds prompt r // group, then completion r, right-padded to `length`
-  (no attention mask is needed: causal attention never looks ahead, and every
-  row starts at position 0 like the sampler's). `index[r, j]` is the position
-  whose logits predict completion token j (prompt length − 1 + j), so the loss
-  scores the M = `budget` completion slots only; `mask` is 1.0 on real
-  completion tokens. Indices of padding slots are clamped inside the row."""
-  rows = [list(prompt_ids[r // group]) + list(c) for r, c in enumerate(completion_ids)]
-  longest = max(len(x) for x in rows)
-  if longest > length or max(len(c) for c in completion_ids) > budget:
-    raise ValueError(f"rollout of {longest} tokens exceeds length {length} or budget {budget}")
-  tokens = np.full((len(rows), length), pad_id, np.int32)
-  index = np.zeros((len(rows), budget), np.int32)
-  mask = np.zeros((len(rows), budget), np.float32)
-  for r, x in enumerate(rows):
-    tokens[r, :len(x)] = x
-    p = len(prompt_ids[r // group])
-    index[r] = np.minimum(p - 1 + np.arange(budget), length - 2)
-    mask[r, :len(completion_ids[r])] = 1.0
-  return tokens, index, mask
+
+def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], group: int,
+                  pad_id: int, prefix_slots: int, suffix_slots: int) -> dict[str, np.ndarray]:
+  """The rollouts laid out for the shared-prefix forward (`grpo_step.policy_logprobs`):
+  each prompt's tokens run once, not once per completion of its group.
+
+  - "prefix" [P, Lp]: prompt p without its last token, left-padded, so that it
+    ends at slot Lp - 1 and its completions continue at slot Lp (a row's real
+    tokens fill consecutive slots, as sliding-window masks assume);
+    "prefix_mask" [P, Lp] marks the real ones.
+  - "suffix" [N, M]: row r holds the last token of prompt r // group, then
+    completion r without its last token, right-padded; "positions" [N, M] are
+    their positions (prompt length - 1 + j), so the logits at suffix slot j
+    predict completion token j, which is "targets" [N, M].
+  - "mask" [N, M]: 1.0 on real completion tokens (the only ones scored)."""
+  n, p = len(completion_ids), len(prompt_ids)
+  if n != p * group:
+    raise ValueError(f"{n} completions for {p} prompts x group {group}")
+  plens = [len(x) for x in prompt_ids]
+  if min(plens) < 1 or max(plens) - 1 > prefix_slots or \
+      max(len(c) for c in completion_ids) > suffix_slots:
+    raise ValueError(f"prompts of {min(plens)}..{max(plens)} tokens or completions of up to "
+                     f"{max(len(c) for c in completion_ids)} do not fit {prefix_slots} prefix and "
+                     f"{suffix_slots} suffix slots")
+  prefix = np.full((p, prefix_slots), pad_id, np.int32)
+  prefix_mask = np.zeros((p, prefix_slots), bool)
+  for i, x in enumerate(prompt_ids):
+    if len(x) > 1:
+      prefix[i, prefix_slots - len(x) + 1:] = x[:-1]
+      prefix_mask[i, prefix_slots - len(x) + 1:] = True
+  suffix = np.full((n, suffix_slots), pad_id, np.int32)
+  targets = np.full((n, suffix_slots), pad_id, np.int32)
+  mask = np.zeros((n, suffix_slots), np.float32)
+  for r, c in enumerate(completion_ids):
+    x = prompt_ids[r // group]
+    row = [x[-1], *c][:suffix_slots]
+    suffix[r, :len(row)] = row
+    targets[r, :len(c)] = c
+    mask[r, :len(c)] = 1.0
+  positions = (np.repeat(np.asarray(plens, np.int32) - 1, group)[:, None]
+               + np.arange(suffix_slots, dtype=np.int32)[None, :])
+  return {"prefix": prefix, "prefix_mask": prefix_mask, "suffix": suffix,
+          "positions": positions, "targets": targets, "mask": mask}
 
 
 def completion_text(c, tok, template) -> str:

@@ -1,33 +1,53 @@
 """GRPO's jitted functions: completion log-probabilities under base + trainable
-(logits at the completion positions only), the reference's, and one optimizer
-update of the clipped surrogate + k3 KL (`jaxslm.train.grpo_loss`)."""
+(each prompt run once for its whole group, logits at the completion positions
+only), the reference's, and one optimizer update of the clipped surrogate + k3
+KL (`jaxslm.train.grpo_loss`)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from jaxslm.models import Decoder
+from jaxslm.models import Decoder, init_cache
 from jaxslm.train.grpo_loss import grpo_loss, token_logprobs
 
 
-def policy_logprobs(trainable, frozen, tokens_nt, index_nm, rng=None, *, model_cfg):
-  """(log p, entropy) [N, M] of the completion tokens tokens[n, index[n, m] + 1]
-  under base + trainable; logits are computed at those positions only."""
+def policy_logprobs(trainable, frozen, batch, rng=None, *, model_cfg):
+  """(log p, entropy) [N, M] of each completion token (`batch["targets"]`)
+  under base + trainable, for a `grpo_data.rollout_batch` layout.
+
+  Shared prefix: the P prompts run once (batch P) into a KV cache, which is
+  repeated to the N = P x G rows of their groups; the rows then run only their
+  completions against it. Gradients flow back through the repeat (summed over
+  each group), so the result equals one forward per row over prompt +
+  completion (`tests/test_grpo.py` checks values and gradients), at
+  P x prompt + N x completion tokens instead of N x (prompt + completion)."""
   from jaxslm import lora
-  params = lora.combine(trainable, frozen)
-  rngs = {"lora_dropout": rng} if rng is not None else {}
-  logits_nmv = Decoder(model_cfg).apply({"params": params}, tokens_nt[:, :-1], rngs=rngs,
-                                        logit_index_bk=index_nm)
-  return token_logprobs(logits_nmv, jnp.take_along_axis(tokens_nt, index_nm + 1, axis=1))
+  variables = {"params": lora.combine(trainable, frozen)}
+  model = Decoder(model_cfg)
+  prefix_pl, prefix_mask_pl = batch["prefix"], batch["prefix_mask"]
+  suffix_nm = batch["suffix"]
+  (p, lp), (n, m) = prefix_pl.shape, suffix_nm.shape
+  group = n // p
+  last = model_cfg.max_seq_len - 1   # padding slots may run past the model's positions
+  rngs = ({"lora_dropout": jax.random.fold_in(rng, 0)} if rng is not None else {},
+          {"lora_dropout": jax.random.fold_in(rng, 1)} if rng is not None else {})
+  kv_mask_ps = jnp.concatenate([prefix_mask_pl, jnp.ones((p, m), bool)], axis=1)
+  positions_pl = jnp.clip(jnp.cumsum(prefix_mask_pl, axis=1) - 1, 0, last).astype(jnp.int32)
+  _, cache = model.apply(variables, prefix_pl, positions_pl, cache=init_cache(model_cfg, p, lp + m),
+                         cache_index=0, kv_mask_bs=kv_mask_ps, last_only=True, rngs=rngs[0])
+  cache = jax.tree.map(lambda a: jnp.repeat(a, group, axis=0), cache)
+  logits_nmv, _ = model.apply(variables, suffix_nm, jnp.minimum(batch["positions"], last),
+                              cache=cache, cache_index=lp,
+                              kv_mask_bs=jnp.repeat(kv_mask_ps, group, axis=0), rngs=rngs[1])
+  return token_logprobs(logits_nmv, batch["targets"])
 
 
-def reference_logprobs(ref_trainable, frozen, tokens_nt, index_nm, *, model_cfg):
-  return policy_logprobs(ref_trainable, frozen, tokens_nt, index_nm, model_cfg=model_cfg)[0]
+def reference_logprobs(ref_trainable, frozen, batch, *, model_cfg):
+  return policy_logprobs(ref_trainable, frozen, batch, model_cfg=model_cfg)[0]
 
 
-def grpo_step(trainable, opt_state, frozen, tokens_nt, index_nm, mask_nt, adv_n, old_logp_nt,
-              ref_logp_nt,
+def grpo_step(trainable, opt_state, frozen, batch, adv_n, old_logp_nt, ref_logp_nt,
               eps, beta, rng, *, model_cfg, optimizer, aggregation: str, norm_tokens: int,
               first: bool, dropout: bool, use_ref: bool, shardings=None):
   """One optimizer update; returns (trainable, opt_state, metrics, log p [N, M]).
@@ -38,8 +58,10 @@ def grpo_step(trainable, opt_state, frozen, tokens_nt, index_nm, mask_nt, adv_n,
   updated trees keep (FSDP), or None to leave them to the compiler."""
   import optax
 
+  mask_nt = batch["mask"]
+
   def loss_fn(tr):
-    logp, entropy = policy_logprobs(tr, frozen, tokens_nt, index_nm, rng if dropout else None,
+    logp, entropy = policy_logprobs(tr, frozen, batch, rng if dropout else None,
                                     model_cfg=model_cfg)
     old = jax.lax.stop_gradient(logp) if first else old_logp_nt
     ref = ref_logp_nt if use_ref else jax.lax.stop_gradient(logp)
