@@ -11,7 +11,9 @@
    the prompts, the sampling and the adapters' initialization).
 3. Each run scores the same held-out synthetic problems (indices from
    1,000,000 on, never trained on) greedily before and after: accuracy and
-   mean reward (0.2 format + 0.3 process + 0.5 accuracy).
+   mean reward (0.2 format + 0.3 process + 0.5 accuracy). With --eval-samples k,
+   also pass@1 at --eval-temperature over k samples per problem, drawn with
+   the same seeds before and after.
 
 Reported: the held-out accuracy and reward before (the warm start), after each
 seed, and the change as mean ± standard error over seeds.
@@ -104,6 +106,10 @@ def main(argv=None) -> int:
   ap.add_argument("--sft-problems", type=int, default=3000)
   ap.add_argument("--max-steps", type=int, default=2, help="reasoning steps per problem, at most")
   ap.add_argument("--eval-problems", type=int, default=200)
+  ap.add_argument("--eval-samples", type=int, default=0,
+                  help="also score pass@1 over this many sampled completions per held-out "
+                       "problem (at --eval-temperature; the same draws before and after)")
+  ap.add_argument("--eval-temperature", type=float, default=1.0)
   ap.add_argument("--max-new-tokens", type=int, default=96)
   ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                   help="extra GRPO config override, e.g. --set train.lr=1e-3")
@@ -122,7 +128,8 @@ def main(argv=None) -> int:
     c.init_from = sft
     c.data.synthetic_max_steps = args.max_steps
     c.grpo.max_new_tokens = c.eval.max_new_tokens = args.max_new_tokens
-    c.eval.update(problems=args.eval_problems, every=args.steps)
+    c.eval.update(problems=args.eval_problems, every=args.steps, samples=args.eval_samples,
+                  temperature=args.eval_temperature)
     c.train.update(seed=seed, steps=args.steps, checkpoint_every=args.steps)
     for item in args.set:
       field, _, value = item.partition("=")
@@ -138,6 +145,9 @@ def main(argv=None) -> int:
                  "train_reward_last10": float(np.mean([r["reward_mean"] for r in recs[-10:]])),
                  "step_s": float(np.median([r["sample_s"] + r["learn_s"] for r in recs])),
                  "completions_per_s": float(np.median([r["completions_per_s"] for r in recs]))})
+    if args.eval_samples:
+      print(f"seed {seed}: held-out sampled pass@1 {s['first_eval']['eval_sampled_accuracy']:.3f} "
+            f"-> {s['last_eval']['eval_sampled_accuracy']:.3f}", flush=True)
     print(f"seed {seed}: held-out accuracy {s['first_eval']['eval_accuracy']:.3f} -> "
           f"{s['last_eval']['eval_accuracy']:.3f}, reward {s['first_eval']['eval_reward']:.3f} -> "
           f"{s['last_eval']['eval_reward']:.3f} ({wall:.0f} s)", flush=True)
@@ -157,6 +167,14 @@ def main(argv=None) -> int:
       "reward_before": runs[0]["before"]["eval_reward"],
       "reward_after": agg("eval_reward", "after"), "reward_change": delta("eval_reward"),
   }
+  if args.eval_samples:
+    result.update(
+        sampled_accuracy_before=runs[0]["before"]["eval_sampled_accuracy"],
+        sampled_accuracy_after=agg("eval_sampled_accuracy", "after"),
+        sampled_accuracy_change=delta("eval_sampled_accuracy"),
+        sampled_reward_before=runs[0]["before"]["eval_sampled_reward"],
+        sampled_reward_after=agg("eval_sampled_reward", "after"),
+        sampled_reward_change=delta("eval_sampled_reward"))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
@@ -166,6 +184,11 @@ def main(argv=None) -> int:
         f"{a[0]:+.3f} ± {a[1]:.3f} over {len(runs)} seeds")
   print(f"held-out reward   {result['reward_before']:.3f} -> {result['reward_after'][0]:.3f} ± "
         f"{result['reward_after'][1]:.3f}; change {r[0]:+.3f} ± {r[1]:.3f}")
+  if args.eval_samples:
+    a, r = result["sampled_accuracy_change"], result["sampled_reward_change"]
+    print(f"held-out pass@1 at T={args.eval_temperature} ({args.eval_samples} samples): "
+          f"{result['sampled_accuracy_before']:.3f} -> {result['sampled_accuracy_after'][0]:.3f}; "
+          f"change {a[0]:+.3f} ± {a[1]:.3f}; its reward change {r[0]:+.3f} ± {r[1]:.3f}")
   print(f"wrote {args.out}")
   return 0
 

@@ -309,7 +309,10 @@ def grpo_config(method: str = "lora") -> ConfigDict:
   c.train = ConfigDict(dict(
       seed=0, steps=200, lr=5e-6, min_lr=0.0, warmup_ratio=0.1, b1=0.9, b2=0.99, eps=1e-8,
       weight_decay=0.1, grad_clip=1.0, log_every=1, checkpoint_every=50, keep_checkpoints=2))
-  c.eval = ConfigDict(dict(problems=200, every=50, max_new_tokens=256, batch_size=64))
+  # Held-out problems scored greedily; with samples k > 0 also pass@1 at `temperature`,
+  # averaged over k completions per problem (the same seeds at every evaluation).
+  c.eval = ConfigDict(dict(problems=200, every=50, max_new_tokens=256, batch_size=64,
+                           samples=0, temperature=1.0))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1))   # as in fine-tuning
   return c
 

@@ -134,6 +134,38 @@ def test_rollout_lengths_round_up_and_fit_the_budgets():
     grpo_data.rollout_batch([[1, 2, 3]], [[4], [5, 6, 7]], 2, 0, prefix_slots=4, suffix_slots=2)
 
 
+def test_heldout_eval_sampled_pass_at_1_is_repeatable_and_tends_to_greedy(warm):
+  """eval.samples: pass@1 over k sampled completions per held-out problem, with
+  the same draws at every call; at a vanishing temperature it is greedy accuracy."""
+  from jaxslm.data.templates import get_template
+  from jaxslm.train import grpo_data
+  c = tiny(warm)
+  model_cfg, params, tok, _, _ = grpo.build_policy(c)
+  tpl = get_template(c.data.template)
+  ep, src = grpo_data.load_problems(c.data, heldout=True, limit=12)
+  pool = grpo_data.encode_pool(ep, tok, tpl, budget=96, too_long="truncate", source=src)
+  fns, weights = grpo.reward_setup(c)
+
+  def ev(**kw):
+    return grpo_data.evaluate_heldout(model_cfg, params, tok, tpl, pool, fns, weights,
+                                      max_new_tokens=40, batch_size=16, extractor="solution", **kw)
+  greedy = ev()
+  assert "eval_sampled_accuracy" not in greedy
+  hot, again = ev(samples=3, temperature=1.5), ev(samples=3, temperature=1.5)
+  for key in ("eval_sampled_accuracy", "eval_sampled_accuracy_stderr", "eval_sampled_reward",
+              "eval_accuracy", "eval_reward"):
+    assert hot[key] == again[key], key
+  assert hot["eval_accuracy"] == greedy["eval_accuracy"]
+  assert 0.0 <= hot["eval_sampled_accuracy"] <= 1.0
+  cold = ev(samples=2, temperature=1e-6)
+  assert cold["eval_sampled_accuracy"] == greedy["eval_accuracy"]
+  assert cold["eval_sampled_reward"] == pytest.approx(greedy["eval_reward"])
+  # at 1.5 the tiny model's samples are not its greedy completions
+  assert hot["eval_sampled_reward"] != pytest.approx(greedy["eval_reward"])
+  with pytest.raises(UserError, match="eval.temperature=0.0"):
+    ev(samples=2, temperature=0.0)
+
+
 def test_lora_run_keeps_the_base_bit_identical_and_logs_everything(warm, tmp_path):
   import jaxslm
   c = tiny(warm)

@@ -261,7 +261,8 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
         model_cfg, parallel.local_replica(parallel.gathered(lora.combine(trainable, frozen), mesh)),
         tok, template,
         eval_pool, fns, weights, max_new_tokens=config.eval.max_new_tokens,
-        batch_size=config.eval.batch_size, extractor=config.rewards.extractor)
+        batch_size=config.eval.batch_size, extractor=config.rewards.extractor,
+        samples=config.eval.get("samples", 0), temperature=config.eval.get("temperature", 1.0))
 
   metrics_log = reporting.MetricsLog(paths.join(workdir, "metrics.jsonl"), is_main_process())
   metrics_log.truncate_after(start if start else -1)

@@ -189,24 +189,48 @@ def generate_for(model_cfg, params, tok, template, ids, *, max_new_tokens, tempe
 
 
 def evaluate_heldout(model_cfg, params, tok, template, pool: PromptPool, reward_fns, weights, *,
-                     max_new_tokens: int, batch_size: int, extractor: str) -> dict:
-  """Greedy accuracy (mean ± stderr), mean reward and format compliance on `pool`."""
+                     max_new_tokens: int, batch_size: int, extractor: str, samples: int = 0,
+                     temperature: float = 1.0) -> dict:
+  """Greedy accuracy (mean ± stderr), mean reward and format compliance on `pool`;
+  with `samples` k > 0 also pass@1 at `temperature` over k completions per
+  problem ("eval_sampled_accuracy", stderr over problems, and its mean reward).
+  Problem i's samples use seed 10**7 + i at every call, so two evaluations of a
+  run differ by the policy, not by the draw."""
   from jaxslm.evaluation.metrics import format_compliance
   from jaxslm.evaluation.stats import mean_stderr
   from jaxslm.train import rewards
   t0 = time.perf_counter()
-  texts = []
-  for b in range(0, len(pool), batch_size):
-    out = generate_for(model_cfg, params, tok, template, pool.ids[b:b + batch_size],
-                       max_new_tokens=max_new_tokens, temperature=0.0, n=1,
-                       seeds=list(range(b, min(b + batch_size, len(pool)))))
-    texts += [completion_text(c, tok, template) for c in out.completions]
-  total, _ = rewards.compute(reward_fns, weights, pool.texts, texts, pool.golds)
-  correct = [float(rewards.is_correct(t, g, extractor=extractor)) for t, g in zip(texts, pool.golds)]
-  acc, se = mean_stderr(correct)
-  return {"eval_accuracy": acc, "eval_accuracy_stderr": se,
-          "eval_reward": float(np.mean(total)),
-          "eval_format": float(np.mean([format_compliance(t, template.answer_format).strict
-                                        for t in texts])) if template.answer_format != "none"
-          else None,
-          "eval_problems": len(pool), "eval_s": time.perf_counter() - t0}
+
+  def score(n: int, temp: float):
+    texts = []
+    per_batch = max(1, batch_size // n)
+    for b in range(0, len(pool), per_batch):
+      out = generate_for(model_cfg, params, tok, template, pool.ids[b:b + per_batch],
+                         max_new_tokens=max_new_tokens, temperature=temp, n=n,
+                         seeds=[10**7 + i for i in range(b, min(b + per_batch, len(pool)))])
+      texts += [completion_text(c, tok, template) for c in out.completions]
+    prompts = [x for x in pool.texts for _ in range(n)]
+    golds = [x for x in pool.golds for _ in range(n)]
+    total, _ = rewards.compute(reward_fns, weights, prompts, texts, golds)
+    correct = np.asarray([float(rewards.is_correct(t, g, extractor=extractor))
+                          for t, g in zip(texts, golds)]).reshape(len(pool), n).mean(axis=1)
+    return texts, total, correct
+
+  texts, total, correct = score(1, 0.0)
+  acc, se = mean_stderr(correct.tolist())
+  out = {"eval_accuracy": acc, "eval_accuracy_stderr": se,
+         "eval_reward": float(np.mean(total)),
+         "eval_format": float(np.mean([format_compliance(t, template.answer_format).strict
+                                       for t in texts])) if template.answer_format != "none"
+         else None,
+         "eval_problems": len(pool)}
+  if samples > 0:
+    if temperature <= 0:
+      raise UserError(f"eval.temperature={temperature} with eval.samples={samples}: sampled "
+                      "pass@1 needs a temperature > 0 (greedy accuracy is always reported).")
+    _, s_total, s_correct = score(samples, temperature)
+    s_acc, s_se = mean_stderr(s_correct.tolist())
+    out.update(eval_sampled_accuracy=s_acc, eval_sampled_accuracy_stderr=s_se,
+               eval_sampled_reward=float(np.mean(s_total)))
+  out["eval_s"] = time.perf_counter() - t0
+  return out
