@@ -5,6 +5,10 @@ Warm-start first: pretrain (configs/default.py), then a short SFT in the
 
   python launch/pretrain.py --workdir runs/default
   python benchmarks/grpo_learning.py --workdir runs/grpo_learning   # SFT + GRPO + held-out eval
+  # the measured held-out gain (BENCHMARKS.md): a base pretrained 4,000 steps, G = 8
+  python benchmarks/grpo_learning.py --base runs/base4k --pretrain-steps 4000 --steps 150 \
+      --eval-problems 400 --eval-samples 4 --set grpo.G=8 \
+      --set "grpo.temperatures=(0.6,0.6,0.8,0.8,1.0,1.0,1.2,1.2)"
   # or by hand, from an SFT workdir:
   python launch/grpo.py --config configs/grpo_synthetic.py --config.init_from=runs/sft_synth \
       --workdir runs/grpo_synth

@@ -79,7 +79,9 @@ def rl(name, fsdp):
   c = load_config(sys.argv[3] + "/configs/grpo_synthetic.py")
   c.init_from, c.model_dtype = base, "float32"
   c.data.update(synthetic_max_steps=1, train_problems=32, prompt_budget=96)
-  c.grpo.update(prompts_per_step=4, G=2, temperatures=(0.8, 1.2), max_new_tokens=16, mu=2)
+  # 2 prompts on 4 devices: the shared prompt prefix is replicated, the 8 rows split
+  c.grpo.update(prompts_per_step=2, G=4, temperatures=(0.8, 0.9, 1.1, 1.2), max_new_tokens=16,
+                mu=2)
   c.rewards.update(names=("format", "__main__:length_reward"), weights=(0.5, 1.0))
   c.lora.update(rank=4, alpha=8.0)
   c.train.update(steps=2, checkpoint_every=100, log_every=1)
