@@ -122,9 +122,9 @@ def rollout_lengths(prompt_lens, completion_lens, *, prompt_budget: int,
   (less its last token) and the longest completion of the step, rounded up to a
   multiple of 32 (few distinct shapes, so few compilations) and capped by the
   budgets. Pass every process's lengths so all build the same shapes."""
-  lp = min(pad_to(max(prompt_lens) - 1), max(prompt_budget - 1, 1))
-  m = min(pad_to(max(completion_lens)), max_new_tokens)
-  return max(lp, max(prompt_lens) - 1, 1), max(m, max(completion_lens), 1)
+  need_p, need_c = max(max(prompt_lens) - 1, 1), max(max(completion_lens), 1)
+  return (max(need_p, min(pad_to(need_p), prompt_budget - 1)),
+          max(need_c, min(pad_to(need_c), max_new_tokens)))
 
 
 def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], group: int,
