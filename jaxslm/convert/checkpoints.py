@@ -171,16 +171,10 @@ def _export(cfg: ModelConfig, shapes: dict, leaves, tok, out_dir: str, *, hf_met
 def _hf_tensors(order: list[Entry], cfg: ModelConfig, shapes: dict, leaves):
   """Each entry's Hugging Face tensor, in `order`; leaves fetched in batches
   of about EXPORT_BATCH_BYTES and dropped once their tensor is made."""
-  batches, current, used = [], [], 0
-  for e in order:
-    size = sum(nbytes(shapes[p].shape, shapes[p].dtype) for p in e.jax)
-    if current and used + size > EXPORT_BATCH_BYTES:
-      batches.append(current)
-      current, used = [], 0
-    current.append(e)
-    used += size
-  if current:
-    batches.append(current)
+  from jaxslm.convert.files import plan_shards
+  sizes = [(i, sum(nbytes(shapes[p].shape, shapes[p].dtype) for p in e.jax))
+           for i, e in enumerate(order)]
+  batches = [[order[i] for i in group] for group in plan_shards(sizes, EXPORT_BATCH_BYTES)]
   fetched = leaves([p for e in batch for p in e.jax] for batch in batches)
   for batch in batches:
     got = next(fetched)

@@ -157,8 +157,8 @@ class TensorSpec:
 
 
 def plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
-  """Consecutive names grouped into shards of at most `max_shard_bytes`
-  (a single larger tensor gets a shard of its own)."""
+  """Consecutive names (any hashable keys) grouped into shards of at most
+  `max_shard_bytes` (a single larger item gets a shard of its own)."""
   shards, current, used = [], [], 0
   for name, size in sizes:
     if current and used + size > max_shard_bytes:

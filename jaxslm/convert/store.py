@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxslm.lora import nest_paths
 
 
 def read_batched(step_dir: str, shapes: dict[str, jax.ShapeDtypeStruct],
@@ -28,25 +29,14 @@ def read_batched(step_dir: str, shapes: dict[str, jax.ShapeDtypeStruct],
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   path = os.path.join(step_dir, "params")
   for batch in batches:
-    item = _nest({p: jax.ShapeDtypeStruct(shapes[p].shape, shapes[p].dtype) for p in batch})
-    args = _nest({p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=shapes[p].dtype)
-                  for p in batch})
+    item = nest_paths({p: jax.ShapeDtypeStruct(shapes[p].shape, shapes[p].dtype) for p in batch})
+    args = nest_paths({p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=shapes[p].dtype)
+                       for p in batch})
     out = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
                                                           partial_restore=True))
     flat = {p: _get(out, p) for p in batch}
     del out
     yield flat
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-  out: dict = {}
-  for path, x in flat.items():
-    *parents, leaf = path.split("/")
-    node = out
-    for k in parents:
-      node = node.setdefault(k, {})
-    node[leaf] = x
-  return out
 
 
 def _get(tree: dict, path: str):
