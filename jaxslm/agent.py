@@ -163,9 +163,9 @@ def model_generator(model, *, temperature: float = 0.0, seed: int = 0,
   with seed `seed + r`, so rounds at temperature > 0 draw fresh randomness
   while the whole run stays reproducible.
   """
-  import jaxslm  # lazy: the agent loop itself needs no JAX
+  from jaxslm import api  # lazy: the agent loop itself needs no JAX
 
-  model = jaxslm.api.resolve_model(model)
+  model = api.resolve_model(model)
   tok, context = model.tokenizer, model.model_cfg.max_seq_len
   rounds = [0]
 
@@ -174,7 +174,7 @@ def model_generator(model, *, temperature: float = 0.0, seed: int = 0,
     fits = [i for i, p in enumerate(prompts) if len(tok.encode(p, add_bos=add_bos)) < context]
     out: list[str | None] = [None] * len(prompts)
     if fits:
-      texts = jaxslm.sample(model, [prompts[i] for i in fits], max_new_tokens=max_new_tokens,
+      texts = api.sample(model, [prompts[i] for i in fits], max_new_tokens=max_new_tokens,
                             temperature=temperature, stop=stop, seed=seed + r, add_bos=add_bos,
                             **sample_kwargs)
       for i, text in zip(fits, texts):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import importlib.util
 import os
 from typing import Any, Sequence
@@ -74,6 +75,9 @@ def base_config() -> ConfigDict:
       sample_tokens=96,
   ))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
+  # Optional mirrors of metrics.jsonl (jaxslm.train.tracking): TensorBoard event files in
+  # <workdir>/tensorboard (tensorboardX), a Weights & Biases run (wandb installed).
+  c.tracking = ConfigDict(dict(tensorboard=False, wandb_project="", wandb_mode="online"))
   return c
 
 
@@ -226,6 +230,21 @@ def start_distributed(argv: Sequence[str]) -> list[str]:
   return rest
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+  return out
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+  """["a.b: old -> new", ...] for every dotted field that differs."""
+  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)]
+
+
 def build_model_config(config: ConfigDict) -> ModelConfig:
   return ModelConfig.from_dict(config.model.to_dict())
 
@@ -245,8 +264,10 @@ def finetune_config(method: str = "lora") -> ConfigDict:
   c.lora = ConfigDict(dict(rank=8, alpha=16.0, dropout=0.1, targets="qv", rslora=False))
   c.qlora = ConfigDict(dict(targets=r"_proj/kernel$", block_size=64, double_quant=True))
   c.data = ConfigDict(dict(
-      source="gsm8k",         # "gsm8k" or "instructions" (any local .jsonl/.json or hub dataset)
+      source="gsm8k",         # "gsm8k", "synthetic" (jaxslm.data.synthetic) or "instructions"
+                              # (any local .jsonl/.json or hub dataset)
       path="",                # GSM8K directory (e.g. ../shared/data/gsm8k) or instruction data
+      synthetic_problems=5000, synthetic_seed=0, synthetic_max_steps=4,   # source "synthetic"
       config="main", split="train",
       template="qa",          # jaxslm.data.templates: qa, q_a, cot, answer-is, final-only, ...
       keep_annotations=True,  # keep GSM8K's <<expr=value>> calculator annotations
@@ -265,9 +286,13 @@ def finetune_config(method: str = "lora") -> ConfigDict:
   # trainable tree and the optimizer state over that many devices.
   c.mesh = ConfigDict(dict(data=-1, fsdp=1))
   c.eval = ConfigDict(dict(
-      problems=100,           # GSM8K test problems for exact match at each evaluation (0: off)
+      problems=100,           # GSM8K test problems (synthetic source: held-out synthetic
+                              # problems) for exact match at each evaluation (0: off)
       split="test", path="", seed=1234, max_new_tokens=256, batch_size=32, rouge=True,
   ))
+  # Optional mirrors of metrics.jsonl (jaxslm.train.tracking): TensorBoard event files in
+  # <workdir>/tensorboard (tensorboardX), a Weights & Biases run (wandb installed).
+  c.tracking = ConfigDict(dict(tensorboard=False, wandb_project="", wandb_mode="online"))
   return c
 
 
@@ -314,17 +339,23 @@ def grpo_config(method: str = "lora") -> ConfigDict:
   c.eval = ConfigDict(dict(problems=200, every=50, max_new_tokens=256, batch_size=64,
                            samples=0, temperature=1.0))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1))   # as in fine-tuning
+  # Optional mirrors of metrics.jsonl (jaxslm.train.tracking): TensorBoard event files in
+  # <workdir>/tensorboard (tensorboardX), a Weights & Biases run (wandb installed).
+  c.tracking = ConfigDict(dict(tensorboard=False, wandb_project="", wandb_mode="online"))
   return c
 
 
-def launch_from_checkpoint(argv: Sequence[str], doc: str, run, base: ConfigDict, *,
-                           default_workdir, what: str) -> int:
-  """The body of a launcher whose runs start from a checkpoint (fine-tuning,
-  GRPO): --help, multi-host start-up, config parsing, --resume with the saved
-  config, exit codes 0 ok / 1 diverged / 2 bad input / 130 interrupted (saved).
-  `default_workdir(config)` names the workdir when --workdir is not given."""
-  from jaxslm.errors import UserError, report
-  from jaxslm.train.pretrain import TrainingDiverged
+def launch(argv: Sequence[str], doc: str, run, base: ConfigDict | None = None, *,
+           default_workdir, what: str, resume_needs_checkpoint: bool = True) -> int:
+  """The body of every training launcher (pretraining, fine-tuning, GRPO):
+  --help, multi-host start-up, config parsing, --resume with the run's saved
+  config (unless --config is given), exit codes 0 ok / 1 diverged / 2 bad
+  input / 130 interrupted (saved). `default_workdir(config)` names the
+  workdir when --workdir is not given. `resume_needs_checkpoint`: --resume on
+  a workdir without a checkpoint is an error (else it starts the run, as a
+  preemptible job restarted with the same command does)."""
+  from jaxslm import checkpoint as ckpt
+  from jaxslm.errors import TrainingDiverged, report
   if any(a in ("-h", "--help") for a in argv):
     print(doc + "\n" + DISTRIBUTED_HELP)
     return 0
@@ -333,15 +364,36 @@ def launch_from_checkpoint(argv: Sequence[str], doc: str, run, base: ConfigDict,
     config, options = parse_args(argv, base=base)
     workdir = options["workdir"] or default_workdir(config)
     if options["resume"]:
-      from jaxslm import checkpoint as ckpt
       try:
         meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
       except FileNotFoundError:
-        raise UserError(f"--resume: {workdir!r} holds no {what} checkpoint to continue; "
-                        "check --workdir, or drop --resume to start a new run.") from None
-      if not options["config_path"]:
+        meta = None
+        if resume_needs_checkpoint:
+          raise UserError(f"--resume: {workdir!r} holds no {what} checkpoint to continue; "
+                          "check --workdir, or drop --resume to start a new run.") from None
+      if meta is not None and not options["config_path"]:
         config, _ = parse_args(argv, base=ConfigDict(meta["config"]))
+    show_config(config, base if base is not None else base_config(), options["config_path"],
+                workdir)
     result = run(config, workdir, resume=options["resume"])
   except (UserError, FileNotFoundError, TrainingDiverged) as e:
     return report(e, 1 if isinstance(e, TrainingDiverged) else 2)
   return 130 if result["interrupted"] else 0
+
+
+launch_from_checkpoint = launch   # the earlier name
+
+
+def show_config(config: ConfigDict, defaults: ConfigDict, config_path: str | None,
+                workdir: str) -> None:
+  """One line per field that differs from the defaults (the whole config goes
+  to <workdir>/config.json when the run starts)."""
+  import jax
+  if jax.process_index() != 0:
+    return
+  changes = config_changes(defaults.to_dict(), json.loads(config.to_json_best_effort()))
+  head = f"Config: {config_path or 'the defaults'}"
+  print(f"{head}; {len(changes)} field(s) differ from the defaults"
+        f"{':' if changes else ''} (all fields: {workdir}/config.json)", flush=True)
+  for c in changes:
+    print(f"  {c}", flush=True)

@@ -14,6 +14,15 @@ class ResourceUnavailable(UserError, RuntimeError):
   """Something the input names cannot be reached (offline hub, missing ranks)."""
 
 
+class TrainingDiverged(RuntimeError):
+  """The loss or the parameters became NaN or infinite (launchers exit 1)."""
+
+
+class SaveFailed(UserError, OSError):
+  """A checkpoint could not be written (a full disk, a lost mount); the
+  message names the last good checkpoint and how to resume."""
+
+
 def report(error: Exception, code: int = 2) -> int:
   """What a launcher does with an input error: print it on one line to stderr
   and return the exit code, or re-raise it with its traceback when

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxslm.lora import LoraWeight, dequantize, is_quantized
+from jaxslm.lora.tree import LoraWeight, dequantize, is_quantized
 
 __all__ = ["dense", "is_quantized", "is_wrapped_kernel"]
 

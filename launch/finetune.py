@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxslm.config import finetune_config, launch_from_checkpoint
+from jaxslm.config import finetune_config, launch
 from jaxslm.train.finetune import run
 
 
 def main(argv: list[str]) -> int:
-  return launch_from_checkpoint(argv, __doc__, run, finetune_config(), what="fine-tuning",
-                                default_workdir=lambda c: os.path.join("runs", f"sft_{c.method}"))
+  return launch(argv, __doc__, run, finetune_config(), what="fine-tuning",
+                default_workdir=lambda c: os.path.join("runs", f"sft_{c.method}"))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxslm.config import grpo_config, launch_from_checkpoint
+from jaxslm.config import grpo_config, launch
 from jaxslm.train.grpo import run
 
 
 def main(argv: list[str]) -> int:
-  return launch_from_checkpoint(argv, __doc__, run, grpo_config(), what="GRPO",
-                                default_workdir=lambda c: os.path.join("runs", f"grpo_{c.method}"))
+  return launch(argv, __doc__, run, grpo_config(), what="GRPO",
+                default_workdir=lambda c: os.path.join("runs", f"grpo_{c.method}"))
 
 
 if __name__ == "__main__":

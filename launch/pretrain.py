@@ -16,27 +16,13 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxslm.config import DISTRIBUTED_HELP, parse_args, start_distributed
-from jaxslm.errors import UserError, report
-from jaxslm.train.pretrain import TrainingDiverged, run, saved_config
+from jaxslm.config import launch
+from jaxslm.train.pretrain import run
 
 
 def main(argv: list[str]) -> int:
-  if any(a in ("-h", "--help") for a in argv):
-    print(__doc__ + "\n" + DISTRIBUTED_HELP)
-    return 0
-  try:
-    argv = start_distributed(argv)   # first: before anything asks JAX for a device
-    config, options = parse_args(argv)
-    workdir = options["workdir"] or os.path.join("runs", "default")
-    if options["resume"] and not options["config_path"]:
-      saved = saved_config(workdir)
-      if saved is not None:
-        config, _ = parse_args(argv, base=saved)
-    result = run(config, workdir, resume=options["resume"])
-  except (UserError, FileNotFoundError, TrainingDiverged) as e:
-    return report(e, 1 if isinstance(e, TrainingDiverged) else 2)
-  return 130 if result["interrupted"] else 0
+  return launch(argv, __doc__, run, what="pretraining", resume_needs_checkpoint=False,
+                default_workdir=lambda c: os.path.join("runs", "default"))
 
 
 if __name__ == "__main__":

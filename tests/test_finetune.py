@@ -59,7 +59,7 @@ def tiny(config, base, **train):
 
 def test_there_are_configs_for_every_method():
   assert {p.stem for p in SFT_CONFIGS} == {f"sft_gsm8k_{m}" for m in
-                                           ("lora", "qlora", "full", "stacked")}
+                                           ("lora", "qlora", "full", "stacked")} | {"sft_synthetic"}
   for p in SFT_CONFIGS:
     assert "launch/finetune.py" in p.read_text().split('"""')[1], p
 
@@ -95,6 +95,22 @@ def test_config_trains_two_steps(method, base, lora_run, tmp_path):
     assert len(reloaded.params["layers_0"]["attn"]["q_proj"]["kernel"].a) == 2
     np.testing.assert_array_equal(np.asarray(now.a[0]), np.asarray(first.a[0]))
     np.testing.assert_array_equal(np.asarray(now.b[0]), np.asarray(first.b[0]))
+
+
+def test_synthetic_config_trains_and_evaluates_on_held_out_problems(base, tmp_path):
+  """configs/sft_synthetic.py: GRPO's warm start, from synthetic problems alone
+  (no GSM8K directory); its evaluation scores held-out synthetic problems."""
+  c = tiny(load_config(ROOT / "configs/sft_synthetic.py"), base)
+  c.data.update(path="", synthetic_problems=40)
+  c.eval.problems = 3
+  out = run(c, str(tmp_path / "w"))
+  assert out["step"] == 2 and "synthetic problems" in out["data"]["source"]
+  assert out["data"]["train_examples"] + out["data"]["dropped_too_long"] == 40 - 8   # 8 held out
+  assert "gsm8k_em" in out["last"]
+  from jaxslm.data.synthetic import HELDOUT_OFFSET
+  from jaxslm.train.finetune_data import _gsm8k_subset
+  held = _gsm8k_subset(c)
+  assert [e.index for e in held] == [HELDOUT_OFFSET + i for i in range(3)]
 
 
 def test_lora_run_outputs_load_back_and_agree(lora_run, base):

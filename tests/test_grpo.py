@@ -20,6 +20,7 @@ from jaxslm.models import ModelConfig, init_params
 from jaxslm.tokenizers import train_sentencepiece
 from jaxslm.train import grpo
 from jaxslm.train.rewards import RewardError
+from jaxslm.train import session
 from jaxslm.train.signals import StopRequest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ def test_resume_continues_exactly(warm, tmp_path, monkeypatch):
   c.train.update(steps=4, checkpoint_every=100)
   straight = grpo.run(c, str(tmp_path / "a"))
   with monkeypatch.context() as m:
-    m.setattr(grpo, "StopRequest", StopAfter)
+    m.setattr(session, "StopRequest", StopAfter)   # every trainer's stop signal
     stopped = grpo.run(c, str(tmp_path / "b"))
   assert stopped["interrupted"] and stopped["step"] == 2
   resumed = grpo.run(c, str(tmp_path / "b"), resume=True)

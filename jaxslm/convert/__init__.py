@@ -11,7 +11,9 @@
 Command line: `python launch/convert.py hf2jax --hf DIR --out CHECKPOINT` and
 `python launch/convert.py jax2hf --checkpoint CHECKPOINT --out DIR`.
 
-Layout: `table.py` (rules, families, shape checks), one module per family
+Layout: `table.py` (rules, families, shape checks), `registry.py` (the
+families by model type), `hf_config.py` (config.json fields the families
+share), one module per family
 group (`gpt2.py`; `gpt_neox.py`, the home of jaxslm's own GPT-style presets;
 `llama.py`: Llama, Mistral, Qwen2, Qwen3; `phi.py`: Phi-2, Phi-3/Phi-4;
 `gemma3.py`: Gemma 3, text-only and the text model of a multimodal one), `files.py`
@@ -25,12 +27,7 @@ tensor, jax2hf (of a plain checkpoint) a small batch of tensors.
 from __future__ import annotations
 
 from jaxslm.convert.checkpoints import config_from_hf, export, hf_to_jaxslm, jaxslm_to_hf
-
-
-def supported_model_types() -> list[str]:
-  from jaxslm.convert.table import FAMILIES, get_family
-  get_family("llama")
-  return sorted(FAMILIES)
+from jaxslm.convert.registry import supported_model_types
 
 
 __all__ = ["config_from_hf", "export", "hf_to_jaxslm", "jaxslm_to_hf", "supported_model_types"]

@@ -27,11 +27,11 @@ import numpy as np
 from jaxslm import checkpoint as ckpt
 from jaxslm import tokenizers
 from jaxslm.convert import files, store
+from jaxslm.convert.registry import get_family
 from jaxslm.convert.table import (FAMILIES, Entry, Family, check_coverage, check_shape, expand,
-                                  expected_hf, expected_hf_shape, flat_shapes, get_family,
-                                  match_keys, nbytes)
+                                  expected_hf, expected_hf_shape, flat_shapes, match_keys, nbytes)
 from jaxslm.errors import UserError
-from jaxslm.lora import nest_paths
+from jaxslm.lora.tree import nest_paths
 from jaxslm.tokenizers import hf_bos
 from jaxslm.models import ModelConfig
 
@@ -219,7 +219,6 @@ def _expressible(cfg: ModelConfig, family: Family) -> list[str]:
 
 
 def _infer_family(cfg: ModelConfig) -> Family:
-  get_family("llama")  # registers the families
   reasons = {}
   for family in FAMILIES.values():
     bad = _expressible(cfg, family)

@@ -40,8 +40,7 @@ import warnings
 
 import numpy as np
 
-from jaxslm.convert.gpt2 import _GELUS
-from jaxslm.convert.llama import bias_fields, rope_from_hf, rope_to_hf
+from jaxslm.convert.hf_config import GELUS, bias_fields, rope_from_hf, rope_to_hf
 from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register, xp
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
@@ -87,9 +86,9 @@ def _rope(hf: dict) -> tuple[float, dict, float]:
 def _from_hf(hf: dict) -> ModelConfig:
   hf = {**DEFAULTS, **hf}
   act = hf.get("hidden_activation") or hf.get("hidden_act")
-  if act not in _GELUS:
+  if act not in GELUS:
     raise UserError(f"{TEXT}: hidden_activation={act!r} is not supported; jaxslm's GeGLU uses "
-                    f"the tanh GELU, one of {_GELUS}.")
+                    f"the tanh GELU, one of {GELUS}.")
   if hf.get("final_logit_softcapping") is not None:
     raise UserError(f"{TEXT}: final_logit_softcapping={hf['final_logit_softcapping']!r} is not "
                     "supported (jaxslm has no logit soft-capping; Gemma 3 checkpoints set it to "

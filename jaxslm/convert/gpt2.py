@@ -15,20 +15,17 @@ buffers `attn.bias` / `attn.masked_bias` (ignored).
 
 from __future__ import annotations
 
-from jaxslm.convert.llama import need
+from jaxslm.convert.hf_config import GELUS, need
 from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register, split_columns
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
 
 # Both spell GELU with the tanh approximation (jaxslm's "gelu").
-_GELUS = ("gelu_new", "gelu_pytorch_tanh")
-
-
 def _from_hf(hf: dict) -> ModelConfig:
   act = hf.get("activation_function", "gelu_new")
-  if act not in _GELUS:
+  if act not in GELUS:
     raise UserError(f"gpt2: activation_function={act!r} is not supported; jaxslm's GELU is the "
-                    f"tanh approximation, one of {_GELUS}.")
+                    f"tanh approximation, one of {GELUS}.")
   if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
     raise UserError("gpt2: scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True "
                     "is not supported; jaxslm scales attention scores by 1/sqrt(head_dim).")

@@ -13,8 +13,7 @@ it to `lm_head.weight` on load, and that name is accepted on read).
 
 from __future__ import annotations
 
-from jaxslm.convert.gpt2 import _GELUS
-from jaxslm.convert.llama import bias_fields, need, rope_from_hf, rope_to_hf
+from jaxslm.convert.hf_config import GELUS, bias_fields, need, rope_from_hf, rope_to_hf
 from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register, xp
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
@@ -22,9 +21,9 @@ from jaxslm.models import ModelConfig
 
 def _from_hf(hf: dict) -> ModelConfig:
   act = hf.get("hidden_act", "gelu")
-  if act not in _GELUS:
+  if act not in GELUS:
     raise UserError(f"gpt_neox: hidden_act={act!r} is not supported; jaxslm's GELU is the tanh "
-                    f"approximation, one of {_GELUS}.")
+                    f"approximation, one of {GELUS}.")
   if hf.get("use_parallel_residual", True):
     raise UserError("gpt_neox: use_parallel_residual=True (Pythia) is not supported; jaxslm "
                     "blocks are sequential.")

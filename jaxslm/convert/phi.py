@@ -21,9 +21,8 @@ refused with a clear error.
 
 from __future__ import annotations
 
-from jaxslm.convert.gpt2 import _GELUS
-from jaxslm.convert.llama import (base_config, base_to_hf, bias_fields, need,
-                                  partial_rotary_from_hf, rope_from_hf, rope_to_hf)
+from jaxslm.convert.hf_config import (GELUS, base_config, base_to_hf, bias_fields, need,
+                                      partial_rotary_from_hf, rope_from_hf, rope_to_hf)
 from jaxslm.convert.table import COPY, LINEAR, Family, Rule, register, split_columns
 from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
@@ -33,9 +32,9 @@ from jaxslm.models import ModelConfig
 
 def _phi_from_hf(hf: dict) -> ModelConfig:
   act = hf.get("hidden_act", "gelu_new")
-  if act not in _GELUS:
+  if act not in GELUS:
     raise UserError(f"phi: hidden_act={act!r} is not supported; jaxslm's GELU is the tanh "
-                    f"approximation, one of {_GELUS}.")
+                    f"approximation, one of {GELUS}.")
   d, n = need(hf, "hidden_size", "phi"), need(hf, "num_attention_heads", "phi")
   theta, scaling = rope_from_hf(hf, "phi", partial=True, kinds=("default",))
   return ModelConfig(

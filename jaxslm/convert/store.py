@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxslm.lora import nest_paths
+from jaxslm.lora.tree import nest_paths
 
 
 def read_batched(step_dir: str, shapes: dict[str, jax.ShapeDtypeStruct],

@@ -139,15 +139,6 @@ def register(family: Family) -> Family:
   return family
 
 
-def get_family(model_type: str | None, where: str = "config.json") -> Family:
-  # They register their families, in this order (the order `export` tries them in).
-  from jaxslm.convert import gpt2, gpt_neox, llama, phi, gemma3  # noqa: F401, I001
-  if model_type not in FAMILIES:
-    raise UserError(f"model_type={model_type!r} in {where} is not supported; supported model "
-                    f"types: {sorted(FAMILIES)}.")
-  return FAMILIES[model_type]
-
-
 def flat_shapes(cfg: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
   """{'/'-joined path: ShapeDtypeStruct} of the params `cfg` needs."""
   flat, _ = jax.tree_util.tree_flatten_with_path(param_shapes(cfg))

@@ -445,6 +445,11 @@ _TEMPLATES = [(f"chain:{t}", lambda r, n, s, t=t: _chain(r, n, s, t), 10 ** 9) f
 
 
 # ------------------------------------------------------------ generator
+# Held-out problems start at this index: training draws 0, 1, 2, ... (fine-tuning
+# and GRPO alike), evaluation HELDOUT_OFFSET + 0, 1, ..., so the two never meet.
+HELDOUT_OFFSET = 1_000_000
+
+
 class SyntheticMath:
     """Unlimited seeded word problems; `problem(i)` is a pure function of (seed, i)."""
 

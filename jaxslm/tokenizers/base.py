@@ -185,7 +185,27 @@ class Tokenizer(abc.ABC):
             f"eos_id={self.eos_id}, bos_id={self.bos_id}, pad_id={self.pad_id})"
         )
 
-    def __reduce__(self):
-        from jaxslm.tokenizers.factory import from_spec
+    @classmethod
+    def _from_spec(cls, spec: Mapping[str, Any]) -> "Tokenizer":
+        """This kind's tokenizer from its own `spec()` (a missing key raises KeyError)."""
+        raise NotImplementedError
 
-        return (from_spec, (self.spec(),))
+    @classmethod
+    def rebuild(cls, spec: Mapping[str, Any]) -> "Tokenizer":
+        """The tokenizer `spec()` describes, checked: a missing key or another
+        vocabulary size is a `UserError`. `tokenizers.from_spec` picks the class
+        by the spec's kind and calls this."""
+        try:
+            tok = cls._from_spec(spec)
+        except KeyError as e:
+            raise UserError(f"Tokenizer spec of kind {spec.get('kind')!r} lacks the key "
+                            f"{e.args[0]!r}.") from e
+        expected = spec.get("vocab_size")
+        if expected is not None and expected != tok.vocab_size:
+            raise UserError(
+                f"Tokenizer spec says vocab_size={expected} but {tok.name!r} has "
+                f"{tok.vocab_size}; the spec was written by an incompatible tokenizer version.")
+        return tok
+
+    def __reduce__(self):
+        return (type(self).rebuild, (self.spec(),))

@@ -150,6 +150,13 @@ class HFTokenizer(Tokenizer):
     def _decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
 
+    @classmethod
+    def _from_spec(cls, spec) -> "HFTokenizer":
+        return cls(spec["tokenizer_json"], eos_id=spec["eos_id"], bos_id=spec.get("bos_id"),
+                   pad_id=spec.get("pad_id"), chat_template=spec.get("chat_template"),
+                   name=spec.get("name"), extra_eos_ids=spec.get("extra_eos_ids") or (),
+                   add_bos_default=bool(spec.get("add_bos_default")))
+
     def spec(self) -> dict[str, Any]:
         return {"kind": "hf", "version": SPEC_VERSION, "name": self.name,
                 "vocab_size": self.vocab_size, "tokenizer_json": self._json,

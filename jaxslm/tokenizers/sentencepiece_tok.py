@@ -99,6 +99,11 @@ class SentencePieceTokenizer(Tokenizer):
     def _decode(self, ids: list[int]) -> str:
         return self._sp.decode(ids)
 
+    @classmethod
+    def _from_spec(cls, spec) -> "SentencePieceTokenizer":
+        return cls(base64.b64decode(spec["model_proto_b64"]), name=spec.get("name"),
+                   add_bos_default=bool(spec.get("add_bos_default")))
+
     def spec(self) -> dict[str, Any]:
         return {
             "kind": "sentencepiece",

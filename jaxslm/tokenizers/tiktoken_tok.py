@@ -69,6 +69,10 @@ class TiktokenTokenizer(Tokenizer):
         except KeyError as e:  # a hole in the id space (e.g. cl100k_base 100256)
             raise UserError(f"token id {e.args[0]} is not defined in {self.name!r}.") from e
 
+    @classmethod
+    def _from_spec(cls, spec) -> "TiktokenTokenizer":
+        return cls(spec["name"])
+
     def spec(self) -> dict[str, Any]:
         return {"kind": "tiktoken", "version": SPEC_VERSION, "name": self.name,
                 "vocab_size": self.vocab_size}

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
+from jaxslm.data.synthetic import HELDOUT_OFFSET  # noqa: F401 (re-exported)
 from jaxslm.errors import UserError
 
-HELDOUT_OFFSET = 1_000_000
 TOO_LONG = ("truncate", "refuse")
 
 

@@ -42,8 +42,9 @@ def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, callable]:
   decay_steps = train_cfg.decay_steps or train_cfg.steps
   if not train_cfg.decay_steps and train_cfg.steps < train_cfg.warmup_steps:
     raise UserError(f"train.steps={train_cfg.steps} (the decay length, as train.decay_steps is 0) "
-                    f"is below train.warmup_steps={train_cfg.warmup_steps}; lower "
-                    f"train.warmup_steps or raise train.steps.")
+                    f"is below train.warmup_steps={train_cfg.warmup_steps}. For a short run, set "
+                    f"--config.train.warmup_steps={train_cfg.steps // 10} (a tenth of the "
+                    f"steps), or raise train.steps.")
   schedule = lr_schedule(train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_steps, decay_steps)
   chain = []
   if train_cfg.grad_clip and train_cfg.grad_clip > 0:

@@ -12,7 +12,7 @@ import jax
 from jaxslm import checkpoint as ckpt
 from jaxslm import paths
 from jaxslm.train import parallel
-from jaxslm.train.pretrain import is_main_process, log
+from jaxslm.train.session import is_main_process, log
 
 
 def write_summary(workdir: str, summary: dict) -> None:
@@ -20,9 +20,16 @@ def write_summary(workdir: str, summary: dict) -> None:
     paths.write_text(paths.join(workdir, "summary.json"), json.dumps(summary, indent=2))
 
 
-def _fmt(m: dict) -> str:
-  return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
-                   if k != "step")
+def final_outputs(workdir, config, params, mesh, trainable_kind, meta_base, last,
+                  summary: dict) -> dict:
+  """After the last step of fine-tuning or GRPO: adapters/, export/ and
+  summary.json. Every process takes part (the params are gathered, a
+  collective); process 0 writes."""
+  whole = parallel.gathered(params, mesh)
+  out = write_outputs(workdir, config, whole, trainable_kind, meta_base, last)
+  del whole
+  write_summary(workdir, summary)
+  return {**out, "summary": summary}
 
 
 def write_outputs(workdir, config, params, trainable_kind, meta_base, last) -> dict:

@@ -9,6 +9,7 @@ the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -21,15 +22,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxslm import checkpoint as ckpt
-from jaxslm import paths
 from jaxslm import tokenizers
-from jaxslm.config import ConfigDict, build_model_config
+from jaxslm.config import ConfigDict, build_model_config, config_changes
 from jaxslm.data import BatchSampler, build_token_dataset, eval_batches, iter_texts
-from jaxslm.errors import UserError
+from jaxslm.errors import TrainingDiverged, UserError  # noqa: F401 (TrainingDiverged: re-exported)
 from jaxslm.models import ModelConfig, count_params, flops_per_token, init_params, summary
 from jaxslm.sampling import sample_reference
 from jaxslm.train import memory, parallel, reporting
-from jaxslm.train.signals import StopRequest
+from jaxslm.train.session import Session, is_main_process, log
 from jaxslm.train.optim import make_optimizer
 from jaxslm.train.step import (TrainState, create_state, eval_step, jit_train_step,
                                state_shardings)
@@ -39,19 +39,6 @@ _EXACTNESS_FIELDS = ("train.seed", "train.batch_size", "train.grad_accum", "trai
                      "train.lr", "train.min_lr", "train.warmup_steps", "train.decay_steps",
                      "train.b1", "train.b2", "train.eps", "train.weight_decay", "train.grad_clip",
                      "data", "tokenizer")
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss or the parameters became NaN or infinite."""
-
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0
-
-
-def log(*args):
-  if is_main_process():
-    print(*args, flush=True)
 
 
 def validate_config(config: ConfigDict, *, device_count: int | None = None,
@@ -133,29 +120,6 @@ def compile_step(step_fn, abstract: TrainState, state_sh: TrainState, batch_spec
   return compiled
 
 
-def saved_config(workdir: str) -> ConfigDict | None:
-  """The config of the latest checkpoint in `workdir`, or None."""
-  try:
-    meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
-  except FileNotFoundError:
-    return None
-  return ConfigDict(meta["config"])
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-  return out
-
-
-def config_changes(saved: dict, current: dict) -> list[str]:
-  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
-  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k)]
-
-
 def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, Any]:
   """Train per `config`, writing checkpoints, metrics and plots to `workdir`.
 
@@ -163,29 +127,101 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   """
   t = config.train
   model_cfg = validate_config(config)
-  optimizer, schedule = make_optimizer(t)
-  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-  paths.makedirs(workdir)
-  checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=t.keep_checkpoints,
-                                   async_save=t.async_checkpoint)
-  latest = checkpointer.latest_step()
-  saved_meta = checkpointer.read_meta(latest) if latest is not None else None
-  config_json = json.loads(config.to_json_best_effort())
+  with Session(workdir, what="pretraining", keep=t.keep_checkpoints, resume=resume,
+               async_save=t.async_checkpoint) as run:
+    check_resume(config, model_cfg, run)
+    pt = setup(config, model_cfg, run)
+    run.open_log(pt.start, t.steps, config)
+    step, interrupted = pt.start, False
+    if step == 0:
+      validate(pt, run, 0)
+    pt.window.restart()
+    while step < t.steps:
+      pt.state, metrics = pt.step_fn(pt.state, device_batch(pt, step))
+      pt.pending.append((step, metrics))
+      step += 1
+      pt.window.steps += 1
+      if step == pt.start + 1 or step % t.log_every == 0 or step == t.steps:
+        flush(pt, run)  # the first step's rate includes compilation
+      paused = False  # evaluation and saving are not training time
+      if step % t.eval_every == 0 or step == t.steps:
+        flush(pt, run)
+        validate(pt, run, step)
+        paused = True
+      if step % t.checkpoint_every == 0 or step == t.steps:
+        save(pt, run, step)
+        paused = True
+      if run.stop_requested(step, every=t.log_every):
+        flush(pt, run)
+        run.interrupted(step, *saved_trees(pt, step))
+        interrupted = True
+        break
+      if paused:
+        pt.window.restart()
+  run.finish()
+  result = {"workdir": workdir, "start_step": pt.start, "interrupted": interrupted, "step": step,
+            "last": pt.last, "checkpoint_dir": run.checkpointer.directory,
+            "params": pt.state.params, "tokenizer": pt.tok, "model_cfg": model_cfg}
+  if step >= t.steps and not interrupted:
+    result["samples"] = print_samples(model_cfg, pt.state.params, pt.tok, t, pt.mesh)
+  result["plot"] = run.plot("loss.png")
+  if is_main_process():
+    log(f"Wrote {run.metrics_log.path}" + (f" and {result['plot']}" if result["plot"] else ""))
+  run.close()
+  return result
+
+
+# ------------------------------------------------------------------ the run's parts
+@dataclasses.dataclass
+class Window:
+  """Training steps and time since the last progress line (for tokens/s)."""
+  t0: float = 0.0
+  steps: int = 0
+
+  def restart(self) -> None:
+    self.t0, self.steps = time.perf_counter(), 0
+
+
+@dataclasses.dataclass
+class Pretrain:
+  """One pretraining run's data, jitted functions and mutable state."""
+  config: ConfigDict
+  model_cfg: ModelConfig
+  tok: Any
+  data: Any
+  sampler: Any
+  val_local: list
+  mesh: Any
+  batch_sh: Any
+  eval_sh: Any
+  step_fn: Any
+  eval_fn: Any
+  state: TrainState
+  start: int
+  peak: float
+  flops_tok: float
+  config_json: dict
+  pending: list = dataclasses.field(default_factory=list)
+  last: dict = dataclasses.field(default_factory=dict)
+  window: Window = dataclasses.field(default_factory=Window)
+
+
+def check_resume(config: ConfigDict, model_cfg: ModelConfig, run: Session) -> None:
+  """A workdir with a checkpoint continues only with --resume and the same
+  model; a changed config that breaks exactness is a warning."""
+  t, saved_meta = config.train, run.saved_meta
   if saved_meta is not None:
     diff = [c for c in config_changes(saved_meta["model"], model_cfg.to_dict())
             if c.split(":")[0] not in ("remat", "attention_impl", "dtype")]
-    if not resume or diff:
+    if not run.resume or diff:
       what = ("holds a checkpoint of a different model (" + "; ".join(diff) + ")") if diff else \
-             f"already holds a checkpoint (step {latest})"
-      raise UserError(f"Workdir {workdir!r} {what}. Pass --resume to continue it"
+             f"already holds a checkpoint (step {run.latest})"
+      raise UserError(f"Workdir {run.workdir!r} {what}. Pass --resume to continue it"
                       f"{' with the same model config' if diff else ''}, or choose another "
                       f"--workdir.")
-  log("Config:\n" + config.to_json_best_effort(indent=2))
-  log(f"Devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
-      f"({jax.process_count()} process(es)); backend {jax.default_backend()}; "
-      f"mesh {dict(mesh.shape)}")
   if saved_meta is not None:
-    changed = [c for c in config_changes(saved_meta["config"], config_json)
+    changed = [c for c in config_changes(saved_meta["config"],
+                                         json.loads(config.to_json_best_effort()))
                if c.startswith(_EXACTNESS_FIELDS)]
     saved_t = saved_meta["config"]["train"]
     if not t.decay_steps and not saved_t["decay_steps"] and saved_t["steps"] != t.steps:
@@ -195,6 +231,15 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
       log("Warning: resuming with a changed config; the run will not match an uninterrupted "
           "one: " + "; ".join(changed))
 
+
+def setup(config: ConfigDict, model_cfg: ModelConfig, run: Session) -> Pretrain:
+  """Tokenizer, data, mesh, the compiled step and the state (fresh or restored)."""
+  t, saved_meta = config.train, run.saved_meta
+  optimizer, schedule = make_optimizer(t)
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+  log(f"Devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
+      f"({jax.process_count()} process(es)); backend {jax.default_backend()}; "
+      f"mesh {dict(mesh.shape)}")
   # Tokenizer: a resumed run reuses the exact one it was trained with.
   tok = tokenizers.from_spec(saved_meta["tokenizer"]) if saved_meta else build_tokenizer(config)
   if config.tokenizer.name == "train" and not saved_meta:
@@ -236,139 +281,90 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
                     out_shardings=parallel.replicated(mesh))
 
   if saved_meta is not None:
-    params, opt_state, meta = checkpointer.restore(
-        latest, ckpt.abstract_like(abstract.params, state_sh.params),
+    params, opt_state, meta = run.restore(
+        ckpt.abstract_like(abstract.params, state_sh.params),
         ckpt.abstract_like(abstract.opt_state, state_sh.opt_state))
     state = TrainState(step=jax.device_put(jnp.int32(meta["step"]), state_sh.step),
                        params=params, opt_state=opt_state,
                        rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32), state_sh.rng))
-    log(f"Resumed from step {meta['step']} ({checkpointer.directory})")
+    log(f"Resumed from step {meta['step']} ({run.checkpointer.directory})")
   else:
     state = jax.jit(fresh_state, out_shardings=state_sh)()
   start = int(jax.device_get(state.step))
   counts = count_params(model_cfg)
   log(f"Parameters: {counts['total']:,} total, {counts['non_embedding']:,} non-embedding")
-
-  def device_batch(step: int) -> jax.Array:
-    local = sampler.batch(step).reshape(t.grad_accum, -1, t.seq_len + 1)  # this process's rows
-    return parallel.global_array(local, batch_sh, (t.grad_accum, micro, t.seq_len + 1))
-
-  def evaluate() -> float:
-    losses = [eval_fn(state.params, parallel.global_array(
-        b, eval_sh, (b.shape[0] * jax.process_count(), b.shape[1]))) for b in val_local]
-    return float(np.mean(jax.device_get(losses)))
-
-  metrics_log = reporting.MetricsLog(paths.join(workdir, "metrics.jsonl"), is_main_process())
-  # A resumed run rewrites what came after its checkpoint; a fresh one starts a new log.
-  metrics_log.truncate_after(start if start else -1)
   peak, peak_src = reporting.peak_flops_per_device(t.peak_flops)
   flops_tok = flops_per_token(model_cfg, t.seq_len)
   log(f"MFU denominator: {peak / 1e12:.3g} TFLOP/s per device ({peak_src}); "
       f"{flops_tok / 1e6:.4g} MFLOP per token (6N + 12·L·H·T)")
-  progress = reporting.Progress(t.steps, is_main_process())
-  tokens_per_step = t.batch_size * t.seq_len
-  pending: list[tuple[int, dict]] = []
-  last: dict = {}
-  window = {"t0": time.perf_counter(), "steps": 0}  # training steps since the last log
-  saved_step = start
+  return Pretrain(config, model_cfg, tok, data, sampler, val_local, mesh, batch_sh, eval_sh,
+                  step_fn, eval_fn, state, start, peak, flops_tok,
+                  json.loads(config.to_json_best_effort()))
 
-  def flush() -> None:
-    """Bring pending step metrics to the host; stop on a non-finite loss or
-    parameter norm (so a NaN state is never saved); log them. Throughput
-    covers the training steps since the previous log, not eval or saving."""
-    nonlocal last
-    if not pending:
-      return
-    host = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, host):
-      m = {k: float(v) for k, v in m.items()}
-      if not all(math.isfinite(v) for v in m.values()):
-        raise TrainingDiverged(
-            f"Training diverged at step {s + 1}: loss {m['loss']}, grad norm {m['grad_norm']}, "
-            f"param norm {m['param_norm']}. Stopped without saving it; the last good checkpoint "
-            f"in {checkpointer.directory} is step {checkpointer.latest_step()}. Lower train.lr "
-            f"or raise train.warmup_steps, then --resume.")
-      last = {"step": s + 1, **m}
-    pending.clear()
-    tps = tokens_per_step * window["steps"] / max(time.perf_counter() - window["t0"], 1e-9)
-    mfu = tps * flops_tok / (peak * jax.device_count()) if peak else float("nan")
-    last.update(tokens_per_s=tps, mfu=mfu)
-    metrics_log.write(last)
-    progress.update(last["step"], loss=last["loss"], lr=last["lr"], tok_s=round(tps),
-                    mfu=f"{100 * mfu:.1f}%")
-    window.update(t0=time.perf_counter(), steps=0)
 
-  def save(step: int) -> None:
-    nonlocal saved_step
-    if step != saved_step:
-      flush()
-      checkpointer.save(step, state.params, state.opt_state, {
-          "step": step, "rng": [int(x) for x in np.asarray(jax.device_get(state.rng)).ravel()],
-          "data": {"next_batch": step, "seed": t.seed, "token_cache": data.path},
-          "config": config_json, "model": model_cfg.to_dict(), "tokenizer": tok.spec(),
-          "metrics": last, "jax_version": jax.__version__})
-      saved_step = step
+def device_batch(pt: Pretrain, step: int) -> jax.Array:
+  """Step `step`'s batch (a pure function of seed, step and process), sharded."""
+  t = pt.config.train
+  micro = t.batch_size // t.grad_accum
+  local = pt.sampler.batch(step).reshape(t.grad_accum, -1, t.seq_len + 1)  # this process's rows
+  return parallel.global_array(local, pt.batch_sh, (t.grad_accum, micro, t.seq_len + 1))
 
-  # Ctrl-C or SIGTERM (preemption): finish the step, save, exit.
-  stop = StopRequest().install()
 
-  def should_stop(step: int) -> bool:
-    if jax.process_count() == 1:
-      return stop.requested
-    # Processes agree at the same steps, so all leave the loop together.
-    if step % t.log_every:
-      return False
-    return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
+def validate(pt: Pretrain, run: Session, step: int) -> float:
+  """Validation loss over the fixed windows, logged."""
+  losses = [pt.eval_fn(pt.state.params, parallel.global_array(
+      b, pt.eval_sh, (b.shape[0] * jax.process_count(), b.shape[1]))) for b in pt.val_local]
+  val = float(np.mean(jax.device_get(losses)))
+  ppl = math.exp(min(val, 50))
+  run.record({"step": step, "val_loss": val, "val_ppl": ppl})
+  if step:
+    run.progress.newline()
+    pt.last["val_loss"] = val
+  log(f"step {step}: validation loss {val:.4f} (ppl {ppl:.{1 if step == 0 else 2}f})")
+  return val
 
-  step = start
-  result: dict[str, Any] = {"workdir": workdir, "start_step": start, "interrupted": False}
-  try:
-    if start == 0:
-      val = evaluate()
-      metrics_log.write({"step": 0, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
-      log(f"step 0: validation loss {val:.4f} (ppl {math.exp(min(val, 50)):.1f})")
-    window.update(t0=time.perf_counter(), steps=0)
-    while step < t.steps:
-      state, metrics = step_fn(state, device_batch(step))
-      pending.append((step, metrics))
-      step += 1
-      window["steps"] += 1
-      if step == start + 1 or step % t.log_every == 0 or step == t.steps:
-        flush()  # the first step's rate includes compilation
-      paused = False  # evaluation and saving are not training time
-      if step % t.eval_every == 0 or step == t.steps:
-        flush()
-        paused = True
-        val = evaluate()
-        metrics_log.write({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
-        progress.newline()
-        log(f"step {step}: validation loss {val:.4f} (ppl {math.exp(min(val, 50)):.2f})")
-        last["val_loss"] = val
-      if step % t.checkpoint_every == 0 or step == t.steps:
-        save(step)
-        paused = True
-      if should_stop(step):
-        save(step)
-        checkpointer.wait()
-        progress.newline()
-        log(f"Interrupted: saved step {step} to {checkpointer.directory}; continue with --resume.")
-        result["interrupted"] = True
-        break
-      if paused:
-        window.update(t0=time.perf_counter(), steps=0)
-  finally:
-    checkpointer.wait()
-    stop.restore()
-  progress.newline()
-  result.update(step=step, last=last, checkpoint_dir=checkpointer.directory,
-                params=state.params, tokenizer=tok, model_cfg=model_cfg)
-  if step >= t.steps and not result["interrupted"]:
-    result["samples"] = print_samples(model_cfg, state.params, tok, t, mesh)
-  if is_main_process():
-    result["plot"] = reporting.plot_losses(metrics_log.read(), paths.join(workdir, "loss.png"))
-    log(f"Wrote {metrics_log.path}" + (f" and {result['plot']}" if result["plot"] else ""))
-  checkpointer.close()
-  return result
+
+def flush(pt: Pretrain, run: Session) -> None:
+  """Bring pending step metrics to the host; stop on a non-finite loss or
+  parameter norm (so a NaN state is never saved); log them. Throughput
+  covers the training steps since the previous log, not eval or saving."""
+  if not pt.pending:
+    return
+  host = jax.device_get([m for _, m in pt.pending])
+  for (s, _), m in zip(pt.pending, host):
+    m = {k: float(v) for k, v in m.items()}
+    if not all(math.isfinite(v) for v in m.values()):
+      raise TrainingDiverged(
+          f"Training diverged at step {s + 1}: loss {m['loss']}, grad norm {m['grad_norm']}, "
+          f"param norm {m['param_norm']}. Stopped without saving it; the last good checkpoint "
+          f"in {run.checkpointer.directory} is step {run.checkpointer.latest_step()}. Lower "
+          f"train.lr or raise train.warmup_steps, then --resume.")
+    pt.last = {"step": s + 1, **m}
+  pt.pending.clear()
+  t = pt.config.train
+  tps = t.batch_size * t.seq_len * pt.window.steps / max(time.perf_counter() - pt.window.t0, 1e-9)
+  mfu = tps * pt.flops_tok / (pt.peak * jax.device_count()) if pt.peak else float("nan")
+  pt.last.update(tokens_per_s=tps, mfu=mfu)
+  run.record(pt.last)
+  run.progress.update(pt.last["step"], loss=pt.last["loss"], lr=pt.last["lr"], tok_s=round(tps),
+                      mfu=f"{100 * mfu:.1f}%")
+  pt.window.restart()
+
+
+def saved_trees(pt: Pretrain, step: int) -> tuple:
+  """Params, optimizer state and meta (RNG, data position, config, model, tokenizer)."""
+  t = pt.config.train
+  return (pt.state.params, pt.state.opt_state, {
+      "step": step, "rng": [int(x) for x in np.asarray(jax.device_get(pt.state.rng)).ravel()],
+      "data": {"next_batch": step, "seed": t.seed, "token_cache": pt.data.path},
+      "config": pt.config_json, "model": pt.model_cfg.to_dict(), "tokenizer": pt.tok.spec(),
+      "metrics": pt.last, "jax_version": jax.__version__})
+
+
+def save(pt: Pretrain, run: Session, step: int) -> None:
+  if step != run.saved_step:
+    flush(pt, run)
+    run.save(step, *saved_trees(pt, step))
 
 
 def print_samples(model_cfg, params, tok, t, mesh) -> list[str]:

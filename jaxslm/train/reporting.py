@@ -33,8 +33,57 @@ def peak_flops_per_device(configured: float = 0.0) -> tuple[float, str]:
     if name.lower() in kind.lower():
       return flops, f"{name} bf16 spec"
   if jax.default_backend() == "cpu":
-    return measure_matmul_peak(), "measured fp32 matmul on this CPU"
+    return cached_cpu_peak()
   return 0.0, f"unknown device kind {kind!r}: set train.peak_flops"
+
+
+def _machine_key() -> str:
+  """This CPU, as far as a matmul rate depends on it: model name, core count, JAX version."""
+  import os
+  import platform
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                   model)
+  except OSError:
+    pass
+  return f"{platform.node()}|{model}|{os.cpu_count()} cpus|jax {jax.__version__}"
+
+
+def cache_path() -> str:
+  import os
+  root = os.environ.get("JAXSLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                             "jaxslm")
+  return os.path.join(root, "cpu_peak_flops.json")
+
+
+def cached_cpu_peak(repeats: int = 30) -> tuple[float, str]:
+  """The CPU MFU denominator, measured once per machine and kept in
+  `cache_path()`, so MFU compares between runs (a rate measured at each start
+  moves with whatever else the machine is doing)."""
+  import json
+  import os
+  path, key = cache_path(), _machine_key()
+  try:
+    with open(path) as f:
+      cached = json.load(f)
+    if isinstance(cached, dict) and isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+      return float(cached[key]), f"fp32 matmul measured on this machine, cached in {path}"
+  except (OSError, ValueError):
+    cached = {}
+  peak = measure_matmul_peak(repeats=repeats)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = cached if isinstance(cached, dict) else {}
+    data[key] = peak
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+    return peak, f"fp32 matmul measured on this machine now, cached in {path}"
+  except OSError:
+    return peak, "fp32 matmul measured on this CPU now (cache not writable)"
 
 
 def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:

@@ -21,8 +21,8 @@ import numpy as np
 
 from jaxslm import paths
 from jaxslm.errors import UserError
-from jaxslm.lora import (FORMAT, LoraWeight, _append, _list_paths, flatten_paths, nest_paths,
-                         is_quantized, map_with_paths, strip)
+from jaxslm.lora.tree import (FORMAT, LoraWeight, _append, _list_paths, flatten_paths, nest_paths,
+                              is_quantized, map_with_paths, strip)
 
 
 def adapter_fingerprint(base_params) -> str:

@@ -1,33 +1,5 @@
-"""LoRA as parameter-tree transforms: add, stack, merge, freeze, save.
-
-    from jaxslm import lora
-    cfg = lora.LoraConfig(rank=8, alpha=16, targets="qv")       # attn q/v kernels
-    params = lora.add_adapter(base_params, cfg, jax.random.PRNGKey(0))
-    trainable, frozen = lora.split(params)                       # newest adapter only
-    opt_state = optimizer.init(trainable)                        # state for adapters only
-    grads = jax.grad(lambda t: loss(lora.combine(t, frozen)))(trainable)
-    lora.save_adapters("runs/x/adapters", lora.combine(trainable, frozen), {"base": "runs/base"})
-    params = lora.load_adapters("runs/x/adapters", base_params)
-    merged = lora.merge(params)                                  # plain kernels again
-
-A matched `*/kernel` leaf [in, out] becomes a `LoraWeight`: the base `w` (an
-array, or a `jaxslm.quant.NF4Weight` for QLoRA) plus a tuple of adapters,
-W = w + sum_i scales[i] * a[i] @ b[i]. `jaxslm.ops.dense` computes
-x @ w + sum_i scales[i] * (x @ a[i]) @ b[i] and never forms W, so the model
-code, the sampler and the trainer take LoRA trees as they are.
-`add_adapter` on an already wrapped kernel appends one adapter (stacked
-LoRA). A starts uniform in +-1/sqrt(in), B at zero, so a fresh adapter leaves
-the model's output unchanged.
-
-`split(params, trainable)` returns two trees. The trainable one is a plain
-nested dict holding only the arrays to train, keyed by parameter path plus
-the slot: `{"layers_0": {"attn": {"q_proj": {"kernel": {"a0": A, "b0": B}}}}}`
-(slots "a<i>"/"b<i>" name adapter i counted from 0, "w" the base; a plain
-leaf keeps its own path). The frozen one is `params` with those arrays
-replaced by None, so it keeps the LoraWeights' static fields; `combine`
-fills the Nones back. Give the optimizer and `jax.grad` only the trainable
-tree: the optimizer keeps no state for frozen leaves, which stay bit-identical.
-"""
+"""The LoRA tree transforms (`LoraWeight`, add, merge, split, combine, count);
+re-exported by `jaxslm.lora`, whose docstring is the guide."""
 
 from __future__ import annotations
 
@@ -331,8 +303,3 @@ def count_params(params, trainable: str = "last") -> dict[str, Any]:
   total = sum(_size(x) for x in flatten_paths(params).values())
   n = sum(math.prod(x.shape) for x in jax.tree.leaves(split(params, trainable)[0]))
   return {"trainable": n, "total": total, "percent": 100.0 * n / total}
-
-
-# Adapters on disk (save / load / fingerprint) live in `jaxslm.lora_files`.
-from jaxslm.lora_files import (adapter_fingerprint, load_adapters,  # noqa: E402
-                               read_adapter_meta, save_adapters)

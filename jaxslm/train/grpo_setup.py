@@ -1,0 +1,222 @@
+"""GRPO's configuration checks and setup: the policy (base + method), prompt
+pools, rewards, optimizer, mesh and shardings and jitted steps of one run,
+restored from its checkpoint on resume (`setup` -> `GRPORun`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxslm import checkpoint as ckpt
+from jaxslm import lora, paths
+from jaxslm.config import ConfigDict
+from jaxslm.errors import UserError
+from jaxslm.loading import build_params, load_base
+from jaxslm.train import grpo_data, memory, parallel
+from jaxslm.train.grpo_loss import AGGREGATIONS, NORMALIZATIONS, check_choice
+from jaxslm.train.grpo_step import _reference_jit, _step_jit
+from jaxslm.train.optim import make_optimizer
+from jaxslm.train.session import Session, log
+
+METHODS = ("lora", "full")
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(settings: tuple):
+  return make_optimizer(ConfigDict(dict(settings)))
+
+
+# ------------------------------------------------------------------ config
+def train_section(config: ConfigDict) -> ConfigDict:
+  """The `train` section with the warmup fraction resolved into steps."""
+  t = ConfigDict(config.train.to_dict())
+  with t.unlocked():
+    t.warmup_steps = int(round(t.warmup_ratio * t.steps))
+    t.decay_steps = 0
+  return t
+
+
+def temperatures(g) -> list[float]:
+  temps = list(g.temperatures) if isinstance(g.temperatures, (tuple, list)) else [g.temperatures]
+  if len(temps) == 1:
+    temps = temps * g.G
+  if len(temps) != g.G:
+    raise UserError(f"grpo.temperatures has {len(temps)} values for grpo.G={g.G} completions "
+                    "per prompt; give one value, or exactly G (e.g. (0.6, 0.8, 1.0, 1.2)).")
+  return [float(x) for x in temps]
+
+
+def reward_setup(config: ConfigDict):
+  """({name: fn}, {name: weight}) from the `rewards` section."""
+  from jaxslm.train import rewards
+  r = config.rewards
+  names, weights = list(r.names), list(r.weights)
+  if len(names) != len(weights) or not names:
+    raise UserError(f"rewards.names={tuple(names)} and rewards.weights={tuple(weights)} must be "
+                    "non-empty and of the same length (one weight per reward).")
+  fns = {}
+  for name in names:
+    fn = rewards.resolve(name)
+    if name == "accuracy" and r.extractor != "solution":
+      fn = functools.partial(rewards.accuracy_reward, extractor=r.extractor)
+    fns[name] = fn
+  return fns, dict(zip(names, [float(w) for w in weights]))
+
+
+def validate_config(config: ConfigDict) -> None:
+  g, t = config.grpo, config.train
+  if config.method not in METHODS:
+    raise UserError(f"method={config.method!r}; valid methods for GRPO: {', '.join(METHODS)}.")
+  if not config.init_from:
+    raise UserError("init_from is empty: pass --config.init_from=CHECKPOINT (a pretraining or "
+                    "fine-tuning workdir, a step directory or an exported/converted model).")
+  if g.G < 2:
+    raise UserError(f"grpo.G={g.G}: group-relative advantages need at least 2 completions per "
+                    "prompt (a group of one has no spread); set grpo.G >= 2 (the study uses 4).")
+  for section, name in (("grpo", "prompts_per_step"), ("grpo", "max_new_tokens"), ("grpo", "mu"),
+                        ("train", "steps"), ("train", "log_every"), ("train", "checkpoint_every"),
+                        ("train", "keep_checkpoints"), ("data", "prompt_budget")):
+    if config[section][name] <= 0:
+      raise UserError(f"{section}.{name}={config[section][name]} must be a positive integer.")
+  check_choice("grpo.adv_norm", g.adv_norm, NORMALIZATIONS)
+  check_choice("grpo.aggregation", g.aggregation, AGGREGATIONS)
+  temperatures(g)
+  if not 0 <= t.warmup_ratio <= 1:
+    raise UserError(f"train.warmup_ratio={t.warmup_ratio} must lie in [0, 1].")
+  if g.eps0 <= 0 or g.eps_min < 0:
+    raise UserError(f"grpo.eps0={g.eps0}, grpo.eps_min={g.eps_min}: the clip range must be > 0.")
+  if g.beta < 0:
+    raise UserError(f"grpo.beta={g.beta} must be >= 0 (0 drops the KL term).")
+  rows, devices = g.prompts_per_step * g.G, jax.device_count()
+  if rows % devices:
+    raise UserError(f"grpo.prompts_per_step * grpo.G = {rows} completions must be divisible by "
+                    f"the {devices} devices (data parallel); change grpo.prompts_per_step.")
+  parallel.mesh_shape(config.mesh.data, config.mesh.get("fsdp", 1), devices)
+  grpo_data.process_slice(g.prompts_per_step, 0, jax.process_count())
+  if config.method == "lora" and config.lora.rank < 1:
+    raise UserError(f"lora.rank={config.lora.rank} must be >= 1.")
+  reward_setup(config)
+  make_optimizer(train_section(config))
+
+
+@dataclasses.dataclass
+class GRPORun:
+  """One GRPO run's policy, prompts, jitted functions and mutable state."""
+  config: ConfigDict
+  model_cfg: Any
+  tok: Any
+  template: Any
+  kind: str
+  counts: dict
+  trainable: Any        # the trained leaves (adapters, or every leaf)
+  frozen: Any           # the rest of the policy (the base, for LoRA)
+  opt_state: Any
+  ref_trainable: Any    # the reference: a snapshot of the trainable leaves
+  beta: float
+  pool: Any
+  eval_pool: Any
+  source: str
+  fns: dict
+  weights: dict
+  temps: list
+  mesh: Any
+  batch_sh: Any
+  prefix_sh: Any
+  mine: slice           # this process's share of each step's prompts
+  use_ref: bool
+  step_fns: dict
+  ref_fn: Any
+  schedule: Any
+  meta_base: dict
+  start: int = 0
+  last: dict = dataclasses.field(default_factory=dict)
+  first_eval: dict | None = None
+  last_eval: dict | None = None
+
+
+def build_policy(config: ConfigDict):
+  """(model_cfg, params, tokenizer, base, trainable kind) of init_from + the method."""
+  model_cfg, params, tok, base = load_base(config)
+  params, kind = build_params(config, params, seed=config.train.seed)
+  return model_cfg, params, tok, base, kind
+
+
+def setup(config: ConfigDict, run: Session) -> GRPORun:
+  """Policy, prompt pools, rewards, optimizer, mesh and shardings, jitted steps;
+  restored on resume."""
+  from jaxslm.data.templates import get_template
+  g, d = config.grpo, config.data
+  config = ConfigDict(config.to_dict())
+  if run.saved_meta is not None:
+    config.init_from = run.saved_meta["finetune"]["init_from"]
+  model_cfg, params, tok, base, kind = build_policy(config)
+  template = get_template(d.template)
+  trainable, frozen = lora.split(params, kind)
+  counts = lora.count_params(params, kind)
+  log(f"Policy: {base.path} + {config.method} ({counts['trainable']:,} trainable of "
+      f"{counts['total']:,} parameters, {counts['percent']:.3f}%), {model_cfg.dtype} compute")
+  fns, weights = reward_setup(config)
+  problems, source = grpo_data.load_problems(d, heldout=False, limit=d.train_problems)
+  pool = grpo_data.encode_pool(problems, tok, template, budget=d.prompt_budget,
+                               too_long=d.too_long, source=source)
+  log(f"Prompts: {source}; {pool.truncated} truncated to {d.prompt_budget} tokens")
+  eval_pool = None
+  if config.eval.problems > 0:
+    ep, esource = grpo_data.load_problems(d, heldout=True, limit=config.eval.problems)
+    eval_pool = grpo_data.encode_pool(ep, tok, template, budget=d.prompt_budget,
+                                      too_long="truncate", source=esource)
+  optimizer, schedule = _optimizer(tuple(sorted(train_section(config).to_dict().items())))
+  opt_state = optimizer.init(trainable)
+  ref_trainable = jax.tree.map(jnp.copy, trainable)
+  # The update's batch is split over every device ("data" x "fsdp"); with
+  # mesh.fsdp > 1 the frozen base, the trainable tree, the reference snapshot
+  # and AdamW state are split over "fsdp" too. Each process samples its share
+  # of the prompts on a whole copy of the policy (gathered when split).
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.get("fsdp", 1))
+  batch_sh = parallel.batch_sharding(mesh)
+  # The prompts (one row each, run once per group) split like the rows when they
+  # divide evenly over the devices; otherwise every device runs all of them.
+  prefix_sh = batch_sh if g.prompts_per_step % mesh.size == 0 else parallel.replicated(mesh)
+  tr_sh, fr_sh, opt_sh = (parallel.tree_shardings(x, mesh) for x in (trainable, frozen, opt_state))
+  mine = grpo_data.process_slice(g.prompts_per_step, jax.process_index(), jax.process_count())
+  rollout_len = min(grpo_data.pad_to(d.prompt_budget + g.max_new_tokens), model_cfg.max_seq_len + 1)
+  log(memory.grpo_estimate(
+      model_cfg, trainable=trainable, frozen=frozen, opt_state=opt_state,
+      rows_per_device=g.prompts_per_step * g.G // jax.device_count(), rollout_len=rollout_len,
+      sample_prompts=len(mine), group=g.G, prompt_budget=d.prompt_budget,
+      max_new_tokens=g.max_new_tokens, trainable_shardings=tr_sh, frozen_shardings=fr_sh,
+      opt_shardings=opt_sh, where=f"mesh {dict(mesh.shape)}").line())
+  beta, start, last = float(g.beta), 0, {}
+  if run.latest is not None:
+    saved_state = {"opt": opt_state, "ref": ref_trainable}
+    trainable, state, meta = run.restore(
+        ckpt.abstract_like(trainable, tr_sh),
+        ckpt.abstract_like(saved_state, {"opt": opt_sh, "ref": tr_sh}))
+    opt_state, ref_trainable = state["opt"], state["ref"]
+    start, beta = int(meta["step"]), float(meta["grpo"]["beta"])
+    last = dict(meta.get("metrics") or {})
+    log(f"Resumed from step {start} (beta {beta:.4g})")
+  trainable, frozen, opt_state, ref_trainable = parallel.put_sharded(
+      (trainable, frozen, opt_state, ref_trainable), (tr_sh, fr_sh, opt_sh, tr_sh))
+  dropout = config.method != "full" and config.lora.dropout > 0
+  use_ref = g.beta > 0 or g.kl_target > 0   # beta 0 without a KL target: no reference pass
+  step_fns = {first: functools.partial(
+      _step_jit, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
+      norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
+      use_ref=use_ref, shardings=parallel.Static((tr_sh, opt_sh))) for first in (True, False)}
+  meta_base = {"finetune": {"method": config.method, "trainable": kind,
+                            "init_from": paths.resolve(base.path), "template": d.template},
+               "config": json.loads(config.to_json_best_effort()), "model": model_cfg.to_dict(),
+               "tokenizer": tok.spec(), "params": counts,
+               "data": {"source": source, "truncated": pool.truncated},
+               "jax_version": jax.__version__}
+  return GRPORun(config, model_cfg, tok, template, kind, counts, trainable, frozen, opt_state,
+                 ref_trainable, beta, pool, eval_pool, source, fns, weights, temperatures(g),
+                 mesh, batch_sh, prefix_sh, mine, use_ref, step_fns,
+                 functools.partial(_reference_jit, model_cfg=model_cfg), schedule, meta_base,
+                 start, last)
