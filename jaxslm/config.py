@@ -346,14 +346,17 @@ def grpo_config(method: str = "lora") -> ConfigDict:
 
 
 def launch(argv: Sequence[str], doc: str, run, base: ConfigDict | None = None, *,
-           default_workdir, what: str, resume_needs_checkpoint: bool = True) -> int:
+           default_workdir, what: str, resume_needs_checkpoint: bool = True,
+           next_steps=None) -> int:
   """The body of every training launcher (pretraining, fine-tuning, GRPO):
   --help, multi-host start-up, config parsing, --resume with the run's saved
   config (unless --config is given), exit codes 0 ok / 1 diverged / 2 bad
   input / 130 interrupted (saved). `default_workdir(config)` names the
   workdir when --workdir is not given. `resume_needs_checkpoint`: --resume on
   a workdir without a checkpoint is an error (else it starts the run, as a
-  preemptible job restarted with the same command does)."""
+  preemptible job restarted with the same command does). `next_steps(config,
+  workdir)` is printed after a run that finished: where its outputs are and
+  the natural next command."""
   from jaxslm import checkpoint as ckpt
   from jaxslm.errors import TrainingDiverged, report
   if any(a in ("-h", "--help") for a in argv):
@@ -378,7 +381,13 @@ def launch(argv: Sequence[str], doc: str, run, base: ConfigDict | None = None, *
     result = run(config, workdir, resume=options["resume"])
   except (UserError, FileNotFoundError, TrainingDiverged) as e:
     return report(e, 1 if isinstance(e, TrainingDiverged) else 2)
-  return 130 if result["interrupted"] else 0
+  if result["interrupted"]:
+    return 130
+  if next_steps is not None:
+    import jax
+    if jax.process_index() == 0:
+      print(next_steps(config, workdir), flush=True)
+  return 0
 
 
 launch_from_checkpoint = launch   # the earlier name

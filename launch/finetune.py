@@ -25,9 +25,24 @@ from jaxslm.config import finetune_config, launch
 from jaxslm.train.finetune import run
 
 
+def next_steps(config, workdir: str) -> str:
+  data = f" --data {config.data.path}" if config.data.source == "gsm8k" and config.data.path else ""
+  if config.data.source == "synthetic":
+    return (f"Outputs in {workdir}: checkpoints/, export/ (the merged model), "
+            f"{'' if config.method == 'full' else 'adapters/, '}metrics.jsonl, loss.png, "
+            f"summary.json.\nNext: GRPO from it,\n  python launch/grpo.py --config "
+            f"configs/grpo_synthetic.py --config.init_from={workdir} --workdir runs/grpo_synth")
+  return (f"Outputs in {workdir}: checkpoints/, export/ (the merged model), "
+          f"{'' if config.method == 'full' else 'adapters/, '}metrics.jsonl, loss.png, "
+          f"summary.json.\nNext: compare it with its base on held-out GSM8K problems,\n"
+          f"  python launch/eval.py --checkpoint {config.init_from} --checkpoint {workdir}{data} "
+          f"--limit 200 --out {workdir}/eval")
+
+
 def main(argv: list[str]) -> int:
   return launch(argv, __doc__, run, finetune_config(), what="fine-tuning",
-                default_workdir=lambda c: os.path.join("runs", f"sft_{c.method}"))
+                default_workdir=lambda c: os.path.join("runs", f"sft_{c.method}"),
+                next_steps=next_steps)
 
 
 if __name__ == "__main__":

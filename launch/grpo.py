@@ -23,9 +23,25 @@ from jaxslm.config import grpo_config, launch
 from jaxslm.train.grpo import run
 
 
+def next_steps(config, workdir: str) -> str:
+  if config.data.source == "gsm8k":
+    data = f" --data {config.data.path}" if config.data.path else ""
+    compare = (f"  python launch/eval.py --checkpoint {config.init_from} --checkpoint {workdir}"
+               f"{data} --template {config.data.template} --limit 200 --out {workdir}/eval")
+  else:
+    compare = (f"  python launch/eval.py --checkpoint {config.init_from} --checkpoint {workdir} "
+               f"--synthetic 200 --template {config.data.template} --out {workdir}/eval")
+  return (f"Outputs in {workdir}: checkpoints/, export/ (the merged model), "
+          f"{'' if config.method == 'full' else 'adapters/, '}metrics.jsonl, curves.png, "
+          f"summary.json.\nNext: compare it with where it started, on held-out problems,\n"
+          f"{compare}\nor export it for transformers,\n"
+          f"  python launch/convert.py jax2hf --checkpoint {workdir} --out exports/grpo")
+
+
 def main(argv: list[str]) -> int:
   return launch(argv, __doc__, run, grpo_config(), what="GRPO",
-                default_workdir=lambda c: os.path.join("runs", f"grpo_{c.method}"))
+                default_workdir=lambda c: os.path.join("runs", f"grpo_{c.method}"),
+                next_steps=next_steps)
 
 
 if __name__ == "__main__":

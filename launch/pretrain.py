@@ -20,9 +20,19 @@ from jaxslm.config import launch
 from jaxslm.train.pretrain import run
 
 
+def next_steps(config, workdir: str) -> str:
+  return (f"Outputs in {workdir}: checkpoints/, metrics.jsonl, loss.png, config.json.\n"
+          f"Next: sample from it,\n"
+          f"  python launch/sample.py --checkpoint {workdir} --prompt \"Question: Tom has 3 boxes "
+          f"of 12 apples. How many apples does he have?\nAnswer:\" --calculator\n"
+          f"or fine-tune it for GRPO's warm start,\n"
+          f"  python launch/finetune.py --config configs/sft_synthetic.py "
+          f"--config.init_from={workdir} --workdir runs/sft_synth")
+
+
 def main(argv: list[str]) -> int:
   return launch(argv, __doc__, run, what="pretraining", resume_needs_checkpoint=False,
-                default_workdir=lambda c: os.path.join("runs", "default"))
+                default_workdir=lambda c: os.path.join("runs", "default"), next_steps=next_steps)
 
 
 if __name__ == "__main__":
