@@ -1,0 +1,118 @@
+"""Plausibility of a Hugging Face model against its own weights.
+
+    check_config_sizes(hf_config, config_path, shapes)   # before building anything from it
+    warn_nonfinite({key: array}, where)                  # NaN / inf weights, named
+
+A config.json is read before the weights it describes, and a config that
+says 10**9 layers would have a converter build per-layer tables (and trace
+a model) in proportion to it. `check_config_sizes` first asks that every
+size field is a positive integer, then bounds each by the tensors actually
+present: no more layers than distinct layer indices among the tensor
+names, and no width (hidden, intermediate, vocab, heads, head size) above
+the largest tensor dimension. The exact per-tensor shapes are checked later
+against the family's table; this only keeps an absurd value from costing
+time or memory first.
+
+Weights holding NaN or infinity still convert (a user may want to inspect
+them), with one warning that says how many tensors and which.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from jaxslm.errors import UserError
+
+# Layer counts and widths under the names the supported families use.
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+WIDTH_KEYS = ("hidden_size", "n_embd", "intermediate_size", "n_inner", "vocab_size",
+              "num_attention_heads", "n_head", "num_key_value_heads", "head_dim")
+_INDEX = re.compile(r"(?:^|\.)(\d+)(?=\.|$)")
+_CHUNK = 1 << 22   # elements scanned at once for NaN / inf (bounds the temporary masks)
+
+
+def _configs(hf: Mapping) -> list[tuple[str, Mapping]]:
+  """The config and the text model's config inside it (multimodal checkpoints)."""
+  out = [("", hf)]
+  if isinstance(hf.get("text_config"), Mapping):
+    out.append(("text_config.", hf["text_config"]))
+  return out
+
+
+def layer_count(names: Iterable[str]) -> int:
+  """1 + the largest layer index in the tensor names (0 when none has one):
+  an upper bound on the layers any reading of these tensors can have."""
+  top = -1
+  for name in names:
+    for m in _INDEX.finditer(name):
+      top = max(top, int(m.group(1)))
+  return top + 1
+
+
+def check_config_sizes(hf: Mapping, where: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+  """UserError when a size field of the config `hf` (read from `where`) is
+  not a positive integer or exceeds what the tensors `shapes` ({name: shape})
+  can hold; see the module doc."""
+  layers = layer_count(shapes)
+  widest = max((d for s in shapes.values() for d in s), default=0)
+  fix = ("config.json and the weights come from different models, or config.json was edited; "
+         "use the config.json saved with these weights")
+  for prefix, cfg in _configs(hf):
+    for key in LAYER_KEYS + WIDTH_KEYS:
+      value = cfg.get(key)
+      if value is None:
+        continue
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{where}: {prefix}{key}={value!r} is not a positive integer; {fix}.")
+      if key in LAYER_KEYS and value > layers:
+        held = f"tensors for {layers} layers (indices 0..{layers - 1})" if layers else \
+            "no per-layer tensors"
+        raise UserError(f"{where}: {prefix}{key}={value}, but the weights hold {held}; {fix}.")
+      if key in WIDTH_KEYS and value > widest:
+        raise UserError(f"{where}: {prefix}{key}={value} is larger than every dimension of "
+                        f"every tensor in the weights (the largest is {widest}); {fix}.")
+
+
+def nonfinite(x: np.ndarray) -> tuple[int, int]:
+  """(NaN count, +-inf count) of a floating array, scanned in chunks; (0, 0)
+  for integer and boolean arrays."""
+  x = np.asarray(x)
+  if x.dtype.kind in "biu" or x.size == 0:
+    return 0, 0
+  flat = x.reshape(-1)
+  nan = inf = 0
+  for i in range(0, flat.size, _CHUNK):
+    chunk = flat[i:i + _CHUNK]
+    if chunk.dtype.kind not in "fc":   # bfloat16 / float8 (ml_dtypes): through float32
+      chunk = chunk.astype(np.float32)
+    nan += int(np.count_nonzero(np.isnan(chunk)))
+    inf += int(np.count_nonzero(np.isinf(chunk)))
+  return nan, inf
+
+
+def nonfinite_message(counts: Mapping[str, tuple[int, int]], total: int, where: str,
+                      limit: int = 6) -> str | None:
+  """One line naming the tensors with NaN / inf values, or None when none has any."""
+  bad = [(k, n, i) for k, (n, i) in counts.items() if n or i]
+  if not bad:
+    return None
+  parts = [f"{k} ({_counts(n, i)})" for k, n, i in bad[:limit]]
+  more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+  return (f"{len(bad)} of {total} tensors in {where} hold NaN or infinite values: "
+          f"{', '.join(parts)}{more}. The model will compute NaN; check the source of the "
+          "weights (a diverged run or a damaged file) before using it.")
+
+
+def _counts(nan: int, inf: int) -> str:
+  return ", ".join(p for p in (f"{nan} NaN" if nan else "", f"{inf} inf" if inf else "") if p)
+
+
+def warn_nonfinite(counts: Mapping[str, tuple[int, int]], total: int, where: str,
+                   stacklevel: int = 3) -> None:
+  message = nonfinite_message(counts, total, where)
+  if message:
+    warnings.warn(message, stacklevel=stacklevel)
