@@ -140,6 +140,10 @@ def _short(x, limit: int = 60) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _describe(shape_dtype) -> str:
+  return "nothing" if shape_dtype is None else f"{shape_dtype[1]}{list(shape_dtype[0])}"
+
+
 def _read_arrays(directory: str, abstract: dict) -> dict:
   """The adapter arrays, after their stored shapes and dtypes are checked
   against the record (so a damaged record never sizes a restore)."""
@@ -159,8 +163,8 @@ def _read_arrays(directory: str, abstract: dict) -> dict:
   if stored != want:
     diff = sorted(p for p in set(stored) | set(want) if stored.get(p) != want.get(p))
     raise UserError(f"The adapter arrays in {where} do not match the adapter record: "
-                    + "; ".join(f"{p}: stored {stored.get(p)}, recorded {want.get(p)}"
-                                for p in diff[:4])
+                    + "; ".join(f"{p}: stored {_describe(stored.get(p))}, recorded "
+                                f"{_describe(want.get(p))}" for p in diff[:4])
                     + ". The directory is damaged or mixed from two saves; save it again.")
   try:
     return flatten_paths(checkpoint.read_step_params(directory, nest_paths(abstract)))
