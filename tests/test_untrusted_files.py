@@ -341,3 +341,28 @@ def test_hf_dir_itself_a_symlink_loop(tmp_path):
   os.symlink("loop", tmp_path / "loop")
   with pytest.raises(UserError, match="symbolic link loop"):
     convert.hf_to_jaxslm(str(tmp_path / "loop"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64", "float8_e4m3fn"])
+def test_nonfinite_counts_match_numpy(dtype, monkeypatch):
+  """The chunked, sum-first scan against plain np.isnan / np.isinf counts,
+  with huge finite values (whose sum overflows) and chunks of 1000."""
+  import ml_dtypes
+  from jaxslm.convert import checks
+  monkeypatch.setattr(checks, "_CHUNK", 1000)
+  dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+  big = float(ml_dtypes.finfo(dt).max)
+  rng = np.random.default_rng(0)
+  for nan, inf, huge in ((0, 0, 0), (0, 0, 50), (7, 0, 3), (0, 5, 0), (4, 9, 20)):
+    x = rng.standard_normal(5000)
+    idx = rng.permutation(x.size)
+    x[idx[:huge]] = big
+    x = x.astype(dt)
+    if nan:
+      x[idx[huge:huge + nan]] = np.nan
+    if inf and dt != np.dtype(ml_dtypes.float8_e4m3fn):   # e4m3fn has no inf
+      x[idx[huge + nan:huge + nan + inf]] = np.where(np.arange(inf) % 2, np.inf, -np.inf)
+    ref = x.astype(np.float64)
+    want = (int(np.isnan(ref).sum()), int(np.isinf(ref).sum()))
+    assert checks.nonfinite(x.reshape(50, 100)) == want
+  assert checks.nonfinite(np.array([1, 2], np.int64)) == (0, 0)

@@ -79,19 +79,36 @@ def check_config_sizes(hf: Mapping, where: str, shapes: Mapping[str, tuple[int, 
 
 def nonfinite(x: np.ndarray) -> tuple[int, int]:
   """(NaN count, +-inf count) of a floating array, scanned in chunks; (0, 0)
-  for integer and boolean arrays."""
+  for integer and boolean arrays. A chunk whose sum is finite has neither
+  (NaN and inf propagate through a sum), so clean weights cost one summing
+  pass; bfloat16 is read on its bits (an all-ones exponent), other
+  ml_dtypes floats through float32."""
   x = np.asarray(x)
   if x.dtype.kind in "biu" or x.size == 0:
     return 0, 0
-  flat = x.reshape(-1)
+  flat = np.ascontiguousarray(x).reshape(-1)
   nan = inf = 0
-  for i in range(0, flat.size, _CHUNK):
-    chunk = flat[i:i + _CHUNK]
-    if chunk.dtype.kind not in "fc":   # bfloat16 / float8 (ml_dtypes): through float32
-      chunk = chunk.astype(np.float32)
-    nan += int(np.count_nonzero(np.isnan(chunk)))
-    inf += int(np.count_nonzero(np.isinf(chunk)))
+  with np.errstate(all="ignore"):   # a sum that overflows or meets inf - inf is expected
+    for i in range(0, flat.size, _CHUNK):
+      nan, inf = _count(flat[i:i + _CHUNK], nan, inf)
   return nan, inf
+
+
+def _count(chunk: np.ndarray, nan: int, inf: int) -> tuple[int, int]:
+  import ml_dtypes
+  if chunk.dtype == ml_dtypes.bfloat16:
+    bits = chunk.view(np.uint16)
+    special = (bits & np.uint16(0x7F80)) == np.uint16(0x7F80)
+    if special.any():
+      n = int(np.count_nonzero(special & ((bits & np.uint16(0x007F)) != 0)))
+      nan, inf = nan + n, inf + int(np.count_nonzero(special)) - n
+    return nan, inf
+  if chunk.dtype.kind not in "fc":   # float8 and other ml_dtypes floats
+    chunk = chunk.astype(np.float32)
+  elif np.isfinite(chunk.sum(dtype=np.result_type(chunk.dtype, np.float32))):
+    return nan, inf   # an overflowing sum of finite values falls through to the exact count
+  return (nan + int(np.count_nonzero(np.isnan(chunk))),
+          inf + int(np.count_nonzero(np.isinf(chunk))))
 
 
 def nonfinite_message(counts: Mapping[str, tuple[int, int]], total: int, where: str,
