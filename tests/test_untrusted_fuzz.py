@@ -202,3 +202,85 @@ def test_any_header_length(n):
 @given(st.binary(max_size=256))
 def test_arbitrary_bytes(raw):
   _check(raw)
+
+
+# ------------------------------------------------------------------ config.json
+
+
+@pytest.fixture(scope="module")
+def exported_llama(tmp_path_factory):
+  """A tiny Llama directory made with numpy alone (random weights, a
+  word-level tokenizer.json), its config.json with llama3 RoPE scaling so
+  those settings can be fuzzed too."""
+  from safetensors.numpy import save_file
+  from tokenizers import Tokenizer, models
+  d, inner, vocab, heads, kv, hd = 32, 64, 64, 4, 2, 8
+  config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": d,
+            "intermediate_size": inner, "num_hidden_layers": 2, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "head_dim": hd, "vocab_size": vocab,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 64,
+            "tie_word_embeddings": False, "attention_bias": False, "eos_token_id": 0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}
+  shapes = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,),
+            "lm_head.weight": (vocab, d)}
+  for i in range(2):
+    p = f"model.layers.{i}."
+    shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                   p + "self_attn.q_proj.weight": (heads * hd, d),
+                   p + "self_attn.k_proj.weight": (kv * hd, d),
+                   p + "self_attn.v_proj.weight": (kv * hd, d),
+                   p + "self_attn.o_proj.weight": (d, heads * hd),
+                   p + "mlp.gate_proj.weight": (inner, d), p + "mlp.up_proj.weight": (inner, d),
+                   p + "mlp.down_proj.weight": (d, inner)})
+  rng = np.random.default_rng(0)
+  out = tmp_path_factory.mktemp("fuzz") / "hf"
+  out.mkdir()
+  save_file({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()},
+            str(out / "model.safetensors"))
+  words = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "a": 1}, unk_token="<|endoftext|>"))
+  words.save(str(out / "tokenizer.json"))
+  (out / "config.json").write_text(json.dumps(config))
+  return str(out), config
+
+
+_CONFIG_KEYS = ["num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+                "rope_theta", "max_position_embeddings", "tie_word_embeddings", "model_type",
+                "rope_scaling", "rope_scaling.factor", "rope_scaling.low_freq_factor",
+                "rope_scaling.high_freq_factor", "rope_scaling.original_max_position_embeddings",
+                "rope_scaling.rope_type", "attention_bias", "text_config"]
+
+
+@settings(max_examples=20, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(_CONFIG_KEYS),
+       value=_json_values() | st.integers(-1, 2**64) | st.floats(1e-6, 1e6)
+       | st.sampled_from([0, 1, 2, 3, 8, 32, 64, 10**9]))
+def test_mutated_config_converts_or_fails_in_one_line(exported_llama, key, value):
+  """Property: hf_to_jaxslm converts, or raises UserError naming config.json,
+  within a bound; never another exception, never a hang."""
+  import shutil
+
+  from jaxslm import convert
+  src, config = exported_llama
+  config = json.loads(json.dumps(config))
+  if "." in key:
+    outer, inner = key.split(".")
+    config[outer][inner] = value
+  else:
+    config[key] = value
+  with tempfile.TemporaryDirectory() as tmp:
+    d = os.path.join(tmp, "hf")
+    shutil.copytree(src, d)
+    with open(os.path.join(d, "config.json"), "w") as f:
+      json.dump(config, f)
+    start = time.perf_counter()
+    try:
+      convert.hf_to_jaxslm(d, os.path.join(tmp, "out"))
+      hypothesis.event("converted")
+    except UserError as e:
+      hypothesis.event("UserError")
+      assert "\n" not in str(e)
+      assert not os.path.exists(os.path.join(tmp, "out"))
+    assert time.perf_counter() - start < 30

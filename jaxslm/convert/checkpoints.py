@@ -47,6 +47,7 @@ def config_from_hf(config_json: dict | str, dtype: str = "float32") -> ModelConf
     config_json = files.read_config(os.path.dirname(path) if path.endswith(".json") else path)
   if dtype not in DTYPES:
     raise UserError(f"dtype={dtype!r} is invalid: expected one of {DTYPES}.")
+  checks.check_config_types(config_json, "config.json")
   family = get_family(config_json.get("model_type"))
   return family.config_from_hf(config_json).replace(dtype=dtype, param_dtype=dtype)
 
@@ -68,6 +69,7 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
   # Every header is validated on opening, and the config's sizes bounded by the
   # tensors present, before anything is built in proportion to the config.
   with files.SafetensorsReader(hf_dir) as reader:
+    checks.check_config_types(hf, config_path)
     checks.check_config_sizes(hf, config_path, {k: reader.shape(k) for k in reader.keys()})
     cfg = config_from_hf(hf, dtype)
     tok = _tokenizer(hf_dir, tokenizer)

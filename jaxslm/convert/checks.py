@@ -1,5 +1,6 @@
 """Plausibility of a Hugging Face model against its own weights.
 
+    check_config_types(hf_config, config_path)           # numbers where numbers are read
     check_config_sizes(hf_config, config_path, shapes)   # before building anything from it
     warn_nonfinite({key: array}, where)                  # NaN / inf weights, named
 
@@ -75,6 +76,59 @@ def check_config_sizes(hf: Mapping, where: str, shapes: Mapping[str, tuple[int, 
       if key in WIDTH_KEYS and value > widest:
         raise UserError(f"{where}: {prefix}{key}={value} is larger than every dimension of "
                         f"every tensor in the weights (the largest is {widest}); {fix}.")
+
+
+# Fields the families read as numbers (None is no value for the first group),
+# and the RoPE settings they read as objects.
+NUMBER_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta",
+               "rotary_emb_base", "partial_rotary_factor", "rotary_pct", "rope_local_base_freq")
+NULLABLE_NUMBER_KEYS = ("query_pre_attn_scalar", "final_logit_softcapping",
+                        "attn_logit_softcapping", "sliding_window", "max_window_layers",
+                        "max_position_embeddings", "n_positions")
+ROPE_KEYS = ("rope_scaling", "rope_parameters")
+# RoPE settings that divide or scale frequencies: positive numbers, ints within int32.
+ROPE_POSITIVE = ("factor", "high_freq_factor", "low_freq_factor",
+                 "original_max_position_embeddings", "rope_theta", "attention_factor",
+                 "beta_fast", "beta_slow")
+
+
+def check_config_types(hf: Mapping, where: str) -> None:
+  """UserError when a numeric field of the config is not a finite number, or
+  a RoPE setting is not an object of such numbers (its type a string)."""
+  fix = "restore the config.json the model was saved with"
+  for prefix, cfg in _configs(hf):
+    for key in NUMBER_KEYS + NULLABLE_NUMBER_KEYS:
+      value = cfg.get(key, 0)
+      if not (_finite(value) or (value is None and key in NULLABLE_NUMBER_KEYS)):
+        raise UserError(f"{where}: {prefix}{key}={value!r} is not a finite number; {fix}.")
+    for key in ROPE_KEYS:
+      rope = cfg.get(key)
+      if rope is None:
+        continue
+      if not isinstance(rope, Mapping):
+        raise UserError(f"{where}: {prefix}{key}={rope!r} is not an object of RoPE settings; "
+                        f"{fix}.")
+      for k, v in rope.items():
+        if k in ("rope_type", "type"):
+          ok = isinstance(v, str)
+        elif k in ROPE_POSITIVE:
+          ok = _finite(v) and v > 0 and not (isinstance(v, int) and v >= 2**31)
+        else:
+          ok = (v is None or isinstance(v, (bool, str)) or _finite(v)
+                or (isinstance(v, list) and all(map(_finite, v))))
+        if not ok:
+          want = "a positive number" if k in ROPE_POSITIVE else "a number or a list of numbers"
+          raise UserError(f"{where}: {prefix}{key}[{k!r}]={v!r} is not a valid RoPE setting "
+                          f"({want}); {fix}.")
+      low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
+      if low is not None and high is not None and low >= high:
+        raise UserError(f"{where}: {prefix}{key} has low_freq_factor={low} >= "
+                        f"high_freq_factor={high}; the llama3 RoPE interpolation needs low < "
+                        f"high; {fix}.")
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
 
 
 def nonfinite(x: np.ndarray) -> tuple[int, int]:
