@@ -13,13 +13,16 @@ The tokenizer keeps whether transformers prepends BOS to plain text
 (`add_bos_default`: Llama 3, Gemma, Mistral do), and `jaxslm.sample`, evaluation
 and fine-tuning follow it. jax2hf takes anything `jaxslm.load` opens and
 writes config.json, safetensors and the tokenizer files that transformers
-loads as is (BOS behaviour included). Exit codes: 0 ok, 2 bad input.
+loads as is (BOS behaviour included). Exit codes: 0 ok, 2 bad input (one line
+on stderr naming the file and the fix; nothing is left at --out). Warnings
+(e.g. weights holding NaN) print on one line each.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from jaxslm import convert
 from jaxslm.errors import UserError, report
@@ -58,5 +61,10 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def _one_line(message, category, filename, lineno, line=None):
+  return f"warning: {message}\n"
+
+
 if __name__ == "__main__":
+  warnings.formatwarning = _one_line   # e.g. NaN weights: one line naming the tensors
   sys.exit(main(sys.argv[1:]))

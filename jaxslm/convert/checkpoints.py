@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxslm import checkpoint as ckpt
 from jaxslm import tokenizers
-from jaxslm.convert import files, store
+from jaxslm.convert import checks, files, store
 from jaxslm.convert.registry import get_family
 from jaxslm.convert.table import (FAMILIES, Entry, Family, check_coverage, check_shape, expand,
                                   expected_hf, expected_hf_shape, flat_shapes, match_keys, nbytes)
@@ -47,6 +47,7 @@ def config_from_hf(config_json: dict | str, dtype: str = "float32") -> ModelConf
     config_json = files.read_config(os.path.dirname(path) if path.endswith(".json") else path)
   if dtype not in DTYPES:
     raise UserError(f"dtype={dtype!r} is invalid: expected one of {DTYPES}.")
+  checks.check_config_types(config_json, "config.json")
   family = get_family(config_json.get("model_type"))
   return family.config_from_hf(config_json).replace(dtype=dtype, param_dtype=dtype)
 
@@ -62,14 +63,19 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
   use the directory's tokenizer.json. Returns `out_dir`.
   """
   hf = files.read_config(hf_dir)
-  family = get_family(hf.get("model_type"), os.path.join(hf_dir, files.CONFIG))
-  cfg = config_from_hf(hf, dtype)
-  tok = _tokenizer(hf_dir, tokenizer)
-  shapes = flat_shapes(cfg)
-  entries = expand(family.rules(cfg), cfg)
-  check_coverage(entries, cfg, family)
-  flat = {}
+  config_path = os.path.join(os.path.abspath(hf_dir), files.CONFIG)
+  family = get_family(hf.get("model_type"), config_path)
+  flat, nonfinite = {}, {}
+  # Every header is validated on opening, and the config's sizes bounded by the
+  # tensors present, before anything is built in proportion to the config.
   with files.SafetensorsReader(hf_dir) as reader:
+    checks.check_config_types(hf, config_path)
+    checks.check_config_sizes(hf, config_path, {k: reader.shape(k) for k in reader.keys()})
+    cfg = config_from_hf(hf, dtype)
+    tok = _tokenizer(hf_dir, tokenizer)
+    shapes = flat_shapes(cfg)
+    entries = expand(family.rules(cfg), cfg)
+    check_coverage(entries, cfg, family)
     matched = match_keys(reader.keys(), entries, cfg, family)
     for key, entry in matched.items():   # every shape first: fail before reading anything
       check_shape(key, reader.shape(key), expected_hf_shape(entry, cfg, shapes), entry)
@@ -78,6 +84,9 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
       flat.update({path: np.array(x, dtype=shapes[path].dtype, order="C")
                    for path, x in zip(entry.jax, outs)})
       del outs
+      counts = [checks.nonfinite(flat[path]) for path in entry.jax]
+      nonfinite[key] = (sum(c[0] for c in counts), sum(c[1] for c in counts))
+  checks.warn_nonfinite(nonfinite, len(matched), os.path.abspath(hf_dir))
   text = family.text_config(hf) if family.text_config else None   # a multimodal checkpoint
   meta = {"model": cfg.to_dict(), "tokenizer": tok.spec(),
           "hf": ({"model_type": family.model_type, "config": hf} if text is None
@@ -252,16 +261,17 @@ def _tokenizer(hf_dir: str, tokenizer) -> tokenizers.Tokenizer:
     return tokenizer
   if tokenizer is not None:
     return tokenizers.get_tokenizer(tokenizer)
-  if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+  if os.path.lexists(os.path.join(hf_dir, "tokenizer.json")):
     return tokenizers.HFTokenizer.from_dir(hf_dir)
   sp_model = os.path.join(hf_dir, "tokenizer.model")
-  if os.path.isfile(sp_model):   # SentencePiece only (older Gemma / Llama 2 repos)
+  if os.path.lexists(sp_model):   # SentencePiece only (older Gemma / Llama 2 repos)
     warnings.warn(f"{hf_dir!r} has tokenizer.model but no tokenizer.json: using the "
                   "SentencePiece model; its chat template (if any) is not carried over.",
                   stacklevel=3)
     tok = tokenizers.SentencePieceTokenizer.from_file(sp_model)
-    tcfg = files.read_json(os.path.join(hf_dir, "tokenizer_config.json")) or {}
-    hf = files.read_json(os.path.join(hf_dir, files.CONFIG))
+    tcfg = files.read_json(os.path.join(hf_dir, "tokenizer_config.json"),
+                           "tokenizer_config.json") or {}
+    hf = files.read_json(os.path.join(hf_dir, files.CONFIG), "config.json")
     if hf_bos.adds_bos(None, tcfg, tok.bos_id, model_config=hf):   # as transformers reads it
       tok = tokenizers.SentencePieceTokenizer(tok.model_proto, name=tok.name, add_bos_default=True)
     return tok

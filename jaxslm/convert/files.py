@@ -6,8 +6,11 @@
     plan = plan_files(specs, max_shard_bytes=2**31)    # [(file name, its TensorSpecs)]
     write_planned(out_dir, plan, tensors_iter)         # streamed, tensor by tensor
 
-Reading maps each tensor's bytes on its own (`numpy.memmap`, bf16 through
-ml_dtypes, no torch): pages are read when touched and unmapped when the
+Opening a reader validates every file first (`safetensors_header`: lengths,
+offsets, dtypes and sizes against the file; a directory, a symbolic link loop
+or an unreadable file as weights) and a sharded directory against its index;
+any problem is a `UserError` naming the file. Reading then maps each tensor's
+bytes on its own (`numpy.memmap`, bf16 through ml_dtypes, no torch): pages are read when touched and unmapped when the
 array is dropped, so a converter that copies what it keeps holds the output
 plus one tensor, never the file as well. Writing streams: a file's header is
 written from the specs first, then each tensor as it is produced, so the
@@ -24,125 +27,156 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable
 
-import ml_dtypes
 import numpy as np
 
+from jaxslm import file_checks
+from jaxslm.convert import safetensors_header as header_check
 from jaxslm.errors import UserError
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-# safetensors dtype codes in the order of its Dtype enum: a file stores its
-# tensors by dtype, this order reversed, then by name.
+# safetensors dtype codes jaxslm reads and writes, in the order of its Dtype
+# enum: a file stores its tensors by dtype, this order reversed, then by name.
 _CODES = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32",
           "F32", "F64", "I64", "U64")
-_NUMPY = dict(zip(_CODES, map(np.dtype, (
-    np.bool_, np.uint8, np.int8, ml_dtypes.float8_e5m2, ml_dtypes.float8_e4m3fn, np.int16,
-    np.uint16, np.float16, ml_dtypes.bfloat16, np.int32, np.uint32, np.float32, np.float64,
-    np.int64, np.uint64))))
+_NUMPY = {code: header_check.numpy_dtype(code) for code in _CODES}
 _CODE = {dt: code for code, dt in _NUMPY.items()}
 
 
 def read_config(hf_dir: str) -> dict:
   hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
+  try:
+    os.stat(hf_dir)
+  except OSError as e:
+    raise UserError(file_checks.os_problem(hf_dir, "Hugging Face model directory", e)) from None
   if not os.path.isdir(hf_dir):
-    raise UserError(f"Hugging Face model directory {hf_dir!r} does not exist; give the "
+    raise UserError(f"Hugging Face model directory {hf_dir!r} is a file; give the "
                     "directory that holds config.json and *.safetensors.")
   path = os.path.join(hf_dir, CONFIG)
-  if not os.path.isfile(path):
+  if not os.path.lexists(path):
     raise UserError(f"{hf_dir!r} has no config.json, so its architecture is unknown; give a "
                     "directory saved with save_pretrained (config.json + *.safetensors), "
                     "e.g. a snapshot from huggingface-cli download.")
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path} is not valid JSON ({e}).") from e
+  config = file_checks.read_json_object(path, "config.json")
+  if not isinstance(config.get("model_type"), (str, type(None))):
+    raise UserError(f"{path}: model_type={config['model_type']!r} is not a string; restore the "
+                    "config.json the model was saved with.")
+  return config
 
 
-def read_json(path: str) -> dict | None:
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+def read_json(path: str, what: str = "JSON file") -> dict | None:
+  """A JSON object file beside the weights, or None when there is none."""
+  return file_checks.read_json_object(path, what, missing_ok=True)
 
 
 def weight_files(hf_dir: str) -> tuple[list[str], dict[str, str] | None]:
   """(safetensors files, {tensor name: file} from the index or None)."""
-  index = read_json(os.path.join(hf_dir, INDEX))
+  index_path = os.path.join(hf_dir, INDEX)
+  index = read_json(index_path, INDEX)
   if index is not None:
-    weight_map = {k: os.path.join(hf_dir, f) for k, f in (index.get("weight_map") or {}).items()}
+    weight_map = _weight_map(index, index_path, hf_dir)
     files = sorted(set(weight_map.values()))
-    absent = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+    absent = [os.path.basename(f) for f in files if not os.path.lexists(f)]
     if absent:
       raise UserError(f"{INDEX} in {hf_dir!r} names shards that are not there: {absent}; "
                       "download every shard.")
     return files, weight_map
-  names = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
+  try:
+    listing = os.listdir(hf_dir)
+  except OSError as e:
+    raise UserError(f"Cannot list the model directory {hf_dir!r} ({e.strerror}); check its "
+                    "permissions.") from None
+  names = sorted(f for f in listing if f.endswith(".safetensors"))
   if SINGLE in names:
     names = [SINGLE]
   if not names:
-    other = [f for f in os.listdir(hf_dir) if f.endswith((".bin", ".pt", ".pth", ".h5"))]
+    other = [f for f in listing if f.endswith((".bin", ".pt", ".pth", ".h5"))]
     hint = (f" It has {other}: load it with transformers and re-save with "
             "save_pretrained(dir) (safetensors is the default).") if other else ""
     raise UserError(f"{hf_dir!r} has no *.safetensors weights.{hint}")
   return [os.path.join(hf_dir, f) for f in names], None
 
 
-def read_header(path: str) -> tuple[int, dict]:
-  """(offset of the data, {tensor name: {dtype, shape, data_offsets}}) of a safetensors file."""
-  with open(path, "rb") as f:
-    size = int.from_bytes(f.read(8), "little")
-    if not 2 <= size <= min(os.path.getsize(path) - 8, 100 << 20):
-      raise UserError(f"{path} is not a safetensors file (header length {size}); re-save it "
-                      "with save_pretrained or download it again.")
-    try:
-      header = json.loads(f.read(size))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise UserError(f"{path} has a corrupt safetensors header ({e}); download it again.") from e
-  header.pop("__metadata__", None)
-  return 8 + size, header
+def _weight_map(index, index_path: str, hf_dir: str) -> dict[str, str]:
+  """{tensor: shard path} of an index, each shard a plain file name in `hf_dir`."""
+  weight_map = index.get("weight_map") if isinstance(index, dict) else None
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise UserError(f"{index_path} has no weight_map object of tensor names to shard files; "
+                    "download it again, or remove it if model.safetensors is the whole model.")
+  out = {}
+  for name, shard in weight_map.items():
+    if (not isinstance(shard, str) or os.path.basename(shard) != shard
+            or shard in ("", ".", "..") or not shard.endswith(".safetensors")):
+      raise UserError(f"{index_path} maps {name!r} to {shard!r}, not a *.safetensors file name "
+                      "in the same directory; download the index again.")
+    out[name] = os.path.join(hf_dir, shard)
+  return out
 
 
 class SafetensorsReader(contextlib.AbstractContextManager):
-  """Every tensor of a model directory by name, mapped lazily from its file."""
+  """Every tensor of a model directory by name, mapped lazily from its file.
+
+  Opening it reads and validates every header (`safetensors_header`) before
+  anything is mapped; a sharded directory must agree with its index (each
+  listed tensor in its shard; a shard's tensor left out of the index is named
+  in a warning), and a tensor name found in two files is an error."""
 
   def __init__(self, hf_dir: str):
     files, weight_map = weight_files(hf_dir)
-    self._where = {}
+    self._where: dict[str, tuple[str, header_check.TensorInfo]] = {}
+    self.headers = {}
+    unlisted = []
     for f in files:
-      start, header = read_header(f)
-      self._where.update({k: (f, start, info) for k, info in header.items()
-                          if weight_map is None or weight_map.get(k) == f})
+      header = header_check.read_header(f)
+      self.headers[f] = header
+      for k, info in header.tensors.items():
+        if weight_map is not None and weight_map.get(k) != f:
+          unlisted.append(f"{k} ({os.path.basename(f)})")
+          continue
+        if k in self._where:
+          raise UserError(f"Tensor {k!r} is in both {self._where[k][0]} and {f}; which one "
+                          "is meant is ambiguous. Keep one copy of the weights in the directory.")
+        self._where[k] = (f, info)
+    if weight_map is not None:
+      lost = [k for k, f in weight_map.items() if k not in self._where]
+      if lost:
+        raise UserError(f"{INDEX} in {hf_dir!r} lists tensors their shard does not hold: "
+                        f"{_few(lost)}; download the shards (or the index) again.")
+      if unlisted:
+        warnings.warn(f"{len(unlisted)} tensors in the shards of {hf_dir!r} are not in its "
+                      f"{INDEX} and are not read: {_few(unlisted)}.", stacklevel=2)
 
   def keys(self) -> list[str]:
     return list(self._where)
 
   def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._where[key][2]["shape"])
+    return self._where[key][1].shape
 
   def get(self, key: str) -> np.ndarray:
     """The tensor as a read-only numpy array mapped from its file: its bytes
     are read when touched, and the mapping (its pages too) goes when the
     array and every view of it are dropped. Copy what you keep."""
-    path, start, info = self._where[key]
-    code, shape = info["dtype"], tuple(info["shape"])
-    if code not in _NUMPY:
-      raise UserError(f"Tensor {key!r} in {path} has dtype {code}, which jaxslm cannot read; "
-                      f"supported: {', '.join(_CODES)}. Re-save the model in float32 or bfloat16.")
-    dtype = _NUMPY[code]
-    begin, end = info["data_offsets"]
-    if end - begin != math.prod(shape) * dtype.itemsize:
-      raise UserError(f"Tensor {key!r} in {path} is corrupt: {end - begin} bytes for shape "
-                      f"{shape} of {code}; download the file again.")
-    if begin == end:
-      return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+    path, info = self._where[key]
+    dtype = header_check.numpy_dtype(info.code)
+    if dtype is None:
+      raise UserError(f"Tensor {key!r} in {path} has dtype {info.code}, which jaxslm cannot "
+                      f"read; supported: {', '.join(_CODES)}. Re-save the model in float32 or "
+                      "bfloat16.")
+    if info.nbytes == 0:
+      return np.zeros(info.shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=info.begin, shape=info.shape)
 
   def __exit__(self, *exc):
     return None
+
+
+def _few(names: list[str], limit: int = 8) -> str:
+  more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
 
 
 @dataclasses.dataclass(frozen=True)

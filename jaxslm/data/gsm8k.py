@@ -21,16 +21,16 @@ Where the data comes from (:func:`load`):
 
 Each row is an object with string fields "question" and "answer"; the answer is
 a worked solution whose final answer follows the last "####". A row that breaks
-this (bad JSON, not an object, a field missing, empty or not a string, no final
+this (not UTF-8, bad JSON, not an object, a field missing, empty or not a string, no final
 answer) is skipped and recorded in :attr:`Split.skipped` with its reason, never
 dropped silently; a split with no usable row at all is an error. Blank lines in
-a .jsonl file are not rows.
+a .jsonl file are not rows. A file that cannot be read at all (a directory, a
+symbolic link loop, a damaged .gz, a .json that is not JSON) is a UserError.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import re
@@ -38,6 +38,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from jaxslm import file_checks
+from jaxslm.data import jsonl
 from jaxslm.errors import ResourceUnavailable, UserError
 
 CONFIGS = ("main", "socratic")
@@ -112,7 +114,8 @@ def _resolve_file(path: str, split: str, config: str) -> str:
   if os.path.isdir(path):
     expected = f"{split}.jsonl" if config == "main" else f"{split}_socratic.jsonl"
     file = os.path.join(path, expected)
-    if os.path.isfile(file):
+    if os.path.lexists(file):
+      file_checks.check_file(file, "GSM8K file")   # a directory, a link loop, ...
       return file
     have = sorted(n for n in os.listdir(path) if n.endswith(".jsonl"))
     raise UserError(
@@ -120,6 +123,8 @@ def _resolve_file(path: str, split: str, config: str) -> str:
         f"its .jsonl files are {have or 'none'}. Pick a split and config those files "
         f"provide ('NAME.jsonl' is config 'main', 'NAME_socratic.jsonl' is 'socratic'), "
         f"or point at another directory.")
+  if os.path.lexists(path):
+    file_checks.check_file(path, "GSM8K file")
   if not os.path.exists(path):
     raise UserError(f"GSM8K path {path!r} does not exist (cwd {os.getcwd()!r}); pass a "
                      f"directory of {{split}}.jsonl files, or a .jsonl / .json file.")
@@ -135,28 +140,32 @@ def _stem(file: str) -> str:
 
 def read_rows(file: str) -> Iterator[tuple[int, Any]]:
   """(row index, row) pairs of a .jsonl file (or a .json list); a line that is
-  not JSON comes as a `BadRow` with the reason, for the caller to count or raise."""
-  with open(file, encoding="utf-8", errors="replace") as f:
-    text = f.read()
-  if file.lower().endswith(".json") and not text.lstrip().startswith("{"):
-    try:
-      rows = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{file!r} is not valid JSON ({e}); a .json file must hold "
-                       f"a list of rows, or rename it .jsonl for one row per line.") from None
-    if not isinstance(rows, list):
-      raise UserError(f"{file!r} holds a JSON {type(rows).__name__}, expected a "
-                       f"list of rows (JSON objects).")
-    yield from enumerate(rows)
-    return
+  not UTF-8 or not JSON comes as a `BadRow` with the reason, for the caller
+  to count or raise. A file that cannot be read at all is a UserError."""
+  if file.lower().endswith(".json"):
+    text = jsonl.read_text(file, "GSM8K file")
+    if not text.lstrip().startswith("{"):
+      rows, reason = jsonl.parse_or_reason(text)
+      if reason is not None:
+        raise UserError(f"{file!r} is {reason}; a .json file must hold a list of rows, or "
+                         "rename it .jsonl for one row per line.")
+      if not isinstance(rows, list):
+        raise UserError(f"{file!r} holds a JSON {type(rows).__name__}, expected a "
+                         f"list of rows (JSON objects).")
+      yield from enumerate(rows)
+      return
   index = 0  # JSON Lines (also a .json file whose first row starts the text)
-  for lineno, line in enumerate(text.splitlines(), 1):
+  for lineno, raw in jsonl.raw_lines(file, "GSM8K file"):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      yield index, BadRow(f"line {lineno} is not UTF-8 text (byte {e.start})")
+      index += 1
+      continue
     if not line.strip():
       continue
-    try:
-      yield index, json.loads(line)
-    except json.JSONDecodeError as e:
-      yield index, BadRow(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})")
+    row, reason = jsonl.parse_or_reason(line)
+    yield index, row if reason is None else BadRow(f"line {lineno} is {reason}")
     index += 1
 
 

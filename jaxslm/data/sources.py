@@ -23,7 +23,10 @@ Every source is read through one function, :func:`iter_texts`, driven by the
   synthetic_documents: int, synthetic_seed: int, synthetic_max_steps: int
                          arguments of ``jaxslm.data.synthetic.iter_documents``.
 
-Documents that are empty or whitespace-only are skipped (they would add a lone
+Local files are read strictly (`jaxslm.data.jsonl`): bytes that are not UTF-8,
+a line that is not JSON, a damaged .gz or parquet file, a path that is a
+symbolic link loop are each a UserError naming the file and line, never
+replaced or skipped. Documents that are empty or whitespace-only are skipped (they would add a lone
 EOS token and nothing to learn). Order is deterministic: globs are expanded and
 sorted, files are read in that order, rows in file order.
 """
@@ -31,13 +34,13 @@ sorted, files are read in that order, rows in file order.
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
 import importlib.util
 import itertools
-import json
 import os
 from typing import Any, Iterator
+from jaxslm import file_checks
+from jaxslm.data import jsonl
 from jaxslm.errors import ResourceUnavailable, UserError
 
 SOURCES = ("synthetic", "files", "hf")
@@ -191,22 +194,17 @@ def _file_kind(path: str, strict: bool = True) -> str | None:
 def _file_stats(files: list[str]) -> list[dict[str, Any]]:
   stats = []
   for f in files:
+    file_checks.check_file(f, "data file")   # a symbolic link loop, a dangling link, ...
     st = os.stat(f)
     stats.append({"path": os.path.abspath(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
   return stats
-
-
-def _open_text(path: str):
-  opener = gzip.open if path.lower().endswith(".gz") else open
-  return opener(path, "rt", encoding="utf-8", errors="replace")
 
 
 def _iter_files(files: list[str], text_field: str) -> Iterator[str]:
   for path in files:
     kind = _file_kind(path)
     if kind == "txt":
-      with _open_text(path) as f:
-        yield f.read()
+      yield jsonl.read_text(path)
     elif kind == "jsonl":
       yield from _iter_jsonl(path, text_field)
     else:
@@ -214,30 +212,40 @@ def _iter_files(files: list[str], text_field: str) -> Iterator[str]:
 
 
 def _iter_jsonl(path: str, text_field: str) -> Iterator[str]:
-  with _open_text(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno} is not valid JSON ({e}); every line of a .jsonl "
-                         f"file must be one JSON object.") from None
-      if not isinstance(row, dict):
-        raise UserError(f"{path}:{lineno} holds a {type(row).__name__}, expected a JSON "
-                         f"object with a {text_field!r} field.")
-      yield _text_of(row, text_field, f"{path}:{lineno}")
+  for lineno, line in jsonl.lines(path):
+    if not line.strip():
+      continue
+    where = f"{path}:{lineno}"
+    row = jsonl.parse(line, where)
+    if not isinstance(row, dict):
+      raise UserError(f"{where} holds a {type(row).__name__}, expected a JSON "
+                       f"object with a {text_field!r} field.")
+    yield _text_of(row, text_field, where)
 
 
 def _iter_parquet(path: str, text_field: str) -> Iterator[str]:
+  import pyarrow as pa
   import pyarrow.parquet as pq
 
-  pf = pq.ParquetFile(path)
-  names = pf.schema_arrow.names
+  file_checks.check_file(path, "data file")
+  try:
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+  except (pa.ArrowException, OSError) as e:
+    raise UserError(f"parquet file {path!r} cannot be read ({str(e)[:160]}); it is damaged, "
+                     "cut short or not parquet. Restore or download it again.") from None
   if text_field not in names:
     raise UserError(f"parquet file {path!r} has no column {text_field!r}; its columns are "
                      f"{names}. Set --config.data.text_field to one of them.")
-  for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
+  batches = pf.iter_batches(batch_size=1024, columns=[text_field])
+  while True:
+    try:
+      batch = next(batches, None)
+    except (pa.ArrowException, OSError) as e:
+      raise UserError(f"parquet file {path!r} is damaged past its header ({str(e)[:160]}); "
+                       "restore or download it again.") from None
+    if batch is None:
+      return
     for text in batch.column(0).to_pylist():
       if text is not None:
         yield _check_str(text, text_field, path)

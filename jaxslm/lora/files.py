@@ -7,19 +7,24 @@ The directory is a params-only checkpoint (`jaxslm.checkpoint.save_params`:
 atomic, never overwrites) holding the adapter arrays and a "lora" record: the
 format, a fingerprint of the base, and per kernel its shape, ranks, scales and
 dropout, so loading onto another base fails with the path and both shapes.
-Re-exported by `jaxslm.lora`.
+A directory from elsewhere is checked before anything is sized from it: the
+record field by field (ranks no larger than the kernel, known dtypes), then
+the stored arrays' shapes against the record, then the arrays themselves;
+each problem is a `UserError` naming the directory. Re-exported by `jaxslm.lora`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxslm import paths
+from jaxslm import file_checks, paths
 from jaxslm.errors import UserError
 from jaxslm.lora.tree import (FORMAT, LoraWeight, _append, _list_paths, flatten_paths, nest_paths,
                               is_quantized, map_with_paths, strip)
@@ -64,17 +69,109 @@ def save_adapters(directory: str, params, meta: dict | None = None) -> str:
 
 
 def read_adapter_meta(directory: str) -> dict:
-  """The meta `save_adapters` wrote (yours plus the "lora" record)."""
+  """The meta `save_adapters` wrote (yours plus the "lora" record), its
+  record checked: every field of the type and range `save_adapters` writes."""
   from jaxslm import checkpoint
   directory = paths.resolve(directory)
+  if not paths.is_remote(directory):
+    try:
+      os.stat(directory)
+    except OSError as e:
+      raise UserError(file_checks.os_problem(directory, "adapter directory", e)) from None
   if not paths.isdir(paths.join(directory, "meta")):
     raise UserError(f"{directory!r} is not an adapter directory (no meta/); pass a directory "
                     f"written by lora.save_adapters.")
-  meta = checkpoint.read_step_meta(directory)
-  if meta.get("lora", {}).get("format") != FORMAT:
+  try:
+    meta = checkpoint.read_step_meta(directory)
+  except Exception as e:   # Orbax / JSON errors of a damaged meta/ item
+    raise UserError(f"The adapter record {paths.join(directory, 'meta')} cannot be read "
+                    f"({type(e).__name__}: {str(e)[:160]}); it is damaged. Save the adapters "
+                    "again (lora.save_adapters) or restore the directory.") from None
+  if not isinstance(meta, dict) or not isinstance(meta.get("lora"), dict) \
+          or meta["lora"].get("format") != FORMAT:
+    keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
     raise UserError(f"{directory!r} holds no LoRA adapters of format {FORMAT!r} (meta has "
-                    f"{sorted(meta)}); pass a directory written by lora.save_adapters.")
+                    f"{keys}); pass a directory written by lora.save_adapters.")
+  _check_record(meta["lora"], directory)
   return meta
+
+
+def _check_record(rec: dict, directory: str) -> None:
+  """UserError naming the field when the "lora" record is not what save_adapters writes."""
+  def bad(what: str):
+    return UserError(f"The adapter record in {directory!r} is damaged: {what}. Save the "
+                     "adapters again (lora.save_adapters) or restore the directory.")
+
+  def positive_ints(x, n=None):
+    return (isinstance(x, list) and x and (n is None or len(x) == n)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in x))
+
+  def number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+  adapters = rec.get("adapters")
+  if not isinstance(adapters, dict) or not adapters:
+    raise bad(f"'adapters' is {_short(adapters)}, expected an object of kernel paths")
+  if not isinstance(rec.get("base_fingerprint"), str):
+    raise bad(f"base_fingerprint is {_short(rec.get('base_fingerprint'))}, not a string")
+  for path, info in adapters.items():
+    if not isinstance(info, dict):
+      raise bad(f"the entry of {path!r} is {_short(info)}, not an object")
+    shape, ranks = info.get("base_shape"), info.get("ranks")
+    scales, dtypes, dropout = info.get("scales"), info.get("dtypes"), info.get("dropout")
+    if not positive_ints(shape, 2):
+      raise bad(f"{path}: base_shape {_short(shape)} is not two positive integers")
+    if not positive_ints(ranks) or max(ranks) > min(shape):
+      raise bad(f"{path}: ranks {_short(ranks)} are not positive integers of at most "
+                f"{min(shape)} (the kernel is {tuple(shape)})")
+    if not (isinstance(scales, list) and len(scales) == len(ranks) and all(map(number, scales))):
+      raise bad(f"{path}: scales {_short(scales)} are not {len(ranks)} finite numbers")
+    if not (isinstance(dtypes, list) and len(dtypes) == len(ranks)
+            and all(dt in _ADAPTER_DTYPES for dt in dtypes)):
+      raise bad(f"{path}: dtypes {_short(dtypes)} are not {len(ranks)} of {_ADAPTER_DTYPES}")
+    if not (number(dropout) and 0 <= dropout < 1):
+      raise bad(f"{path}: dropout {_short(dropout)} is not a number in [0, 1)")
+
+
+_ADAPTER_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _short(x, limit: int = 60) -> str:
+  text = repr(x)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(shape_dtype) -> str:
+  return "nothing" if shape_dtype is None else f"{shape_dtype[1]}{list(shape_dtype[0])}"
+
+
+def _read_arrays(directory: str, abstract: dict) -> dict:
+  """The adapter arrays, after their stored shapes and dtypes are checked
+  against the record (so a damaged record never sizes a restore)."""
+  import orbax.checkpoint as ocp
+
+  from jaxslm import checkpoint
+  where = paths.join(directory, "params")
+  try:
+    stored = ocp.StandardCheckpointer().metadata(where).item_metadata.tree
+  except Exception as e:   # Orbax errors of a damaged or missing params/ item
+    raise UserError(f"The adapter arrays {where} cannot be read ({type(e).__name__}: "
+                    f"{str(e)[:160]}); they are damaged or missing. Save the adapters again "
+                    "or restore the directory.") from None
+  stored = {p: (tuple(m.shape), str(m.dtype)) for p, m in flatten_paths(stored).items()
+            if hasattr(m, "shape")}
+  want = {p: (tuple(x.shape), str(x.dtype)) for p, x in abstract.items()}
+  if stored != want:
+    diff = sorted(p for p in set(stored) | set(want) if stored.get(p) != want.get(p))
+    raise UserError(f"The adapter arrays in {where} do not match the adapter record: "
+                    + "; ".join(f"{p}: stored {_describe(stored.get(p))}, recorded "
+                                f"{_describe(want.get(p))}" for p in diff[:4])
+                    + ". The directory is damaged or mixed from two saves; save it again.")
+  try:
+    return flatten_paths(checkpoint.read_step_params(directory, nest_paths(abstract)))
+  except Exception as e:   # Orbax / TensorStore errors of damaged array chunks
+    raise UserError(f"The adapter arrays {where} cannot be read ({type(e).__name__}: "
+                    f"{str(e)[:160]}); they are damaged. Save the adapters again or restore "
+                    "the directory.") from None
 
 
 def load_adapters(directory: str, base_params, *, strict: bool = False):
@@ -82,7 +179,6 @@ def load_adapters(directory: str, base_params, *, strict: bool = False):
   (appended after any adapters already there). A kernel missing or of
   another shape than recorded is a UserError; another base fingerprint (same
   shapes, other values) warns, or raises with `strict=True`."""
-  from jaxslm import checkpoint
   meta = read_adapter_meta(directory)
   rec, flat = meta["lora"], flatten_paths(base_params)
   yours = {k: v for k, v in meta.items() if k != "lora"}
@@ -108,8 +204,7 @@ def load_adapters(directory: str, base_params, *, strict: bool = False):
     for i, (r, dt) in enumerate(zip(info["ranks"], info["dtypes"])):
       abstract[f"{p}/a{i}"] = jax.ShapeDtypeStruct((d_in, r), jnp.dtype(dt))
       abstract[f"{p}/b{i}"] = jax.ShapeDtypeStruct((r, d_out), jnp.dtype(dt))
-  arrays = flatten_paths(checkpoint.read_step_params(paths.resolve(directory),
-                                                     nest_paths(abstract)))
+  arrays = _read_arrays(paths.resolve(directory), abstract)
 
   def one(path, x):
     info = rec["adapters"].get(path)

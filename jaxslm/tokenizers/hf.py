@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from jaxslm import file_checks
 from jaxslm.errors import UserError
 from jaxslm.tokenizers import hf_bos
 from jaxslm.tokenizers.base import SPEC_VERSION, Tokenizer
@@ -14,7 +15,20 @@ from jaxslm.tokenizers.base import SPEC_VERSION, Tokenizer
 
 def _token_text(value) -> str | None:
     """A tokenizer_config.json special token: a string or {"content": ...}."""
-    return value.get("content") if isinstance(value, dict) else value
+    value = value.get("content") if isinstance(value, dict) else value
+    return value if isinstance(value, str) else None
+
+
+def _parse(text: str, path: str):
+    """The `tokenizers.Tokenizer` of a tokenizer.json's text; UserError naming the file."""
+    import tokenizers as hf_tokenizers  # the Hugging Face library, not this package
+
+    try:
+        return hf_tokenizers.Tokenizer.from_str(text)
+    except Exception as e:  # the Rust library raises plain Exception for any bad file
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a valid tokenizer.json ({detail}); download it again, "
+                        "or save the tokenizer with transformers' save_pretrained.") from None
 
 
 def _as_ids(value) -> list[int]:
@@ -76,26 +90,27 @@ class HFTokenizer(Tokenizer):
         files: BOS where `tokenizer(text)` prepends it."""
         directory = os.fspath(directory)
         path = os.path.join(directory, "tokenizer.json")
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"No tokenizer.json in {directory!r}; give the directory "
                                     "of a Hugging Face tokenizer (tokenizer.json).")
 
-        def read(file):
+        def read(file):   # a file beside tokenizer.json; every problem names it
             p = os.path.join(directory, file)
-            if not os.path.isfile(p):
-                return None
-            with open(p, encoding="utf-8") as f:
-                return f.read() if file.endswith(".jinja") else json.load(f)
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+            if file.endswith(".jinja"):
+                return file_checks.read_text(p, file) if os.path.lexists(p) else None
+            return file_checks.read_json_object(p, file, missing_ok=True)
+        text = file_checks.read_text(path, "tokenizer.json")
         tcfg, mcfg = read("tokenizer_config.json") or {}, read("config.json") or {}
         gcfg = read("generation_config.json") or {}
         template = tcfg.get("chat_template") or read("chat_template.jinja")
         if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default")
-        import tokenizers as hf_tokenizers
-        vocab = hf_tokenizers.Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
+        if template is not None and not isinstance(template, str):
+            raise UserError(f"The chat_template in {os.path.join(directory, 'tokenizer_config.json')}"
+                            f" is a {type(template).__name__}, not a Jinja template string; fix "
+                            "or remove it.")
+        vocab = _parse(text, path).get_vocab(with_added_tokens=True)
 
         def special(kind):
             token = _token_text(tcfg.get(f"{kind}_token"))
@@ -108,7 +123,7 @@ class HFTokenizer(Tokenizer):
                  if i != eos_id and 0 <= i < len(vocab)]
         add_bos = hf_bos.adds_bos(text, tcfg, bos_id, model_config=mcfg, where=directory)
         return cls(text, eos_id=eos_id, bos_id=bos_id, pad_id=special("pad"),
-                   chat_template=template if isinstance(template, str) else None,
+                   chat_template=template,
                    extra_eos_ids=extra, add_bos_default=add_bos,
                    name=name or os.path.basename(os.path.abspath(directory)) or None)
 

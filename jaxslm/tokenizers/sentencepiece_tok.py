@@ -8,10 +8,12 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from jaxslm import file_checks
 from jaxslm.errors import UserError
 from jaxslm.tokenizers.base import SPEC_VERSION, Tokenizer
 
 _SP_MODEL_TYPES = ("bpe", "unigram")
+_SP_MAX_BYTES = 1 << 30   # real models are a few MB
 _SP_MIN_VOCAB = 4 + 1 + 256  # pad, unk, bos, eos; "\n"; byte-fallback pieces
 # Trained models: fixed special ids, "\n" its own piece, bytes for anything unseen, digits
 # split; identity normalizer, spaces kept as written, no dummy prefix: decode(encode(s)) == s.
@@ -73,13 +75,21 @@ class SentencePieceTokenizer(Tokenizer):
     def from_file(cls, path: str | os.PathLike, *, name: str | None = None,
                   add_bos_default: bool = False):
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise FileNotFoundError(
                 f"SentencePiece model file not found: {path!r}. Give the path of an existing "
                 "'.model' file, or train one with jaxslm.tokenizers.train_sentencepiece."
             )
-        with open(path, "rb") as f:
-            return cls(f.read(), name=name, add_bos_default=add_bos_default)
+        with file_checks.open_file(path, "SentencePiece model file") as f:
+            proto = f.read(_SP_MAX_BYTES + 1)
+        if len(proto) > _SP_MAX_BYTES:
+            raise UserError(f"{path} is over {_SP_MAX_BYTES >> 20} MB, far larger than a "
+                            "SentencePiece model; it is not a tokenizer.model. Restore the file.")
+        try:
+            return cls(proto, name=name, add_bos_default=add_bos_default)
+        except UserError as e:
+            raise UserError(f"{path}: {e} Give a SentencePiece '.model' file (download it "
+                            "again if it was cut short).") from None
 
     @property
     def model_proto(self) -> bytes:
