@@ -30,6 +30,7 @@ Steps written before checksums existed still restore, with a one-line
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from typing import Any
@@ -54,6 +55,11 @@ class DamagedCheckpoint(UserError):
     super().__init__(message or (
         f"Checkpoint {step_dir} is damaged: {problem}. Load or resume from an earlier step "
         f"(jaxslm.integrity.newest_intact_step finds the newest intact one)."))
+
+
+# Also written to Orbax's step metadata: a step whose meta has lost its record
+# (a damaged key) is told apart from a step saved before checksums existed.
+_CLAIM = {"jaxslm_checksums": checksums.ALGORITHM}
 
 
 class UncheckedCheckpoint(UserWarning):
@@ -95,7 +101,7 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+        meta=ocp.args.JsonSave(meta)), force=True, custom_metadata=_CLAIM)
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
     """A step's meta, checked against its checksum (DamagedCheckpoint if not)."""
@@ -269,11 +275,23 @@ def _check_meta(step_dir: str, meta) -> None:
     problem = f"its meta is a {type(meta).__name__}, not a JSON object"
   elif checksums.KEY in meta:
     problem = checksums.check_meta(meta)
+  elif _claims_checksums(step_dir):
+    problem = "its meta has lost its checksum record"
   else:
     problem = None
   problem = _agree(problem)
   if problem is not None:
     raise DamagedCheckpoint(step_dir, problem)
+
+
+def _claims_checksums(step_dir: str) -> bool:
+  """Whether Orbax's step metadata says the step was saved with checksums."""
+  path = paths.join(step_dir, "_CHECKPOINT_METADATA")
+  try:
+    custom = json.loads(paths.read_text(path)).get("custom_metadata") if paths.exists(path) else None
+  except (OSError, ValueError, AttributeError):
+    return False   # unreadable: the step's items say the rest
+  return isinstance(custom, dict) and "jaxslm_checksums" in custom
 
 
 _warned: set[str] = set()
@@ -291,9 +309,13 @@ def _saved_dtypes(abstract, rec: dict[str, Any]):
   """`abstract` with each leaf's dtype replaced by the one it was saved in."""
   def one(path, a):
     want = rec.get(checksums.leaf_name(path))
-    if want is None or want.get("dtype") == str(np.dtype(a.dtype)):
+    try:
+      dtype = np.dtype(want["dtype"])
+    except (TypeError, KeyError, ValueError):
+      return a   # not a record of this leaf: verification names it
+    if dtype == a.dtype:
       return a
-    return jax.ShapeDtypeStruct(a.shape, np.dtype(want["dtype"]), sharding=getattr(a, "sharding", None))
+    return jax.ShapeDtypeStruct(a.shape, dtype, sharding=getattr(a, "sharding", None))
   return jax.tree_util.tree_map_with_path(one, abstract)
 
 

@@ -116,7 +116,10 @@ def check_tree(item: str, rec: dict[str, Any], tree) -> tuple[str | None, int]:
   for name in sorted(set(rec) & set(leaves)):
     want, x = rec[name], leaves[name]
     shape, dtype = list(np.shape(x)), str(np.dtype(x.dtype))
-    if [int(s) for s in want.get("shape", [])] != shape or want.get("dtype") != dtype:
+    if not isinstance(want, dict):
+      bad.append(f"{item}/{name} has no valid checksum record")
+      continue
+    if want.get("shape") != shape or want.get("dtype") != dtype:
       bad.append(f"{item}/{name} is {dtype}{shape}, saved as {want.get('dtype')}{want.get('shape')}")
       continue
     if want.get(ALGORITHM) is None:

@@ -4,7 +4,7 @@ When TensorStore fails to read one array of a checkpoint (a cut file, a
 corrupt chunk, a missing manifest), Orbax raises at once but leaves the reads
 of the other arrays running on an event loop it then closes. Their callbacks
 later fail with `RuntimeError: Event loop is closed`, asyncio logs "Task
-exception was never retrieved", and Python warns of coroutines never awaited:
+(or Future) exception was never retrieved", and Python warns of coroutines never awaited:
 dozens of tracebacks around the one error that matters. `install()` drops
 exactly those leftovers; every other unraisable exception, log record and
 warning goes through as before. It is called before each checkpoint read, as
@@ -18,8 +18,8 @@ import sys
 import warnings
 
 _installed = False
-_LEFTOVER_COROUTINES = (r"coroutine '(_read_array_index_and_device_put|async_deserialize|_read_shard)' "
-                        r"was never awaited")
+_LEFTOVER_COROUTINES = (r"coroutine '(_read_array_index_and_device_put|async_deserialize|_read_shard|"
+                        r"Store\._get_array_metadatas)' was never awaited")
 
 
 def summary(error: BaseException, limit: int = 240) -> str:
@@ -47,7 +47,8 @@ class _AsyncioLeftovers(logging.Filter):
       message = record.getMessage()
     except Exception:   # noqa: BLE001 - a record we cannot format is not ours to judge
       return True
-    return not ("never retrieved" in message and "orbax" in message)
+    return not ("never retrieved" in message
+                and any(word in message for word in ("orbax", "tensorstore", "OCDBT")))
 
 
 def install() -> None:
