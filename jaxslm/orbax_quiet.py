@@ -54,6 +54,9 @@ class _AsyncioLeftovers(logging.Filter):
 def install() -> None:
   """Drop the leftovers of failed Orbax reads for the rest of this process."""
   global _installed
+  # Again each time: a `warnings.catch_warnings` block (pytest runs each test
+  # in one) drops filters added inside it when it ends.
+  warnings.filterwarnings("ignore", message=_LEFTOVER_COROUTINES, category=RuntimeWarning)
   if _installed:
     return
   _installed = True
@@ -65,4 +68,3 @@ def install() -> None:
 
   sys.unraisablehook = hook
   logging.getLogger("asyncio").addFilter(_AsyncioLeftovers())
-  warnings.filterwarnings("ignore", message=_LEFTOVER_COROUTINES, category=RuntimeWarning)

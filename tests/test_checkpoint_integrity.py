@@ -10,6 +10,7 @@ step 400 exactly after moving 500 aside.
 import glob
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -139,10 +140,8 @@ def test_damage_is_named_and_load_names_the_newest_intact_step(run, kind):
   workdir, saved = run
   damage, pattern = DAMAGE[kind]
   damage(_step(workdir, 500))
-  import re
   problem = integrity.verify_step(_step(workdir, 500))
   assert problem is not None and re.search(pattern, problem), problem
-  assert integrity.verify_step(_step(workdir, 400)) is None
   step, damaged = integrity.newest_intact_step(os.path.join(workdir, "checkpoints"))
   assert step == 400 and [s for s, _ in damaged] == [500]
   for path in (workdir, _step(workdir, 500)):
@@ -151,7 +150,6 @@ def test_damage_is_named_and_load_names_the_newest_intact_step(run, kind):
     msg = str(e.value)
     assert "\n" not in msg and "step 500" in msg and problem.split(" (")[0] in msg
     assert f'jaxslm.load("{_step(workdir, 400)}")' in msg
-  assert _same(jaxslm.load(_step(workdir, 400)).params, saved[400][0])
 
 
 def test_resume_falls_back_to_the_newest_intact_step_and_moves_damage_aside(run):
@@ -167,6 +165,7 @@ def test_resume_falls_back_to_the_newest_intact_step_and_moves_damage_aside(run)
   moved = glob.glob(os.path.join(workdir, "checkpoints", "damaged", "500-*"))
   assert len(moved) == 1 and os.path.isdir(os.path.join(moved[0], "params"))
   assert ckpt.all_steps() == [300, 400] and ckpt.latest_step() == 400
+  assert _same(jaxslm.load(workdir).params, saved[400][0])
   # The run goes on: the next save lands beside the intact steps.
   ckpt.save(410, params, opt_state, {"step": 410})
   ckpt.wait()
@@ -264,7 +263,7 @@ def _step_files(step_dir):
                 if os.path.isfile(f))
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_damaged_files_load_identical_or_raise_user_error(template, tmp_path_factory, data):
