@@ -2,6 +2,7 @@
 
     problem = integrity.verify_step("runs/x/checkpoints/500")   # None if intact
     step, damaged = integrity.newest_intact_step("runs/x/checkpoints")
+    latest, meta = integrity.newest_meta(checkpointer, set_aside=resume, log=print)
     step, params, opt_state, meta = integrity.restore_newest_intact(
         checkpointer, abstract_params, abstract_opt_state, log=print)
 
@@ -89,6 +90,29 @@ def quarantine(step_dir: str) -> str:
   return target
 
 
+def newest_meta(checkpointer: ckpt.Checkpointer, *, set_aside: bool,
+                log: Callable[[str], Any] | None = None) -> tuple[int | None, dict | None]:
+  """The newest step and its meta, or (None, None) when there is no step: what
+  a trainer reads before it builds anything. With `set_aside` (a resumed run)
+  newer steps whose layout or meta is damaged are moved aside first, as in
+  `restore_newest_intact`, which then checks the arrays; without it, a
+  damaged newest step raises its DamagedCheckpoint."""
+  log = log or _stderr
+  checkpointer.reload()
+  moved = []
+  for step in reversed(ckpt.step_numbers(checkpointer.directory)):
+    try:
+      return step, checkpointer.read_meta(step)
+    except ckpt.DamagedCheckpoint as e:
+      if not set_aside:
+        raise
+      _set_aside(checkpointer, step, e, log)
+      moved.append(step)
+  if moved:
+    raise _none_intact(checkpointer, moved)
+  return None, None
+
+
 def restore_newest_intact(checkpointer: ckpt.Checkpointer, abstract_params, abstract_opt_state, *,
                           log: Callable[[str], Any] | None = None):
   """What `--resume` calls: (step, params, opt_state, meta) of the newest step
@@ -100,30 +124,44 @@ def restore_newest_intact(checkpointer: ckpt.Checkpointer, abstract_params, abst
   the saved ones) is not damage: its error is raised and nothing is moved.
   When every step is damaged, a DamagedCheckpoint names them all.
   """
-  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+  log = log or _stderr
   moved = []
   checkpointer.reload()
   for step in reversed(ckpt.step_numbers(checkpointer.directory)):
-    step_dir = checkpointer.step_dir(step)
     try:
       params, opt_state, meta = checkpointer.restore(step, abstract_params, abstract_opt_state)
       return step, params, opt_state, meta
     except ckpt.DamagedCheckpoint as e:
-      confirmed = verify_step(step_dir)
-      if confirmed is None:
-        raise
-      where = quarantine(step_dir)
+      _set_aside(checkpointer, step, e, log)
       moved.append(step)
-      log(f"warning: checkpoint step {step} is damaged ({confirmed}); moved it to {where} "
-          "and resuming from an earlier step")
-      checkpointer.reload()
   if moved:
-    raise ckpt.DamagedCheckpoint(
-        checkpointer.directory, "every step is damaged",
-        f"No intact checkpoint in {checkpointer.directory}: steps {', '.join(map(str, moved))} "
-        f"are damaged and were moved to {paths.join(checkpointer.directory, DAMAGED_DIR)}. "
-        "Start the run again without --resume (in a new --workdir), or restore a copy.")
+    raise _none_intact(checkpointer, moved)
   return None
+
+
+def _stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def _set_aside(checkpointer: ckpt.Checkpointer, step: int, error: Exception, log) -> None:
+  """Move a step that failed to restore aside, once `verify_step` confirms the
+  damage; otherwise re-raise the restore's own error (not damage)."""
+  step_dir = checkpointer.step_dir(step)
+  confirmed = verify_step(step_dir)
+  if confirmed is None:
+    raise error
+  where = quarantine(step_dir)
+  log(f"warning: checkpoint step {step} is damaged ({confirmed}); moved it to {where} "
+      "and resuming from an earlier step")
+  checkpointer.reload()
+
+
+def _none_intact(checkpointer: ckpt.Checkpointer, moved: list[int]) -> ckpt.DamagedCheckpoint:
+  return ckpt.DamagedCheckpoint(
+      checkpointer.directory, "every step is damaged",
+      f"No intact checkpoint in {checkpointer.directory}: steps {', '.join(map(str, moved))} "
+      f"are damaged and were moved to {paths.join(checkpointer.directory, DAMAGED_DIR)}. "
+      "Start the run again without --resume (in a new --workdir), or restore a copy.")
 
 
 def damaged_load_error(error: ckpt.DamagedCheckpoint) -> ckpt.DamagedCheckpoint:

@@ -291,3 +291,28 @@ def test_fuzz_damaged_files_load_identical_or_raise_user_error(template, tmp_pat
     except UserError:
       return
   assert _same(loaded.params, template[1][500][0]), name
+
+
+def test_pretrain_resume_sets_a_damaged_step_aside_and_continues(tmp_path, capsys):
+  from jaxslm.config import load_config
+  from jaxslm.train.pretrain import run as pretrain
+
+  def config(steps):   # test_pretrain's tiny run (so a test session compiles its step once)
+    c = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+    c.data.synthetic_documents = 1200
+    c.tokenizer.train_documents = 600
+    c.train.update(dict(steps=steps, decay_steps=8, warmup_steps=2, batch_size=8, seq_len=32,
+                        eval_every=4, eval_batches=1, checkpoint_every=2, log_every=1,
+                        sample_prompts=()))
+    return c
+
+  workdir = str(tmp_path / "run")
+  pretrain(config(4), workdir)
+  _half(_step(workdir, 4))
+  capsys.readouterr()
+  out = pretrain(config(6), workdir, resume=True)
+  assert out["start_step"] == 2 and out["step"] == 6
+  log = capsys.readouterr()
+  warned = [line for line in (log.out + log.err).splitlines() if "step 4 is damaged" in line]
+  assert len(warned) == 1 and "damaged/4-" in warned[0]
+  assert integrity.newest_intact_step(os.path.join(workdir, "checkpoints"))[0] == 6

@@ -21,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxslm import checkpoint as ckpt
+from jaxslm import integrity
 from jaxslm import paths
 from jaxslm import tokenizers
 from jaxslm.config import ConfigDict, build_model_config
@@ -134,12 +135,14 @@ def compile_step(step_fn, abstract: TrainState, state_sh: TrainState, batch_spec
 
 
 def saved_config(workdir: str) -> ConfigDict | None:
-  """The config of the latest checkpoint in `workdir`, or None."""
-  try:
-    meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
-  except FileNotFoundError:
-    return None
-  return ConfigDict(meta["config"])
+  """The config of the latest checkpoint in `workdir` whose meta reads, or None
+  (`run` reports a damaged newer step and, resuming, sets it aside)."""
+  for step in reversed(ckpt.step_numbers(ckpt.checkpoint_dir(workdir))):
+    try:
+      return ConfigDict(ckpt.read_step_meta(paths.join(ckpt.checkpoint_dir(workdir), str(step)))["config"])
+    except ckpt.DamagedCheckpoint:
+      continue
+  return None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -168,8 +171,7 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   paths.makedirs(workdir)
   checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
-  latest = checkpointer.latest_step()
-  saved_meta = checkpointer.read_meta(latest) if latest is not None else None
+  latest, saved_meta = integrity.newest_meta(checkpointer, set_aside=resume, log=log)
   config_json = json.loads(config.to_json_best_effort())
   if saved_meta is not None:
     diff = [c for c in config_changes(saved_meta["model"], model_cfg.to_dict())
@@ -236,9 +238,9 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
                     out_shardings=parallel.replicated(mesh))
 
   if saved_meta is not None:
-    params, opt_state, meta = checkpointer.restore(
-        latest, ckpt.abstract_like(abstract.params, state_sh.params),
-        ckpt.abstract_like(abstract.opt_state, state_sh.opt_state))
+    _, params, opt_state, meta = integrity.restore_newest_intact(
+        checkpointer, ckpt.abstract_like(abstract.params, state_sh.params),
+        ckpt.abstract_like(abstract.opt_state, state_sh.opt_state), log=log)
     state = TrainState(step=jax.device_put(jnp.int32(meta["step"]), state_sh.step),
                        params=params, opt_state=opt_state,
                        rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32), state_sh.rng))
