@@ -225,8 +225,9 @@ def with_checksums(meta: dict[str, Any], **items) -> dict[str, Any]:
 
 def verify_restored(step_dir: str, meta: dict[str, Any], **items) -> None:
   """Compare restored array trees with the checksums in `meta`; raise
-  DamagedCheckpoint naming the first differences. Every process checks what
-  it holds whole, and all of them agree on the outcome."""
+  DamagedCheckpoint naming the first differences. Each process checks the
+  leaves it holds whole, with no collective: a function that only process 0
+  calls (a report, an export) may read checkpoints too."""
   problem = None
   if checksums.KEY not in meta:
     _warn_unchecked(step_dir)
@@ -239,7 +240,6 @@ def verify_restored(step_dir: str, meta: dict[str, Any], **items) -> None:
           problem = f"its checksum record has no entry for {item}"
         else:
           problem, _ = checksums.check_tree(item, rec[item], tree)
-  problem = _agree(problem)
   if problem is not None:
     raise DamagedCheckpoint(step_dir, problem)
 
@@ -265,7 +265,7 @@ def layout_problem(step_dir: str) -> str | None:
 
 
 def _check_layout(step_dir: str) -> None:
-  problem = _agree(layout_problem(step_dir))
+  problem = layout_problem(step_dir)
   if problem is not None:
     raise DamagedCheckpoint(step_dir, problem)
 
@@ -279,7 +279,6 @@ def _check_meta(step_dir: str, meta) -> None:
     problem = "its meta has lost its checksum record"
   else:
     problem = None
-  problem = _agree(problem)
   if problem is not None:
     raise DamagedCheckpoint(step_dir, problem)
 
@@ -317,17 +316,6 @@ def _saved_dtypes(abstract, rec: dict[str, Any]):
       return a
     return jax.ShapeDtypeStruct(a.shape, dtype, sharding=getattr(a, "sharding", None))
   return jax.tree_util.tree_map_with_path(one, abstract)
-
-
-def _agree(problem: str | None) -> str | None:
-  """In a multi-process run, a problem any process found is everyone's."""
-  if jax.process_count() == 1:
-    return problem
-  from jax.experimental import multihost_utils
-  flags = np.asarray(multihost_utils.process_allgather(np.int32(problem is not None)))
-  if problem is None and flags.any():
-    return f"process {int(np.argmax(flags))} found it damaged (see that process's log)"
-  return problem
 
 
 @contextlib.contextmanager

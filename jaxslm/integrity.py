@@ -72,7 +72,8 @@ def newest_intact_step(ckpt_dir: str) -> tuple[int | None, list[tuple[int, str]]
 def quarantine(step_dir: str) -> str:
   """Move a damaged step to `<checkpoints>/damaged/<step>-<UTC time>` and
   return its new path. Nothing is deleted; Orbax no longer sees the step.
-  In a multi-process run only process 0 moves it, and the others wait."""
+  In a multi-process run every process calls it: process 0 moves the step
+  and the others wait for it."""
   step_dir = paths.resolve(step_dir)
   parent, name = step_dir.rsplit("/", 1) if paths.is_remote(step_dir) else os.path.split(step_dir)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
