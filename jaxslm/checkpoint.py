@@ -15,19 +15,55 @@ Paths may be `gs://bucket/...` URLs (`jaxslm.paths`): TensorStore writes the
 arrays there itself, and as an object store has no rename, Orbax writes each
 step in place and marks it finished with a `commit_success.txt` file; a step
 without one (a save cut short) is ignored the same way.
+
+Every step proves it is intact (`jaxslm.checksums`): `meta` carries the
+checksum of each saved array, and each restore compares what it read. A step
+that fails the comparison, lacks an item or (locally, where Orbax renames a
+finished step into place) its commit marker, or cannot be read at all raises
+`DamagedCheckpoint`, one line naming the step and what is wrong, with the
+TensorStore error text but without its tracebacks and log spam.
+`jaxslm.integrity` finds the newest intact step and moves damaged ones aside.
+Steps written before checksums existed still restore, with a one-line
+`UncheckedCheckpoint` warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import warnings
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxslm import paths
+from jaxslm import checksums, paths
+from jaxslm.errors import UserError
 
 ITEMS = ("params", "opt_state", "meta")
+EXPORT_ITEMS = ("params", "meta")     # a params-only checkpoint (`save_params`)
+
+
+class DamagedCheckpoint(UserError):
+  """A checkpoint step that fails verification, lacks an item or its commit
+  marker, or cannot be read. `step_dir` and `problem` say which and why."""
+
+  def __init__(self, step_dir: str, problem: str, message: str | None = None):
+    self.step_dir, self.problem = step_dir, problem
+    super().__init__(message or (
+        f"Checkpoint {step_dir} is damaged: {problem}. Load or resume from an earlier step "
+        f"(jaxslm.integrity.newest_intact_step finds the newest intact one)."))
+
+
+# Also written to Orbax's step metadata: a step whose meta has lost its record
+# (a damaged key) is told apart from a step saved before checksums existed.
+_CLAIM = {"jaxslm_checksums": checksums.ALGORITHM}
+
+
+class UncheckedCheckpoint(UserWarning):
+  """A checkpoint written without checksums: loaded, but not verified."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -50,23 +86,47 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def step_dir(self, step: int) -> str:
+    return paths.join(self.directory, str(step))
+
+  def reload(self) -> None:
+    """Read the list of steps from disk again (after steps were moved aside)."""
+    self.manager.reload()
+
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> bool:
+    """Save a step; `meta` gains the checksums of params and opt_state (computed
+    by process 0, the one that writes meta)."""
+    if jax.process_index() == 0:
+      meta = with_checksums(meta, params=params, opt_state=opt_state)
     return self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+        meta=ocp.args.JsonSave(meta)), force=True, custom_metadata=_CLAIM)
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
+    """A step's meta, checked against its checksum (DamagedCheckpoint if not)."""
     step = self.latest_step() if step is None else step
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    step_dir = self.step_dir(step)
+    _check_layout(step_dir)
+    with reading(step_dir, "meta"):
+      meta = self.manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    _check_meta(step_dir, meta)
+    return _without_checksums(meta)
 
   def restore(self, step: int, abstract_params, abstract_opt_state):
-    """Restore onto the shapes/dtypes/shardings of the abstract trees."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        meta=ocp.args.JsonRestore()))
-    return out["params"], out["opt_state"], out["meta"]
+    """Restore onto the shapes/dtypes/shardings of the abstract trees, verified
+    against the step's checksums (DamagedCheckpoint if anything differs)."""
+    step_dir = self.step_dir(step)
+    _check_layout(step_dir)
+    with reading(step_dir, "params, opt_state or meta"):
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params),
+          opt_state=ocp.args.StandardRestore(abstract_opt_state),
+          meta=ocp.args.JsonRestore()))
+    _check_meta(step_dir, out["meta"])
+    verify_restored(step_dir, out["meta"], params=out["params"], opt_state=out["opt_state"])
+    return out["params"], out["opt_state"], _without_checksums(out["meta"])
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -92,8 +152,21 @@ def _orbax_path(path: str):
 
 
 def _is_step_dir(path: str) -> bool:
-  return (paths.isdir(paths.join(path, "params")) and paths.isdir(paths.join(path, "meta"))
-          and paths.finished(path))
+  """A directory that is (or was meant to be) one checkpoint: it has any of
+  the items, or Orbax's step metadata or commit marker."""
+  return (any(paths.isdir(paths.join(path, item)) for item in ITEMS)
+          or paths.exists(paths.join(path, "_CHECKPOINT_METADATA"))
+          or paths.exists(paths.join(path, paths.COMMIT_FILE))) and paths.finished(path)
+
+
+def step_numbers(directory: str) -> list[int]:
+  """The steps in a checkpoints/ directory, oldest first: every directory named
+  by a number (Orbax's unfinished temporaries are named otherwise; on an
+  object store, steps without a commit marker are saves in progress)."""
+  if not paths.isdir(directory):
+    return []
+  return sorted(int(d) for d in paths.listdir(directory) if d.isdigit()
+                and paths.isdir(paths.join(directory, d)) and paths.finished(paths.join(directory, d)))
 
 
 def resolve_step_dir(path: str) -> str:
@@ -104,25 +177,160 @@ def resolve_step_dir(path: str) -> str:
   if _is_step_dir(path):
     return path
   for base in (paths.join(path, "checkpoints"), path):
-    if paths.isdir(base):
-      steps = [int(d) for d in paths.listdir(base) if d.isdigit()
-               and paths.isdir(paths.join(base, d, "meta"))
-               and paths.finished(paths.join(base, d))]
-      if steps:
-        return paths.join(base, str(max(steps)))
+    steps = step_numbers(base)
+    if steps:
+      return paths.join(base, str(steps[-1]))
   raise FileNotFoundError(
       f"No checkpoint found under {path!r}: expected a run's workdir (with checkpoints/<step>/), "
       f"a checkpoints/ directory, or one step's directory (with params/ and meta/).")
 
 
-def read_step_meta(step_dir: str) -> dict[str, Any]:
-  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-      _orbax_path(paths.join(step_dir, "meta")))
+def read_step_meta(step_dir: str, *, with_checksums: bool = False) -> dict[str, Any]:
+  """A step's (or export's) meta, checked against its checksum; the checksum
+  record itself (`meta["checksums"]`) only if `with_checksums`."""
+  _check_layout(step_dir)
+  with reading(step_dir, "meta"):
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        _orbax_path(paths.join(step_dir, "meta")))
+  _check_meta(step_dir, meta)
+  return meta if with_checksums else _without_checksums(meta)
 
 
 def read_step_params(step_dir: str, abstract_params=None):
-  ckptr = ocp.StandardCheckpointer()
-  return ckptr.restore(_orbax_path(paths.join(step_dir, "params")), abstract_params)
+  """A step's params, verified against the checksums in its meta. Each leaf is
+  read in the dtype it was saved in (so the bytes can be checked) and then
+  cast to the dtype of `abstract_params`."""
+  meta = read_step_meta(step_dir, with_checksums=True)
+  rec = meta.get(checksums.KEY, {}).get("params") if isinstance(meta.get(checksums.KEY), dict) else None
+  target = abstract_params
+  if abstract_params is not None and isinstance(rec, dict):
+    target = _saved_dtypes(abstract_params, rec)
+  with reading(step_dir, "params"):
+    params = ocp.StandardCheckpointer().restore(_orbax_path(paths.join(step_dir, "params")), target)
+  verify_restored(step_dir, meta, params=params)
+  if target is not abstract_params:
+    params = jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype),
+                          params, abstract_params)
+  return params
+
+
+def _without_checksums(meta: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in meta.items() if k != checksums.KEY}
+
+
+def with_checksums(meta: dict[str, Any], **items) -> dict[str, Any]:
+  """`meta` plus the checksum record of the array trees `items`."""
+  return {**meta, checksums.KEY: checksums.record(items, meta)}
+
+
+def verify_restored(step_dir: str, meta: dict[str, Any], **items) -> None:
+  """Compare restored array trees with the checksums in `meta`; raise
+  DamagedCheckpoint naming the first differences. Each process checks the
+  leaves it holds whole, with no collective: a function that only process 0
+  calls (a report, an export) may read checkpoints too."""
+  problem = None
+  if checksums.KEY not in meta:
+    _warn_unchecked(step_dir)
+  else:
+    problem = checksums.check_meta(meta)
+    rec = meta[checksums.KEY]
+    for item, tree in items.items():
+      if problem is None:
+        if not isinstance(rec.get(item), dict):
+          problem = f"its checksum record has no entry for {item}"
+        else:
+          problem, _ = checksums.check_tree(item, rec[item], tree)
+  if problem is not None:
+    raise DamagedCheckpoint(step_dir, problem)
+
+
+def layout_problem(step_dir: str) -> str | None:
+  """What is missing from a step (or export) directory, or None: an item, or
+  (locally) Orbax's commit marker. A training step holds params, opt_state
+  and meta; an export (`save_params`) holds params and meta."""
+  if not paths.isdir(step_dir):
+    return "the directory does not exist"
+  training = (paths.exists(paths.join(step_dir, "_CHECKPOINT_METADATA"))
+              or paths.isdir(paths.join(step_dir, "opt_state")))
+  for item in ITEMS if training else EXPORT_ITEMS:
+    if not paths.isdir(paths.join(step_dir, item)):
+      return f"its {item} item is missing"
+  if training and not paths.exists(paths.join(step_dir, paths.COMMIT_FILE)):
+    return f"its commit marker ({paths.COMMIT_FILE}) is missing, so its save never finished"
+  if not training and paths.exists(paths.join(step_dir, "params", "_METADATA")):
+    for item in EXPORT_ITEMS:
+      if not paths.exists(paths.join(step_dir, item, paths.COMMIT_FILE)):
+        return f"its {item} item has no commit marker ({paths.COMMIT_FILE})"
+  return None
+
+
+def _check_layout(step_dir: str) -> None:
+  problem = layout_problem(step_dir)
+  if problem is not None:
+    raise DamagedCheckpoint(step_dir, problem)
+
+
+def _check_meta(step_dir: str, meta) -> None:
+  if not isinstance(meta, dict):
+    problem = f"its meta is a {type(meta).__name__}, not a JSON object"
+  elif checksums.KEY in meta:
+    problem = checksums.check_meta(meta)
+  elif _claims_checksums(step_dir):
+    problem = "its meta has lost its checksum record"
+  else:
+    problem = None
+  if problem is not None:
+    raise DamagedCheckpoint(step_dir, problem)
+
+
+def _claims_checksums(step_dir: str) -> bool:
+  """Whether Orbax's step metadata says the step was saved with checksums."""
+  path = paths.join(step_dir, "_CHECKPOINT_METADATA")
+  try:
+    custom = json.loads(paths.read_text(path)).get("custom_metadata") if paths.exists(path) else None
+  except (OSError, ValueError, AttributeError):
+    return False   # unreadable: the step's items say the rest
+  return isinstance(custom, dict) and "jaxslm_checksums" in custom
+
+
+_warned: set[str] = set()
+
+
+def _warn_unchecked(step_dir: str) -> None:
+  if step_dir not in _warned:
+    _warned.add(step_dir)
+    warnings.warn(f"{step_dir} was written without checksums (by a jaxslm before checkpoints "
+                  "carried them): its arrays are used unverified.", UncheckedCheckpoint,
+                  stacklevel=3)
+
+
+def _saved_dtypes(abstract, rec: dict[str, Any]):
+  """`abstract` with each leaf's dtype replaced by the one it was saved in."""
+  def one(path, a):
+    want = rec.get(checksums.leaf_name(path))
+    try:
+      dtype = np.dtype(want["dtype"])
+    except (TypeError, KeyError, ValueError):
+      return a   # not a record of this leaf: verification names it
+    if dtype == a.dtype:
+      return a
+    return jax.ShapeDtypeStruct(a.shape, dtype, sharding=getattr(a, "sharding", None))
+  return jax.tree_util.tree_map_with_path(one, abstract)
+
+
+@contextlib.contextmanager
+def reading(step_dir: str, what: str):
+  """Turn an Orbax/TensorStore read failure into one DamagedCheckpoint line,
+  and keep the leftovers of the failed read (tracebacks of its background
+  tasks, warnings about coroutines never awaited) off the terminal."""
+  from jaxslm import orbax_quiet
+  orbax_quiet.install()
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:   # noqa: BLE001 - any read failure of a step is its damage
+    raise DamagedCheckpoint(step_dir, f"its {what} cannot be read ({orbax_quiet.summary(e)})") from e
 
 
 def save_params(directory: str, params, meta: dict[str, Any], *,
@@ -159,6 +367,7 @@ def save_params(directory: str, params, meta: dict[str, Any], *,
     # with host arrays); by default Orbax would wait for every process.
     one = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                              active_processes={jax.process_index()})
+    meta = with_checksums(meta, params=params)
     if host_in_place:
       _save_host_tree(_orbax_path(paths.join(tmp, "params")), params, one)
     else:

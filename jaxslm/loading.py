@@ -39,9 +39,21 @@ def load(path: str, device: jax.Device | None = None) -> Loaded:
   """Restore from a run's workdir (latest step), its checkpoints/ dir or a step dir.
 
   Params land on one `device` (default: the first), whatever mesh saved them,
-  so a checkpoint from a GPU pod opens on a laptop.
+  so a checkpoint from a GPU pod opens on a laptop. What is read is verified
+  against the checksums saved with it: a damaged step raises one
+  `DamagedCheckpoint` line naming it and the newest intact step beside it.
   """
   step_dir = ckpt.resolve_step_dir(path)
+  try:
+    return _load_step(path, step_dir, device)
+  except ckpt.DamagedCheckpoint as e:
+    if e.step_dir != step_dir:   # another checkpoint (a fine-tuning run's base): its own message
+      raise
+    from jaxslm import integrity
+    raise integrity.damaged_load_error(e) from None
+
+
+def _load_step(path: str, step_dir: str, device) -> Loaded:
   meta = ckpt.read_step_meta(step_dir)
   if "lora" in meta and "model" not in meta:
     raise UserError(f"{path!r} holds LoRA adapters alone, not a model; load its base and "
