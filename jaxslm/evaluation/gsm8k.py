@@ -14,7 +14,10 @@ format), "few-shot" (`num_fewshot` exemplars from the train split in
 lm-evaluation-harness's gsm8k layout; greedy; stop at "Question:") and
 "agent" (the thought / action / observation loop of `jaxslm.agent` with the
 calculator). Prompts are generated in batches of `batch_size`, sorted by
-length so a batch pads little. Each problem samples with a seed derived from
+length so a batch pads little. A prompt is never cut silently: its budget is
+min(max_new_tokens, context - prompt length), and one too long for
+`min_new_tokens` is skipped, cut or refused as `long_prompts` says (see
+`jaxslm.evaluation.budget`), counted in the summary and printed. Each problem samples with a seed derived from
 (seed, problem index), so its completions do not depend on the batch it ran
 in or on which other problems were selected.
 
@@ -41,10 +44,11 @@ import numpy as np
 from jaxslm.data.gsm8k import Example
 from jaxslm.data.templates import Template, fewshot_prompt, get_template
 from jaxslm.errors import UserError
-from jaxslm.evaluation import extract, metrics, similarity, stats
+from jaxslm.evaluation import budget, extract, metrics, similarity, stats
 from jaxslm.evaluation.perplexity import perplexity
 
 MODES = ("zero-shot", "few-shot", "agent")
+_COUNTS = ("prompts_truncated", "prompts_skipped", "budget_cut")   # see `budget.Plan`
 _COMPILE = {"s": 0.0}   # seconds JAX spent tracing and compiling, in this process
 
 
@@ -63,7 +67,9 @@ class EvalOptions:
   num_fewshot: int = 0
   fewshot_sampler: str = "random"     # "random" (per problem, seeded) or "first_n"
   fewshot_seed: int = 1234
-  max_new_tokens: int = 256
+  max_new_tokens: int = 256           # at most; never more than the context left after the prompt
+  min_new_tokens: int = 16            # a prompt must leave this much room, else `long_prompts`
+  long_prompts: str = "skip"          # "skip" (scored wrong), "truncate" or "error"; see budget.py
   batch_size: int = 64
   n: int = 1                          # samples per problem
   temperature: float = 0.0
@@ -114,6 +120,7 @@ def resolve_options(opts: EvalOptions, meta: dict) -> tuple[str, Template, tuple
   # k-shot follows lm-evaluation-harness's gsm8k layout unless a template is asked for
   tmpl = get_template(opts.template or ("qa" if mode == "few-shot" else template))
   extract.check_extractors(opts.extractors)
+  budget.check_settings(opts.max_new_tokens, opts.min_new_tokens, opts.long_prompts)
   similarity.check_spec(opts.similarity)
   if opts.n < 1 or opts.batch_size < 1 or opts.max_new_tokens < 1:
     raise UserError(f"n={opts.n}, batch_size={opts.batch_size} and max_new_tokens="
@@ -154,28 +161,39 @@ def _problem_seed(seed: int, index: int) -> int:
 
 def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: EvalOptions,
                   log: Callable[[str], None]):
-  """Completions for every prompt (n each) in batches; returns (samples, info)."""
+  """Completions for every prompt (n each) in batches; returns (samples, times, info).
+
+  Each prompt's budget is min(max_new_tokens, context - its length); prompts
+  too long for `opts.min_new_tokens` are skipped, cut or refused
+  (`opts.long_prompts`, see `jaxslm.evaluation.budget`), and said so."""
   from jaxslm.sampling.generate import generate
   tok, cfg = loaded.tokenizer, loaded.model_cfg
-  ids = [tok.encode(p, add_bos=opts.add_bos) for p in prompts]
-  budget = cfg.max_seq_len - opts.max_new_tokens
-  truncated = sum(len(x) > budget for x in ids)
-  order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-  samples: list[list[dict]] = [[] for _ in prompts]
+  fit = budget.plan([tok.encode(p, add_bos=opts.add_bos) for p in prompts], cfg.max_seq_len,
+                    opts.max_new_tokens, min_new_tokens=opts.min_new_tokens,
+                    long_prompts=opts.long_prompts)
+  ids = fit.ids
+  for message in fit.messages():
+    log(f"  note: {message}")
+  if fit.skipped or fit.truncated:   # a prompt lost: on the console even without a log
+    warnings.warn(fit.messages()[0], stacklevel=3)
+  skipped = set(fit.skipped)
+  order = sorted((i for i in range(len(prompts)) if i not in skipped), key=lambda i: len(ids[i]))
+  samples: list[list[dict]] = [[{"completion": "", "tokens": 0,
+                                 "finish_reason": budget.SKIPPED_REASON}] * opts.n
+                               if i in skipped else [] for i in range(len(prompts))]
   times = [0.0] * len(prompts)
   info = Counter()
   t0 = time.perf_counter()
   for b in range(0, len(order), opts.batch_size):
     chunk = order[b:b + opts.batch_size]
     tb = time.perf_counter()
-    with warnings.catch_warnings():   # prompt truncation is counted and reported once
-      warnings.simplefilter("ignore", UserWarning)
-      out = generate(cfg, loaded.params, [ids[i] for i in chunk],
-                     max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                     top_p=opts.top_p, n=opts.n,
-                     seed=[_problem_seed(opts.seed, problems[i].index) for i in chunk],
-                     eos_id=tok.eos_id, stop_strings=list(tmpl.stop), tokenizer=tok,
-                     calculator=opts.calculator, truncate=True, pad_id=tok.pad_id)
+    # Rows stop at the end of the context, so a long prompt's budget is what is left of it.
+    out = generate(cfg, loaded.params, [ids[i] for i in chunk],
+                   max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                   top_p=opts.top_p, n=opts.n,
+                   seed=[_problem_seed(opts.seed, problems[i].index) for i in chunk],
+                   eos_id=tok.eos_id, stop_strings=list(tmpl.stop), tokenizer=tok,
+                   calculator=opts.calculator, pad_id=tok.pad_id)
     dt = time.perf_counter() - tb
     info["new_tokens"] += out.timing["new_tokens"]
     info["prefill_s"] += out.timing["prefill_s"]
@@ -187,7 +205,10 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
                      "finish_reason": c.finish_reason} for c in group]
     log(f"  generated {min(b + opts.batch_size, len(order))}/{len(order)} problems "
         f"({time.perf_counter() - t0:.1f} s)")
-  info["prompts_truncated"] = truncated
+  info["prompts_truncated"] = len(fit.truncated)
+  info["prompts_skipped"] = len(fit.skipped)
+  info["budget_cut"] = len(fit.budget_cut)
+  info["notes"] = fit.messages()
   return samples, times, dict(info)
 
 
@@ -332,7 +353,8 @@ def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, g
           "final-answer" if mode == "agent" else tmpl.extractor,
       "num_fewshot": opts.num_fewshot, "fewshot_sampler": opts.fewshot_sampler,
       "sampling": {"temperature": opts.temperature, "top_p": opts.top_p, "n": opts.n,
-                   "max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
+                   "max_new_tokens": opts.max_new_tokens, "min_new_tokens": opts.min_new_tokens,
+                   "long_prompts": opts.long_prompts, "seed": opts.seed,
                    "calculator": opts.calculator, "stop": list(tmpl.stop)},
       "problems": len(problems),
       "accuracy": _accuracy(per_problem, binary=opts.n == 1),
@@ -362,14 +384,13 @@ def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, g
       "ms_per_token": 1000 * run_s / new_tokens if new_tokens else None,
       "tokens_per_s": new_tokens / run_s,
       "problems_per_min": 60 * len(problems) / run_s,
-      **{k: v for k, v in info.items() if k not in ("new_tokens", "prompts_truncated")},
+      **{k: v for k, v in info.items() if k not in _COUNTS + ("new_tokens", "notes")},
       **peak_memory()}
   summary["timing"] = {"generate_s": gen_s}
-  summary["prompts_truncated"] = int(info.get("prompts_truncated", 0))
-  if summary["prompts_truncated"]:
-    summary.setdefault("notes", []).append(
-        f"{summary['prompts_truncated']} prompts were longer than the context allows with "
-        f"{opts.max_new_tokens} new tokens: their first tokens were cut")
+  for key in _COUNTS:
+    summary[key] = int(info.get(key, 0))
+  if info.get("notes"):
+    summary.setdefault("notes", []).extend(info["notes"])
   summary["versions"] = {"jax": jax.__version__, "backend": jax.default_backend(),
                          "date": datetime.datetime.now().isoformat(timespec="seconds")}
   return summary
