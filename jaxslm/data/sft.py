@@ -49,7 +49,7 @@ from jaxslm.data.templates import Template, get_template, strip_annotations
 from jaxslm.errors import ResourceUnavailable, UserError
 
 # The layout of instruction data when no template is named ("any local or
-# datasets instruction data", the T5 study's second stage).
+# datasets instruction data", e.g. the second stage of stacked LoRA).
 INSTRUCTION_PROMPT = "Instruction: {instruction}\nResponse:"
 INSTRUCTION_PROMPT_WITH_INPUT = "Instruction: {instruction}\nInput: {input}\nResponse:"
 INSTRUCTION_TARGET = " {output}"
