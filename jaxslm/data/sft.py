@@ -254,9 +254,10 @@ def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: 
   for the boundary and the mask), and how many examples were left out.
 
   An example of more than `max_len` tokens (EOS included) is dropped and its
-  index listed in `encoded.dropped` (a warning says so when more than 10% are), or with `truncate=True` cut to its first
-  `max_len` tokens (listed in `.truncated`; it loses its EOS). A cut example
-  left with no token to learn (the prompt alone fills max_len) is dropped.
+  index listed in `encoded.dropped` (a warning says so when more than 10% are
+  dropped), or with `truncate=True` cut to its first `max_len` tokens (listed
+  in `.truncated`; it loses its EOS). A cut example left with no token to
+  learn (the prompt alone fills max_len) is dropped.
   `add_bos=None` starts each prompt with BOS where the tokenizer's
   `add_bos_default` says so, as evaluation and sampling encode prompts.
   """
@@ -301,10 +302,10 @@ def _warn_if_many_dropped(out: Encoded, total: int, truncate: bool) -> None:
   warnings.warn(
       f"{len(out.dropped):,} of {total:,} fine-tuning examples "
       f"({len(out.dropped) / total:.0%}) were dropped as longer than max_len={out.max_len} "
-      f"tokens or with nothing to learn (first: example {out.dropped[0]}); training sees only the shorter rest. Raise "
-      f"the row length (train.seq_len, up to the model's context max_seq_len) or fine-tune a "
-      f"model with a longer context" + ("." if truncate else
-                                        "; or pass truncate=True to cut long examples instead."),
+      f"tokens or with nothing to learn (first: example {out.dropped[0]}); training sees "
+      f"only the shorter rest. Raise the row length (train.seq_len, up to the model's "
+      f"context max_seq_len) or fine-tune a model with a longer context"
+      + ("." if truncate else "; or pass truncate=True to cut long examples instead."),
       stacklevel=3)
 
 

@@ -11,15 +11,15 @@
 
 Modes: "zero-shot" (a prompt template, by default the checkpoint's training
 format), "few-shot" (`num_fewshot` exemplars from the train split in
-lm-evaluation-harness's gsm8k layout; greedy; stop at "Question:") and
-"agent" (the thought / action / observation loop of `jaxslm.agent` with the
+lm-evaluation-harness's gsm8k layout; greedy; stop at "Question:") and "agent"
+(the thought / action / observation loop of `jaxslm.agent` with the
 calculator). Prompts are generated in batches of `batch_size`, sorted by
 length so a batch pads little. A prompt is never cut silently: its budget is
 min(max_new_tokens, context - prompt length), and one too long for
 `min_new_tokens` is skipped, cut or refused as `long_prompts` says (see
-`jaxslm.evaluation.budget`), counted in the summary and printed. Each problem samples with a seed derived from
-(seed, problem index), so its completions do not depend on the batch it ran
-in or on which other problems were selected.
+`jaxslm.evaluation.budget`), counted in the summary and printed. Each problem
+samples with a seed derived from (seed, problem index), so its completions do
+not depend on the batch it ran in or on which other problems were selected.
 
 The headline accuracy uses the template's primary extractor; every extractor
 in `extractors` is scored too. With n > 1 samples (temperature > 0):

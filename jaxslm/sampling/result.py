@@ -20,10 +20,10 @@ def _preview(text, width: int = 60) -> str:
 class Completion:
   prompt_index: int
   sample_index: int
-  tokens: list[int]            # generated ids (the EOS / stop token / stop string's tokens included)
+  tokens: list[int]            # generated ids (EOS / stop token / stop string's tokens included)
   logprobs: np.ndarray         # float32 [len(tokens)]: log p(token) under the model (temperature 1)
   finish_reason: str           # eos | stop_token | stop_string | length | context
-  text: str | None = None      # decoded, without EOS / stop token / stop string (None: no tokenizer)
+  text: str | None = None      # decoded, without EOS / stop token / stop string (None: no tok)
   forced: np.ndarray | None = None  # bool [len(tokens)]: inserted by the calculator hook
   temperature: float = 0.0
 
