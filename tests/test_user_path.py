@@ -63,6 +63,8 @@ def test_eval_with_a_budget_as_long_as_the_context_keeps_every_prompt(scripted, 
   s = out.summary
   assert (s["budget_cut"], s["prompts_skipped"], s["prompts_truncated"]) == (3, 0, 0)
   assert any("their budget is the rest of the context" in line for line in logs)
+  assert repr(out) == ("EvalResult(zero-shot 'final-only': accuracy 100.0% ± 0.0 on 3 "
+                       "problems; budget_cut 3; .summary, .records)")
 
 
 def test_a_prompt_too_long_for_the_context_is_skipped_cut_or_refused(scripted, spy):

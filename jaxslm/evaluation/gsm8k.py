@@ -93,6 +93,14 @@ class EvalResult:
   summary: dict
   records: list[dict]
 
+  def __repr__(self) -> str:   # a notebook cell shows this, not every record
+    s, nan = self.summary, float("nan")
+    mean, se = (s.get("accuracy", {}).get(k, nan) for k in ("mean", "stderr"))
+    counts = ", ".join(f"{k} {s[k]}" for k in _COUNTS if s.get(k))
+    return (f"EvalResult({s.get('mode')} {s.get('template')!r}: accuracy {100 * mean:.1f}% "
+            f"± {100 * se:.1f} on {len(self.records)} problems"
+            + (f"; {counts}" if counts else "") + "; .summary, .records)")
+
 
 def training_format(meta: dict) -> tuple[str, str]:
   """(mode, template) the checkpoint was trained in, from its saved run config."""
@@ -223,42 +231,6 @@ def _with_kept_stop(c, tok, tmpl: Template) -> str:
   return text
 
 
-def _agent_all(loaded, problems, opts: EvalOptions, log):
-  """One agent episode per problem, advanced together, generate calls chunked."""
-  from jaxslm.agent import AgentFormat, model_generator, run_agent
-  from jaxslm.tools import calculator
-  base = model_generator(loaded, temperature=opts.temperature, seed=opts.seed,
-                         top_p=opts.top_p, add_bos=opts.add_bos)
-  tok = loaded.tokenizer
-  counts = Counter()
-
-  def chunked(prompts, stop, max_new_tokens):
-    out = []
-    for b in range(0, len(prompts), opts.batch_size):
-      out += base(prompts[b:b + opts.batch_size], stop, max_new_tokens)
-    counts["calls"] += 1
-    counts["new_tokens"] += sum(len(tok.encode(t)) for t in out if t)
-    return out
-
-  t0 = time.perf_counter()
-  traces = run_agent(chunked, [p.question for p in problems], max_steps=opts.agent_max_steps,
-                     max_new_tokens=opts.max_new_tokens)
-  dt = time.perf_counter() - t0
-  log(f"  agent: {len(problems)} episodes, {counts['calls']} rounds ({dt:.1f} s)")
-  samples, prompts = [], []
-  fmt = AgentFormat()
-  for tr in traces:
-    prompt = fmt.prompt(tr.question, (calculator,))
-    prompts.append(prompt)
-    finish = {"final_answer": "eos", "no_action": "eos"}.get(tr.stop_reason, "length")
-    completion = tr.transcript[len(prompt):]
-    samples.append([{"completion": completion, "tokens": len(tok.encode(completion)),
-                     "finish_reason": finish, "agent_stop": tr.stop_reason,
-                     "agent_steps": len(tr.steps), "final_answer": tr.final_answer}])
-  info = {"new_tokens": counts["new_tokens"], "agent_rounds": counts["calls"]}
-  return prompts, samples, [dt / max(len(problems), 1)] * len(problems), info
-
-
 def _score_sample(s: dict, gold: str, tmpl: Template, mode: str, opts: EvalOptions) -> None:
   text = s["completion"] or ""
   s["extractors"] = extract.score_text(text, gold, opts.extractors)
@@ -309,7 +281,8 @@ def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = Ev
   opts = options
   t0, c0 = time.perf_counter(), _COMPILE["s"]
   if mode == "agent":
-    prompts, samples, times, info = _agent_all(loaded, problems, opts, log)
+    from jaxslm.evaluation.agent_eval import agent_all
+    prompts, samples, times, info = agent_all(loaded, problems, opts, log)
   else:
     prompts = build_prompts(problems, mode, tmpl, opts, train_pool)
     samples, times, info = _generate_all(loaded, prompts, problems, tmpl, opts, log)

@@ -25,7 +25,6 @@ the float rounding of the logits; in float32 the tests see no token change.)
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 import warnings
