@@ -81,7 +81,7 @@ def sample(model, prompt: str | Sequence, *, max_new_tokens: int = 128,
   Budget: a prompt of L tokens gets min(max_new_tokens, context - L) new
   tokens (finish reason "context" when it runs out). A prompt that fills the
   context raises; `truncate=True` keeps the last tokens of a prompt that leaves
-  fewer than 16 (`min_new_tokens`) and warns.
+  fewer than 16 (`min_budget`) and warns.
   `stop_at_eos` stops at every EOS id of the tokenizer (`tok.eos_ids`; the
   extra ones finish with reason "stop_token"). With `chat=True` a str is one
   user message; a tokenizer without a chat template raises a UserError.

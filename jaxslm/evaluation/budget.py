@@ -3,13 +3,13 @@
 A model of context C given a prompt of L tokens can write at most C - L
 tokens. Evaluation asks for `max_new_tokens` at most, so each prompt's budget
 is min(max_new_tokens, C - L): a long prompt gets a smaller budget, never a
-cut. A prompt that leaves fewer than `min_new_tokens` of the context (too few
+cut. A prompt that leaves fewer than `min_budget` of the context (too few
 to write an answer) is handled by `long_prompts`:
 
   "skip"      not generated; scored wrong with finish reason "prompt_too_long"
               (the default: the problem stays in the denominator, so accuracy
               still compares across checkpoints and settings),
-  "truncate"  cut to its last C - min_new_tokens tokens (few-shot prompts lose
+  "truncate"  cut to its last C - min_budget tokens (few-shot prompts lose
               their first exemplars), as lm-evaluation-harness does,
   "error"     a UserError before anything is generated.
 
@@ -35,7 +35,7 @@ class Plan:
   budget_cut: list[int]       # indices whose budget is below max_new_tokens
   context: int
   max_new_tokens: int
-  min_new_tokens: int
+  min_budget: int
   longest: int                # tokens in the longest prompt, before any cut
 
   def budget(self, i: int) -> int:
@@ -46,7 +46,7 @@ class Plan:
     n = len(self.ids)
     out = []
     why = (f"longer than the model's {self.context}-token context allows with at least "
-           f"{self.min_new_tokens} new tokens (longest: {self.longest} tokens)")
+           f"{self.min_budget} new tokens (longest: {self.longest} tokens)")
     fix = ("use fewer few-shot exemplars, a shorter template or a model with a longer "
            "context")
     if self.skipped:
@@ -55,7 +55,7 @@ class Plan:
                  f"long_prompts='truncate' (--long-prompts truncate) to keep their last tokens")
     if self.truncated:
       out.append(f"{len(self.truncated)} of {n} prompts are {why}: their first tokens were "
-                 f"cut, keeping the last {self.context - self.min_new_tokens}; {fix}")
+                 f"cut, keeping the last {self.context - self.min_budget}; {fix}")
     if self.budget_cut:
       budgets = sorted(self.budget(i) for i in self.budget_cut)
       out.append(f"{len(self.budget_cut)} of {n} prompts leave less than max_new_tokens="
@@ -66,23 +66,23 @@ class Plan:
     return out
 
 
-def check_settings(max_new_tokens: int, min_new_tokens: int, long_prompts: str) -> None:
+def check_settings(max_new_tokens: int, min_budget: int, long_prompts: str) -> None:
   if long_prompts not in LONG_PROMPTS:
     raise UserError(f"long_prompts={long_prompts!r}; expected one of {', '.join(LONG_PROMPTS)}.")
-  if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or min_new_tokens < 1:
-    raise UserError(f"min_new_tokens={min_new_tokens!r} is invalid: expected an int >= 1 "
+  if isinstance(min_budget, bool) or not isinstance(min_budget, int) or min_budget < 1:
+    raise UserError(f"min_budget={min_budget!r} is invalid: expected an int >= 1 "
                     "(the fewest new tokens a prompt must leave room for, e.g. 16).")
 
 
-def plan(ids: list[list[int]], context: int, max_new_tokens: int, *, min_new_tokens: int = 16,
+def plan(ids: list[list[int]], context: int, max_new_tokens: int, *, min_budget: int = 16,
          long_prompts: str = "skip") -> Plan:
   """Budgets for prompts `ids` (token lists) in a model of `context` tokens; see the module doc.
 
-  `min_new_tokens` is clipped to `max_new_tokens` (asking for 8 tokens needs room for 8)
+  `min_budget` is clipped to `max_new_tokens` (asking for 8 tokens needs room for 8)
   and to context - 1. Raises UserError for long_prompts="error" when a prompt is too long.
   """
-  check_settings(max_new_tokens, min_new_tokens, long_prompts)
-  min_new = max(1, min(min_new_tokens, max_new_tokens, context - 1))
+  check_settings(max_new_tokens, min_budget, long_prompts)
+  min_new = max(1, min(min_budget, max_new_tokens, context - 1))
   keep = context - min_new
   long = [i for i, x in enumerate(ids) if len(x) > keep]
   longest = max((len(x) for x in ids), default=0)

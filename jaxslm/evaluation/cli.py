@@ -60,7 +60,7 @@ def parse(argv):
   ap.add_argument("--max-new-tokens", type=int, default=256,
                   help="at most this many new tokens per completion; never more than the "
                   "context left after the prompt")
-  ap.add_argument("--min-new-tokens", type=int, default=16,
+  ap.add_argument("--min-budget", type=int, default=16,
                   help="room a prompt must leave in the context; longer prompts are handled "
                   "by --long-prompts")
   ap.add_argument("--long-prompts", choices=budget.LONG_PROMPTS, default="skip",
@@ -128,7 +128,7 @@ def _options(args) -> EvalOptions:
   return EvalOptions(
       mode=args.mode, template=args.template, num_fewshot=args.num_fewshot,
       fewshot_sampler=args.fewshot_sampler, max_new_tokens=args.max_new_tokens,
-      min_new_tokens=args.min_new_tokens, long_prompts=args.long_prompts,
+      min_budget=args.min_budget, long_prompts=args.long_prompts,
       batch_size=args.batch_size, n=args.n, temperature=args.temperature, top_p=args.top_p,
       seed=args.sample_seed, pass_k=ks, extractors=extractors, calculator=args.calculator,
       rouge=not args.no_rouge, perplexity=not args.no_perplexity,

@@ -16,7 +16,7 @@ lm-evaluation-harness's gsm8k layout; greedy; stop at "Question:") and "agent"
 calculator). Prompts are generated in batches of `batch_size`, sorted by
 length so a batch pads little. A prompt is never cut silently: its budget is
 min(max_new_tokens, context - prompt length), and one too long for
-`min_new_tokens` is skipped, cut or refused as `long_prompts` says (see
+`min_budget` is skipped, cut or refused as `long_prompts` says (see
 `jaxslm.evaluation.budget`), counted in the summary and printed. Each problem
 samples with a seed derived from (seed, problem index), so its completions do
 not depend on the batch it ran in or on which other problems were selected.
@@ -68,7 +68,7 @@ class EvalOptions:
   fewshot_sampler: str = "random"     # "random" (per problem, seeded) or "first_n"
   fewshot_seed: int = 1234
   max_new_tokens: int = 256           # at most; never more than the context left after the prompt
-  min_new_tokens: int = 16            # a prompt must leave this much room, else `long_prompts`
+  min_budget: int = 16            # a prompt must leave this much room, else `long_prompts`
   long_prompts: str = "skip"          # "skip" (scored wrong), "truncate" or "error"; see budget.py
   batch_size: int = 64
   n: int = 1                          # samples per problem
@@ -128,7 +128,7 @@ def resolve_options(opts: EvalOptions, meta: dict) -> tuple[str, Template, tuple
   # k-shot follows lm-evaluation-harness's gsm8k layout unless a template is asked for
   tmpl = get_template(opts.template or ("qa" if mode == "few-shot" else template))
   extract.check_extractors(opts.extractors)
-  budget.check_settings(opts.max_new_tokens, opts.min_new_tokens, opts.long_prompts)
+  budget.check_settings(opts.max_new_tokens, opts.min_budget, opts.long_prompts)
   similarity.check_spec(opts.similarity)
   if opts.n < 1 or opts.batch_size < 1 or opts.max_new_tokens < 1:
     raise UserError(f"n={opts.n}, batch_size={opts.batch_size} and max_new_tokens="
@@ -163,6 +163,10 @@ def build_prompts(problems: Sequence[Example], mode: str, tmpl: Template, opts: 
   return prompts
 
 
+def _no_log(_: str) -> None:
+  """evaluate_gsm8k's default log: silent (skipped or cut prompts then warn instead)."""
+
+
 def _problem_seed(seed: int, index: int) -> int:
   return (seed * 1_000_003 + index) % (2 ** 31 - 1)
 
@@ -172,18 +176,18 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
   """Completions for every prompt (n each) in batches; returns (samples, times, info).
 
   Each prompt's budget is min(max_new_tokens, context - its length); prompts
-  too long for `opts.min_new_tokens` are skipped, cut or refused
+  too long for `opts.min_budget` are skipped, cut or refused
   (`opts.long_prompts`, see `jaxslm.evaluation.budget`), and said so."""
   from jaxslm.sampling.generate import generate
   tok, cfg = loaded.tokenizer, loaded.model_cfg
   fit = budget.plan([tok.encode(p, add_bos=opts.add_bos) for p in prompts], cfg.max_seq_len,
-                    opts.max_new_tokens, min_new_tokens=opts.min_new_tokens,
+                    opts.max_new_tokens, min_budget=opts.min_budget,
                     long_prompts=opts.long_prompts)
   ids = fit.ids
   for message in fit.messages():
     log(f"  note: {message}")
-  if fit.skipped or fit.truncated:   # a prompt lost: on the console even without a log
-    warnings.warn(fit.messages()[0], stacklevel=3)
+  if (fit.skipped or fit.truncated) and log is _no_log:   # a lost prompt reaches the console
+    warnings.warn(fit.messages()[0], stacklevel=3)             # even when nothing is logged
   skipped = set(fit.skipped)
   order = sorted((i for i in range(len(prompts)) if i not in skipped), key=lambda i: len(ids[i]))
   samples: list[list[dict]] = [[{"completion": "", "tokens": 0,
@@ -271,7 +275,7 @@ def peak_memory() -> dict:
 
 def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = EvalOptions(), *,
                    train_pool: Sequence[Example] | None = None,
-                   log: Callable[[str], None] = lambda s: None) -> EvalResult:
+                   log: Callable[[str], None] = _no_log) -> EvalResult:
   """Evaluate `model` (path, `jaxslm.load(...)` or (cfg, params, tok)) on `problems`."""
   from jaxslm.api import resolve_model
   if not problems:
@@ -326,7 +330,7 @@ def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, g
           "final-answer" if mode == "agent" else tmpl.extractor,
       "num_fewshot": opts.num_fewshot, "fewshot_sampler": opts.fewshot_sampler,
       "sampling": {"temperature": opts.temperature, "top_p": opts.top_p, "n": opts.n,
-                   "max_new_tokens": opts.max_new_tokens, "min_new_tokens": opts.min_new_tokens,
+                   "max_new_tokens": opts.max_new_tokens, "min_budget": opts.min_budget,
                    "long_prompts": opts.long_prompts, "seed": opts.seed,
                    "calculator": opts.calculator, "stop": list(tmpl.stop)},
       "problems": len(problems),

@@ -75,16 +75,16 @@ def _check_settings(temperature_r, top_k, top_p, min_p):
 
 
 def _prepare_prompts(prompts, model_cfg: ModelConfig, max_new_tokens: int, truncate: bool,
-                     min_new_tokens: int):
+                     min_budget: int):
   """(prompts as int lists, indices of those cut). A prompt is cut (truncate=True)
-  only when it leaves fewer than min(max_new_tokens, min_new_tokens) tokens of
+  only when it leaves fewer than min(max_new_tokens, min_budget) tokens of
   the context; otherwise its budget shrinks to the rest of the context."""
   if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
     raise UserError("prompts must be a non-empty list of token-id lists "
                     "(use jaxslm.sample for text).")
   out, cut = [], []
   ctx = model_cfg.max_seq_len
-  keep = ctx - max(1, min(max_new_tokens, min_new_tokens, ctx - 1))
+  keep = ctx - max(1, min(max_new_tokens, min_budget, ctx - 1))
   for i, p in enumerate(prompts):
     ids = np.asarray(p)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
@@ -126,7 +126,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
              top_p: float = 1.0, min_p: float = 0.0, n: int = 1, seed=0,
              eos_id: int | None = None, stop_token_ids: Sequence[int] = (),
              stop_strings: Sequence[str] = (), tokenizer=None, calculator: bool = False,
-             truncate: bool = False, min_new_tokens: int = 16, pad_id: int = 0,
+             truncate: bool = False, min_budget: int = 16, pad_id: int = 0,
              chunk_size: int | None = None,
              on_tokens: Callable[[int, list[int]], None] | None = None) -> Generation:
   """Sample `n` completions for each prompt (lists of token ids); see the module doc.
@@ -144,17 +144,17 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   Budget: a prompt of L tokens gets min(max_new_tokens, context - L) new
   tokens (a row that reaches the end of the context finishes "context"). A
   prompt that fills the context raises; with `truncate=True` a prompt that
-  leaves fewer than min(max_new_tokens, min_new_tokens) tokens is cut to its
+  leaves fewer than min(max_new_tokens, min_budget) tokens is cut to its
   last tokens instead, with a warning, and listed in `Generation.truncated`.
   """
   if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
     raise UserError(f"n={n!r} is invalid: expected the number of completions per prompt, >= 1.")
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise UserError(f"max_new_tokens={max_new_tokens!r} is invalid: expected an int >= 1.")
-  if (isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, (int, np.integer))
-      or min_new_tokens < 1):
-    raise UserError(f"min_new_tokens={min_new_tokens!r} is invalid: expected an int >= 1.")
-  prompts, cut = _prepare_prompts(prompts, model_cfg, max_new_tokens, truncate, min_new_tokens)
+  if (isinstance(min_budget, bool) or not isinstance(min_budget, (int, np.integer))
+      or min_budget < 1):
+    raise UserError(f"min_budget={min_budget!r} is invalid: expected an int >= 1.")
+  prompts, cut = _prepare_prompts(prompts, model_cfg, max_new_tokens, truncate, min_budget)
   temperature_r = _per_row("temperature", temperature, len(prompts), n, float)
   _check_settings(temperature_r, top_k, top_p, min_p)
   if (stop_strings or calculator) and tokenizer is None:
