@@ -1,4 +1,4 @@
-"""The method comparison (T5 study, Table 1): one base, each fine-tuning method, one table.
+"""Fine-tuning methods compared (LoRA, QLoRA, stacked LoRA, full): one base, one table.
 
     python launch/pretrain.py        # the base: runs/default (or any checkpoint)
     python benchmarks/finetune_methods.py --base runs/default --data ../shared/data/gsm8k \\

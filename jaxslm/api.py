@@ -4,6 +4,7 @@
     jaxslm.sample("runs/default", "Question: Ava has 3 boxes of 12 pens. ...\\nAnswer:")
     jaxslm.sample(model, ["Q1", "Q2"], max_new_tokens=128, temperature=0.8, top_p=0.95, n=4)
     result = jaxslm.sample(model, "...", return_result=True)   # tokens, log-probs, reasons
+    result.texts_by_prompt[0][0]                                # nested like the default return
     jaxslm.sample(model, [{"role": "user", "content": "What is 2+2?"}], chat=True)
 
 With `chat=True` the prompt is one conversation (a list of {"role", "content"}
@@ -72,7 +73,15 @@ def sample(model, prompt: str | Sequence, *, max_new_tokens: int = 128,
   n > 1 each prompt's entry is a list of its n completions. Stop strings
   (`stop`) are removed from the text. `return_result=True` returns the whole
   `jaxslm.sampling.Generation` instead (token ids, log-probabilities, finish
-  reasons, timing). Other keywords go to `jaxslm.sampling.generate`.
+  reasons, timing): its `texts_by_prompt[i][j]` is prompt i's completion j
+  (always nested; the default return is this with the levels of size one
+  dropped as above), and `texts` the same texts flat, prompt-major
+  (texts[i * n + j]). Other keywords go to `jaxslm.sampling.generate`.
+
+  Budget: a prompt of L tokens gets min(max_new_tokens, context - L) new
+  tokens (finish reason "context" when it runs out). A prompt that fills the
+  context raises; `truncate=True` keeps the last tokens of a prompt that leaves
+  fewer than 16 (`min_budget`) and warns.
   `stop_at_eos` stops at every EOS id of the tokenizer (`tok.eos_ids`; the
   extra ones finish with reason "stop_token"). With `chat=True` a str is one
   user message; a tokenizer without a chat template raises a UserError.
@@ -92,7 +101,7 @@ def sample(model, prompt: str | Sequence, *, max_new_tokens: int = 128,
       tokenizer=tok, calculator=calculator, truncate=truncate, pad_id=tok.pad_id, **kwargs)
   if return_result:
     return out
-  texts = [[c.text for c in group] for group in out.grouped()]
+  texts = out.texts_by_prompt
   if n == 1:
     texts = [t[0] for t in texts]
   return texts[0] if single else texts

@@ -301,7 +301,8 @@ def grpo_config(method: str = "lora") -> ConfigDict:
   temperatures 0.6/0.8/1.0/1.2, ε(t) = 0.2·exp(−t/τ) + 0.1, β adapted towards
   a KL target, reference refreshed every 100 steps, AdamW β = (0.9, 0.99),
   LR 5e-6 cosine with 10% warmup, weight decay 0.1, clipping 1.0, rewards
-  0.2·format + 0.3·process + 0.5·accuracy) and Tina's LoRA during RL (rank 32,
+  0.2·format + 0.3·process + 0.5·accuracy) and LoRA during RL as in Tina ("Tiny
+  Reasoning Models via LoRA": rank 32,
   alpha 128, dropout 0.05 on every projection)."""
   c = ConfigDict()
   c.method = method             # lora (frozen base + adapters; reference = adapters off) | full

@@ -34,6 +34,18 @@ class Loaded:
   def __iter__(self):  # model_cfg, params, tok = jaxslm.load(...)
     return iter((self.model_cfg, self.params, self.tokenizer))
 
+  def __repr__(self) -> str:   # what a notebook cell shows: no arrays, no tokenizer data
+    leaves = jax.tree.leaves(self.params)
+    count = sum(int(getattr(x, "size", 0)) for x in leaves)
+    dtypes = "/".join(sorted({str(getattr(x, "dtype", "?")) for x in leaves})) or "no params"
+    cfg, tok = self.model_cfg, self.tokenizer
+    kind = (self.meta.get("hf") or {}).get("model_type") or "jaxslm"
+    step = self.meta.get("step")
+    return (f"Loaded({kind} decoder, {cfg.n_layers} layers, d_model {cfg.d_model}, context "
+            f"{cfg.max_seq_len}, vocab {cfg.vocab_size}; {count:,} params ({dtypes}), compute "
+            f"{cfg.dtype}; tokenizer {getattr(tok, 'name', '?')!r} ({type(tok).__name__})"
+            + (f"; step {step}" if step is not None else "") + f"; path {self.path!r})")
+
 
 def load(path: str, device: jax.Device | None = None) -> Loaded:
   """Restore from a run's workdir (latest step), its checkpoints/ dir or a step dir.

@@ -36,7 +36,9 @@ def parse(argv):
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
   ap.add_argument("--calculator", action="store_true", help="fill in <<expr= with its value")
-  ap.add_argument("--truncate", action="store_true", help="keep a long prompt's last tokens")
+  ap.add_argument("--truncate", action="store_true",
+                  help="keep the last tokens of a prompt that leaves fewer than 16 tokens of "
+                  "the context (the budget is otherwise the rest of the context)")
   ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
                   help="BOS before the prompt; auto: the tokenizer's add_bos_default (true "
                        "for models converted from Llama 3 / Gemma / Mistral)")
@@ -45,6 +47,7 @@ def parse(argv):
 
 def main(argv: list[str]) -> int:
   args = parse(argv)
+  midline = False   # the streamed prompt is on the terminal, its line not yet ended
   try:
     model = jaxslm.load(args.checkpoint)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -54,10 +57,12 @@ def main(argv: list[str]) -> int:
     if len(args.prompt) == 1 and args.n == 1:
       stream = TextStream(model.tokenizer, args.stop, skip_ids=[model.tokenizer.eos_id])
       print(args.prompt[0], end="", flush=True)
+      midline = not args.prompt[0].endswith("\n")
       out = jaxslm.sample(model, args.prompt[0], return_result=True, chunk_size=1,
                           on_tokens=lambda row, ids: print(stream.push(ids), end="", flush=True),
                           **kw)
       print(stream.finish())
+      midline = False
       c = out.completions[0]
       print(f"[{len(c.tokens)} tokens, {c.finish_reason}, {out.timing['total_s']:.2f} s]",
             file=sys.stderr)
@@ -67,6 +72,8 @@ def main(argv: list[str]) -> int:
         for j, t in enumerate([text] if args.n == 1 else text):
           print(f"=== prompt {i} sample {j} ===\n{prompt}{t}")
   except (UserError, FileNotFoundError) as e:
+    if midline:   # the error gets a line of its own, not the end of the prompt's
+      print(flush=True)
     return report(e)
   return 0
 

@@ -178,7 +178,9 @@ def test_fewshot_and_agent_modes_and_limit_note(checkpoint, data_dir, tmp_path):
                  "--num-fewshot", "2", "--max-new-tokens", "8", "--no-perplexity",
                  "--out", str(tmp_path / "fs")]), log=logs.append)["model"]
   assert s["mode"] == "few-shot" and s["num_fewshot"] == 2
-  assert s["prompts_truncated"] == 3 and any("were cut" in n for n in s["notes"])
+  # 2-shot prompts do not fit the tiny model's 128-token context: skipped, counted, noted
+  assert s["prompts_skipped"] == 3 and any("not generated" in n for n in s["notes"])
+  assert s["finish_reasons"] == {"prompt_too_long": 3} and s["prompts_truncated"] == 0
   row = json.loads((tmp_path / "fs/model/examples.jsonl").read_text().splitlines()[0])
   assert row["prompt"].count("Question: ") == 3 and row["prompt"].endswith("\nAnswer:")
   s = run(parse(["--checkpoint", checkpoint, "--data", str(data_dir), "--limit", "50",
@@ -196,10 +198,10 @@ def test_launcher_bad_input_exits_2(checkpoint, data_dir, tmp_path, capsys):
   assert rc == 2 and "flexible-extract" in capsys.readouterr().err
 
 
-def test_json_outputs_never_hold_nan(tmp_path, data_dir):
+def test_json_outputs_never_hold_nan(tmp_path, data_dir, checkpoint):
   from jaxslm.evaluation.cli import _finite
   assert _finite({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}) == \
       {"a": None, "b": [1.0, None], "c": "x"}
   with pytest.raises(UserError, match="is a file"):
-    run(parse(["--checkpoint", "unused", "--data", str(data_dir / "test.jsonl"),
+    run(parse(["--checkpoint", checkpoint, "--data", str(data_dir / "test.jsonl"),
                "--num-fewshot", "2", "--out", str(tmp_path)]), log=lambda s: None)

@@ -99,7 +99,9 @@ def jaxslm_to_hf(checkpoint: str, out_dir: str, *, model_type: str | None = None
                  max_shard_bytes: int = 2 << 30) -> str:
   """Export a jaxslm checkpoint (anything `jaxslm.load` opens) as a Hugging
   Face directory: config.json, safetensors (sharded above `max_shard_bytes`)
-  and, for a tokenizer.json tokenizer, the tokenizer files. LoRA adapters are
+  and the tokenizer files: tokenizer.json and tokenizer_config.json (for a
+  SentencePiece model, translated and checked to encode alike, plus its
+  tokenizer.model); a tiktoken tokenizer gets none, with a warning. LoRA adapters are
   merged and quantized kernels dequantized first. Returns `out_dir`.
 
   A plain checkpoint (a converted model, a pretraining run) streams: a few
@@ -150,6 +152,7 @@ def _export(cfg: ModelConfig, shapes: dict, leaves, tok, out_dir: str, *, hf_met
   model_type = model_type or (hf_meta or {}).get("model_type")
   family = get_family(model_type, "the checkpoint") if model_type else _infer_family(cfg)
   hf_config = _hf_config(cfg, family, hf_meta, tok, shapes)
+  hf_tok = _hf_tokenizer(tok)   # before any file: a tokenizer that cannot be written fails now
   entries = expand(family.rules(cfg), cfg)
   check_coverage(entries, cfg, family)
   specs = [files.TensorSpec(e.hf, *_shape_dtype(expected_hf(e, cfg, shapes))) for e in entries]
@@ -165,16 +168,31 @@ def _export(cfg: ModelConfig, shapes: dict, leaves, tok, out_dir: str, *, hf_met
     files.write_planned(tmp, plan, _hf_tensors(order, cfg, shapes, leaves),
                         order=[e.hf for e in entries])
     files.write_json(os.path.join(tmp, files.CONFIG), hf_config)
-    if isinstance(tok, tokenizers.HFTokenizer):
-      tok.save(tmp)
+    if hf_tok is not None:
+      hf_tok.save(tmp)
+      if isinstance(tok, tokenizers.SentencePieceTokenizer):
+        tok.save(os.path.join(tmp, "tokenizer.model"))   # the original, for sentencepiece users
     else:
-      warnings.warn(f"The tokenizer {tok.name!r} is not a tokenizer.json; {out_dir} gets no "
-                    "tokenizer files (add them, e.g. GPT-2's from the Hub).", stacklevel=3)
+      warnings.warn(f"The tokenizer {tok.name!r} ({type(tok).__name__}) has no tokenizer.json "
+                    f"form; {out_dir} gets no tokenizer files: add the Hugging Face tokenizer "
+                    f"that encodes as {tok.name!r} does (for tiktoken's r50k_base, GPT-2's).",
+                    stacklevel=3)
     os.replace(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out_dir
+
+
+def _hf_tokenizer(tok) -> tokenizers.HFTokenizer | None:
+  """The tokenizer as a tokenizer.json tokenizer: itself, a SentencePiece model
+  translated and checked (`jaxslm.tokenizers.sp_export`), or None (tiktoken)."""
+  if isinstance(tok, tokenizers.HFTokenizer):
+    return tok
+  if isinstance(tok, tokenizers.SentencePieceTokenizer):
+    from jaxslm.tokenizers.sp_export import to_hf_tokenizer
+    return to_hf_tokenizer(tok)
+  return None
 
 
 def _hf_tensors(order: list[Entry], cfg: ModelConfig, shapes: dict, leaves):

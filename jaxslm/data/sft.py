@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,7 +49,7 @@ from jaxslm.data.templates import Template, get_template, strip_annotations
 from jaxslm.errors import ResourceUnavailable, UserError
 
 # The layout of instruction data when no template is named ("any local or
-# datasets instruction data", the T5 study's second stage).
+# datasets instruction data", e.g. the second stage of stacked LoRA).
 INSTRUCTION_PROMPT = "Instruction: {instruction}\nResponse:"
 INSTRUCTION_PROMPT_WITH_INPUT = "Instruction: {instruction}\nInput: {input}\nResponse:"
 INSTRUCTION_TARGET = " {output}"
@@ -253,9 +254,10 @@ def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: 
   for the boundary and the mask), and how many examples were left out.
 
   An example of more than `max_len` tokens (EOS included) is dropped and its
-  index listed in `encoded.dropped`, or with `truncate=True` cut to its first
-  `max_len` tokens (listed in `.truncated`; it loses its EOS). A cut example
-  left with no token to learn (the prompt alone fills max_len) is dropped.
+  index listed in `encoded.dropped` (a warning says so when more than 10% are
+  dropped), or with `truncate=True` cut to its first `max_len` tokens (listed
+  in `.truncated`; it loses its EOS). A cut example left with no token to
+  learn (the prompt alone fills max_len) is dropped.
   `add_bos=None` starts each prompt with BOS where the tokenizer's
   `add_bos_default` says so, as evaluation and sampling encode prompts.
   """
@@ -285,7 +287,26 @@ def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: 
       out.dropped.append(i)  # an empty target without EOS: nothing to learn
       continue
     out.append((ids, mask))
+  _warn_if_many_dropped(out, len(examples), truncate)
   return out, len(out.dropped)
+
+
+DROP_WARNING_FRACTION = 0.1   # `encode` warns when it drops more than this share
+
+
+def _warn_if_many_dropped(out: Encoded, total: int, truncate: bool) -> None:
+  """One line on stderr when more than DROP_WARNING_FRACTION of the examples
+  were dropped: training on the short rest changes what the model learns."""
+  if not total or len(out.dropped) <= DROP_WARNING_FRACTION * total:
+    return
+  warnings.warn(
+      f"{len(out.dropped):,} of {total:,} fine-tuning examples "
+      f"({len(out.dropped) / total:.0%}) were dropped as longer than max_len={out.max_len} "
+      f"tokens or with nothing to learn (first: example {out.dropped[0]}); training sees "
+      f"only the shorter rest. Raise the row length (train.seq_len, up to the model's "
+      f"context max_seq_len) or fine-tune a model with a longer context"
+      + ("." if truncate else "; or pass truncate=True to cut long examples instead."),
+      stacklevel=3)
 
 
 # Rows (pack / pad) and seeded batches live in `jaxslm.data.packing`.

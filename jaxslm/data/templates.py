@@ -24,7 +24,7 @@ question; those in `keep_stop`, like "</solution>", end it and stay in its text)
 | socratic | `Question: {q}\\nAnswer:` | ` {solution}` (sub-questions; GSM8K "socratic") |
 | python | `Question: {q}\\nAnswer (Python):\\n` | a program, ending `#### N` (see below) |
 
-"socratic" is the "question with breakdown" format of the T5 study: meant for
+"socratic" is the "question with breakdown" format (sub-questions first): meant for
 `gsm8k.load(..., config="socratic")` data, whose solutions interleave
 sub-questions and answers ("How many pens does he buy? ** He buys 3*4=<<3*4=12>>12
 pens.\\n..."); the target is that text as is (it still ends in `#### N`). With

@@ -11,13 +11,14 @@ Outputs under --out:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import re
 
 from jaxslm.errors import UserError, report
-from jaxslm.evaluation import extract
+from jaxslm.evaluation import budget, extract
 from jaxslm.evaluation.gsm8k import MODES, EvalOptions, evaluate_gsm8k
 from jaxslm.evaluation.report import write_report
 
@@ -48,14 +49,23 @@ def parse(argv):
   ap.add_argument("--config", default="main", choices=("main", "socratic"))
   ap.add_argument("--split", default="test")
   ap.add_argument("--limit", type=int, default=None,
-                  help="N problems drawn at random with --seed (same N, same problems)")
+                  help="N >= 1 problems drawn at random with --seed (same N, same problems); "
+                  "leave it out for the whole split")
   ap.add_argument("--seed", type=int, default=1234, help="subset seed")
   ap.add_argument("--mode", choices=MODES, default=None,
                   help="default: the checkpoint's training format")
   ap.add_argument("--template", choices=sorted(TEMPLATES), default=None)
   ap.add_argument("--num-fewshot", type=int, default=0)
   ap.add_argument("--fewshot-sampler", choices=("random", "first_n"), default="random")
-  ap.add_argument("--max-new-tokens", type=int, default=256)
+  ap.add_argument("--max-new-tokens", type=int, default=256,
+                  help="at most this many new tokens per completion; never more than the "
+                  "context left after the prompt")
+  ap.add_argument("--min-budget", type=int, default=16,
+                  help="room a prompt must leave in the context; longer prompts are handled "
+                  "by --long-prompts")
+  ap.add_argument("--long-prompts", choices=budget.LONG_PROMPTS, default="skip",
+                  help="a prompt too long for the context: skip (scored wrong, counted), "
+                  "truncate (keep its last tokens, counted) or error")
   ap.add_argument("--batch-size", type=int, default=64)
   ap.add_argument("--n", type=int, default=1, help="samples per problem")
   ap.add_argument("--temperature", type=float, default=0.0)
@@ -118,6 +128,7 @@ def _options(args) -> EvalOptions:
   return EvalOptions(
       mode=args.mode, template=args.template, num_fewshot=args.num_fewshot,
       fewshot_sampler=args.fewshot_sampler, max_new_tokens=args.max_new_tokens,
+      min_budget=args.min_budget, long_prompts=args.long_prompts,
       batch_size=args.batch_size, n=args.n, temperature=args.temperature, top_p=args.top_p,
       seed=args.sample_seed, pass_k=ks, extractors=extractors, calculator=args.calculator,
       rouge=not args.no_rouge, perplexity=not args.no_perplexity,
@@ -199,9 +210,43 @@ def _harness(args, ckpt, log) -> dict:
                         log=log)
 
 
+def check_inputs(args, opts: EvalOptions) -> None:
+  """Everything the run will need, checked before any work, so a bad second
+  --checkpoint (or --ppl-text, or --limit) fails now, not after the first
+  checkpoint's evaluation: each checkpoint resolves to a step directory whose
+  meta reads and whose training format fits the options."""
+  from jaxslm.checkpoint import read_step_meta, resolve_step_dir
+  from jaxslm.evaluation.gsm8k import resolve_options
+  if args.limit is not None and args.limit < 1:
+    raise UserError(f"--limit {args.limit} is invalid: expected a number of problems >= 1; "
+                    "leave --limit out to evaluate the whole split.")
+  for path in args.ppl_text:
+    if not os.path.isfile(path):
+      raise UserError(f"--ppl-text {path!r} is not a file (cwd {os.getcwd()!r}); give the path "
+                      "of a text file.")
+  if args.harness_tasks and importlib.util.find_spec("lm_eval") is None:
+    raise UserError("--harness-tasks needs lm-evaluation-harness: pip install 'jaxslm[lm-eval]' "
+                    "(or pip install lm-eval), or drop --harness-tasks.")
+  for ckpt in args.checkpoint:
+    step_dir = resolve_step_dir(ckpt)   # FileNotFoundError naming the path
+    try:
+      meta = read_step_meta(step_dir)
+    except Exception as e:  # noqa: BLE001 (Orbax raises many kinds for a damaged directory)
+      raise UserError(f"--checkpoint {ckpt!r}: cannot read its meta in {step_dir!r} "
+                      f"({type(e).__name__}: {e}); is it a complete jaxslm checkpoint?") from e
+    if "lora" in meta and "model" not in meta:
+      raise UserError(f"--checkpoint {ckpt!r} holds LoRA adapters alone, not a model; give the "
+                      "fine-tuning run's workdir (or its export/) instead.")
+    try:
+      resolve_options(opts, meta)
+    except UserError as e:
+      raise UserError(f"--checkpoint {ckpt!r}: {e}") from e
+
+
 def run(args, log=print) -> dict:
   opts = _options(args)
   labels = _labels(args.checkpoint, args.label)
+  check_inputs(args, opts)
   problems, train, dataset, notes = _load_problems(args, log)
   entries, summaries = [], {}
   for label, ckpt in zip(labels, args.checkpoint):

@@ -11,12 +11,15 @@
 
 Modes: "zero-shot" (a prompt template, by default the checkpoint's training
 format), "few-shot" (`num_fewshot` exemplars from the train split in
-lm-evaluation-harness's gsm8k layout; greedy; stop at "Question:") and
-"agent" (the thought / action / observation loop of `jaxslm.agent` with the
+lm-evaluation-harness's gsm8k layout; greedy; stop at "Question:") and "agent"
+(the thought / action / observation loop of `jaxslm.agent` with the
 calculator). Prompts are generated in batches of `batch_size`, sorted by
-length so a batch pads little. Each problem samples with a seed derived from
-(seed, problem index), so its completions do not depend on the batch it ran
-in or on which other problems were selected.
+length so a batch pads little. A prompt is never cut silently: its budget is
+min(max_new_tokens, context - prompt length), and one too long for
+`min_budget` is skipped, cut or refused as `long_prompts` says (see
+`jaxslm.evaluation.budget`), counted in the summary and printed. Each problem
+samples with a seed derived from (seed, problem index), so its completions do
+not depend on the batch it ran in or on which other problems were selected.
 
 The headline accuracy uses the template's primary extractor; every extractor
 in `extractors` is scored too. With n > 1 samples (temperature > 0):
@@ -41,10 +44,11 @@ import numpy as np
 from jaxslm.data.gsm8k import Example
 from jaxslm.data.templates import Template, fewshot_prompt, get_template
 from jaxslm.errors import UserError
-from jaxslm.evaluation import extract, metrics, similarity, stats
+from jaxslm.evaluation import budget, extract, metrics, similarity, stats
 from jaxslm.evaluation.perplexity import perplexity
 
 MODES = ("zero-shot", "few-shot", "agent")
+_COUNTS = ("prompts_truncated", "prompts_skipped", "budget_cut")   # see `budget.Plan`
 _COMPILE = {"s": 0.0}   # seconds JAX spent tracing and compiling, in this process
 
 
@@ -63,7 +67,9 @@ class EvalOptions:
   num_fewshot: int = 0
   fewshot_sampler: str = "random"     # "random" (per problem, seeded) or "first_n"
   fewshot_seed: int = 1234
-  max_new_tokens: int = 256
+  max_new_tokens: int = 256           # at most; never more than the context left after the prompt
+  min_budget: int = 16            # a prompt must leave this much room, else `long_prompts`
+  long_prompts: str = "skip"          # "skip" (scored wrong), "truncate" or "error"; see budget.py
   batch_size: int = 64
   n: int = 1                          # samples per problem
   temperature: float = 0.0
@@ -86,6 +92,14 @@ class EvalOptions:
 class EvalResult:
   summary: dict
   records: list[dict]
+
+  def __repr__(self) -> str:   # a notebook cell shows this, not every record
+    s, nan = self.summary, float("nan")
+    mean, se = (s.get("accuracy", {}).get(k, nan) for k in ("mean", "stderr"))
+    counts = ", ".join(f"{k} {s[k]}" for k in _COUNTS if s.get(k))
+    return (f"EvalResult({s.get('mode')} {s.get('template')!r}: accuracy {100 * mean:.1f}% "
+            f"± {100 * se:.1f} on {len(self.records)} problems"
+            + (f"; {counts}" if counts else "") + "; .summary, .records)")
 
 
 def training_format(meta: dict) -> tuple[str, str]:
@@ -114,6 +128,7 @@ def resolve_options(opts: EvalOptions, meta: dict) -> tuple[str, Template, tuple
   # k-shot follows lm-evaluation-harness's gsm8k layout unless a template is asked for
   tmpl = get_template(opts.template or ("qa" if mode == "few-shot" else template))
   extract.check_extractors(opts.extractors)
+  budget.check_settings(opts.max_new_tokens, opts.min_budget, opts.long_prompts)
   similarity.check_spec(opts.similarity)
   if opts.n < 1 or opts.batch_size < 1 or opts.max_new_tokens < 1:
     raise UserError(f"n={opts.n}, batch_size={opts.batch_size} and max_new_tokens="
@@ -148,34 +163,49 @@ def build_prompts(problems: Sequence[Example], mode: str, tmpl: Template, opts: 
   return prompts
 
 
+def _no_log(_: str) -> None:
+  """evaluate_gsm8k's default log: silent (skipped or cut prompts then warn instead)."""
+
+
 def _problem_seed(seed: int, index: int) -> int:
   return (seed * 1_000_003 + index) % (2 ** 31 - 1)
 
 
 def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: EvalOptions,
                   log: Callable[[str], None]):
-  """Completions for every prompt (n each) in batches; returns (samples, info)."""
+  """Completions for every prompt (n each) in batches; returns (samples, times, info).
+
+  Each prompt's budget is min(max_new_tokens, context - its length); prompts
+  too long for `opts.min_budget` are skipped, cut or refused
+  (`opts.long_prompts`, see `jaxslm.evaluation.budget`), and said so."""
   from jaxslm.sampling.generate import generate
   tok, cfg = loaded.tokenizer, loaded.model_cfg
-  ids = [tok.encode(p, add_bos=opts.add_bos) for p in prompts]
-  budget = cfg.max_seq_len - opts.max_new_tokens
-  truncated = sum(len(x) > budget for x in ids)
-  order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-  samples: list[list[dict]] = [[] for _ in prompts]
+  fit = budget.plan([tok.encode(p, add_bos=opts.add_bos) for p in prompts], cfg.max_seq_len,
+                    opts.max_new_tokens, min_budget=opts.min_budget,
+                    long_prompts=opts.long_prompts)
+  ids = fit.ids
+  for message in fit.messages():
+    log(f"  note: {message}")
+  if (fit.skipped or fit.truncated) and log is _no_log:   # a lost prompt reaches the console
+    warnings.warn(fit.messages()[0], stacklevel=3)             # even when nothing is logged
+  skipped = set(fit.skipped)
+  order = sorted((i for i in range(len(prompts)) if i not in skipped), key=lambda i: len(ids[i]))
+  samples: list[list[dict]] = [[{"completion": "", "tokens": 0,
+                                 "finish_reason": budget.SKIPPED_REASON}] * opts.n
+                               if i in skipped else [] for i in range(len(prompts))]
   times = [0.0] * len(prompts)
   info = Counter()
   t0 = time.perf_counter()
   for b in range(0, len(order), opts.batch_size):
     chunk = order[b:b + opts.batch_size]
     tb = time.perf_counter()
-    with warnings.catch_warnings():   # prompt truncation is counted and reported once
-      warnings.simplefilter("ignore", UserWarning)
-      out = generate(cfg, loaded.params, [ids[i] for i in chunk],
-                     max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                     top_p=opts.top_p, n=opts.n,
-                     seed=[_problem_seed(opts.seed, problems[i].index) for i in chunk],
-                     eos_id=tok.eos_id, stop_strings=list(tmpl.stop), tokenizer=tok,
-                     calculator=opts.calculator, truncate=True, pad_id=tok.pad_id)
+    # Rows stop at the end of the context, so a long prompt's budget is what is left of it.
+    out = generate(cfg, loaded.params, [ids[i] for i in chunk],
+                   max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                   top_p=opts.top_p, n=opts.n,
+                   seed=[_problem_seed(opts.seed, problems[i].index) for i in chunk],
+                   eos_id=tok.eos_id, stop_strings=list(tmpl.stop), tokenizer=tok,
+                   calculator=opts.calculator, pad_id=tok.pad_id)
     dt = time.perf_counter() - tb
     info["new_tokens"] += out.timing["new_tokens"]
     info["prefill_s"] += out.timing["prefill_s"]
@@ -187,7 +217,10 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
                      "finish_reason": c.finish_reason} for c in group]
     log(f"  generated {min(b + opts.batch_size, len(order))}/{len(order)} problems "
         f"({time.perf_counter() - t0:.1f} s)")
-  info["prompts_truncated"] = truncated
+  info["prompts_truncated"] = len(fit.truncated)
+  info["prompts_skipped"] = len(fit.skipped)
+  info["budget_cut"] = len(fit.budget_cut)
+  info["notes"] = fit.messages()
   return samples, times, dict(info)
 
 
@@ -200,42 +233,6 @@ def _with_kept_stop(c, tok, tmpl: Template) -> str:
       if rest.startswith(s):
         return text + s
   return text
-
-
-def _agent_all(loaded, problems, opts: EvalOptions, log):
-  """One agent episode per problem, advanced together, generate calls chunked."""
-  from jaxslm.agent import AgentFormat, model_generator, run_agent
-  from jaxslm.tools import calculator
-  base = model_generator(loaded, temperature=opts.temperature, seed=opts.seed,
-                         top_p=opts.top_p, add_bos=opts.add_bos)
-  tok = loaded.tokenizer
-  counts = Counter()
-
-  def chunked(prompts, stop, max_new_tokens):
-    out = []
-    for b in range(0, len(prompts), opts.batch_size):
-      out += base(prompts[b:b + opts.batch_size], stop, max_new_tokens)
-    counts["calls"] += 1
-    counts["new_tokens"] += sum(len(tok.encode(t)) for t in out if t)
-    return out
-
-  t0 = time.perf_counter()
-  traces = run_agent(chunked, [p.question for p in problems], max_steps=opts.agent_max_steps,
-                     max_new_tokens=opts.max_new_tokens)
-  dt = time.perf_counter() - t0
-  log(f"  agent: {len(problems)} episodes, {counts['calls']} rounds ({dt:.1f} s)")
-  samples, prompts = [], []
-  fmt = AgentFormat()
-  for tr in traces:
-    prompt = fmt.prompt(tr.question, (calculator,))
-    prompts.append(prompt)
-    finish = {"final_answer": "eos", "no_action": "eos"}.get(tr.stop_reason, "length")
-    completion = tr.transcript[len(prompt):]
-    samples.append([{"completion": completion, "tokens": len(tok.encode(completion)),
-                     "finish_reason": finish, "agent_stop": tr.stop_reason,
-                     "agent_steps": len(tr.steps), "final_answer": tr.final_answer}])
-  info = {"new_tokens": counts["new_tokens"], "agent_rounds": counts["calls"]}
-  return prompts, samples, [dt / max(len(problems), 1)] * len(problems), info
 
 
 def _score_sample(s: dict, gold: str, tmpl: Template, mode: str, opts: EvalOptions) -> None:
@@ -278,7 +275,7 @@ def peak_memory() -> dict:
 
 def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = EvalOptions(), *,
                    train_pool: Sequence[Example] | None = None,
-                   log: Callable[[str], None] = lambda s: None) -> EvalResult:
+                   log: Callable[[str], None] = _no_log) -> EvalResult:
   """Evaluate `model` (path, `jaxslm.load(...)` or (cfg, params, tok)) on `problems`."""
   from jaxslm.api import resolve_model
   if not problems:
@@ -288,7 +285,8 @@ def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = Ev
   opts = options
   t0, c0 = time.perf_counter(), _COMPILE["s"]
   if mode == "agent":
-    prompts, samples, times, info = _agent_all(loaded, problems, opts, log)
+    from jaxslm.evaluation.agent_eval import agent_all
+    prompts, samples, times, info = agent_all(loaded, problems, opts, log)
   else:
     prompts = build_prompts(problems, mode, tmpl, opts, train_pool)
     samples, times, info = _generate_all(loaded, prompts, problems, tmpl, opts, log)
@@ -332,7 +330,8 @@ def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, g
           "final-answer" if mode == "agent" else tmpl.extractor,
       "num_fewshot": opts.num_fewshot, "fewshot_sampler": opts.fewshot_sampler,
       "sampling": {"temperature": opts.temperature, "top_p": opts.top_p, "n": opts.n,
-                   "max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
+                   "max_new_tokens": opts.max_new_tokens, "min_budget": opts.min_budget,
+                   "long_prompts": opts.long_prompts, "seed": opts.seed,
                    "calculator": opts.calculator, "stop": list(tmpl.stop)},
       "problems": len(problems),
       "accuracy": _accuracy(per_problem, binary=opts.n == 1),
@@ -362,14 +361,13 @@ def _summarize(loaded, problems, records, samples, mode, tmpl, ks, opts, info, g
       "ms_per_token": 1000 * run_s / new_tokens if new_tokens else None,
       "tokens_per_s": new_tokens / run_s,
       "problems_per_min": 60 * len(problems) / run_s,
-      **{k: v for k, v in info.items() if k not in ("new_tokens", "prompts_truncated")},
+      **{k: v for k, v in info.items() if k not in _COUNTS + ("new_tokens", "notes")},
       **peak_memory()}
   summary["timing"] = {"generate_s": gen_s}
-  summary["prompts_truncated"] = int(info.get("prompts_truncated", 0))
-  if summary["prompts_truncated"]:
-    summary.setdefault("notes", []).append(
-        f"{summary['prompts_truncated']} prompts were longer than the context allows with "
-        f"{opts.max_new_tokens} new tokens: their first tokens were cut")
+  for key in _COUNTS:
+    summary[key] = int(info.get(key, 0))
+  if info.get("notes"):
+    summary.setdefault("notes", []).extend(info["notes"])
   summary["versions"] = {"jax": jax.__version__, "backend": jax.default_backend(),
                          "date": datetime.datetime.now().isoformat(timespec="seconds")}
   return summary

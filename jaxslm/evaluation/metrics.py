@@ -46,7 +46,7 @@ FORMATS = ("structured", "gsm8k", "answer-is")
 ERROR_CATEGORIES = ("format_error", "incomplete", "arithmetic_error", "wrong_reasoning")
 # Finish reasons meaning "stopped before a final answer for lack of room": the
 # sampler's "length" / "context" and the agent's "context_full" / "step_limit".
-INCOMPLETE_REASONS = ("length", "context", "context_full", "step_limit")
+INCOMPLETE_REASONS = ("length", "context", "context_full", "step_limit", "prompt_too_long")
 
 _STRUCTURED = re.compile(r"<reasoning>(.*)</reasoning>\n<solution>(.*)</solution>", re.DOTALL)
 _GSM8K_LAST_LINE = re.compile(r"####[ \t]*" + NUMBER_PATTERN)

@@ -1,4 +1,4 @@
-"""Semantic similarity of generated and reference solutions (the T5 study's metric).
+"""Semantic similarity of generated and reference solutions (sentence-embedding cosine).
 
     from jaxslm.evaluation.similarity import semantic_similarity
     out = semantic_similarity(completions, references)    # model="auto"

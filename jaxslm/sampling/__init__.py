@@ -6,7 +6,8 @@
 
 `generate` (module `generate`) is the fast path every stage uses: notebooks
 through `jaxslm.sample`, evaluation, GRPO rollouts, the agent. `engine` holds
-its jitted prefill/decode, `filters` the next-token rules. `sample_reference`
+its jitted prefill/decode, `filters` the next-token rules, `result` what it
+returns (`Generation`, `Completion`). `sample_reference`
 recomputes the whole forward pass for every token: slow, obviously correct,
 and what the fast path is tested against.
 """

@@ -6,7 +6,8 @@
     out.texts                  # prompt-major: prompt i's completion j is out.completions[i * n + j]
     out.completions[0].tokens, .logprobs, .finish_reason
 
-What happens: validate; left-truncate (only if asked); bucket the batch to a
+What happens: validate; left-truncate (only if asked, and only a prompt that
+leaves too little of the context to write in); bucket the batch to a
 power of two and the prompt length / token budget to powers of two (so a new
 prompt length rarely recompiles); `engine.prefill`; then `engine.decode` in
 chunks. Without stop strings, the calculator or a stream callback the whole
@@ -24,7 +25,6 @@ the float rounding of the logits; in float32 the tests see no token change.)
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 import warnings
@@ -38,37 +38,10 @@ from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig
 from jaxslm.sampling import engine
 from jaxslm.sampling.filters import Filters
+from jaxslm.sampling.result import Completion, Generation  # noqa: F401 (re-exported)
 
 _QUEUE_LEN = 16                   # longest calculator result, in tokens
 _CALC_PATTERN = re.compile(r"<<([^<>=\n]{1,200})=\Z")
-
-
-@dataclasses.dataclass
-class Completion:
-  prompt_index: int
-  sample_index: int
-  tokens: list[int]            # generated ids (the EOS / stop token / stop string's tokens included)
-  logprobs: np.ndarray         # float32 [len(tokens)]: log p(token) under the model (temperature 1)
-  finish_reason: str           # eos | stop_token | stop_string | length | context
-  text: str | None = None      # decoded, without EOS / stop token / stop string (None: no tokenizer)
-  forced: np.ndarray | None = None  # bool [len(tokens)]: inserted by the calculator hook
-  temperature: float = 0.0
-
-
-@dataclasses.dataclass
-class Generation:
-  completions: list[Completion]
-  prompt_tokens: list[list[int]]   # the prompts as run (after any truncation)
-  n: int
-  timing: dict
-
-  @property
-  def texts(self) -> list[str | None]:
-    return [c.text for c in self.completions]
-
-  def grouped(self) -> list[list[Completion]]:
-    """completions[i] = the n completions of prompt i."""
-    return [self.completions[i * self.n:(i + 1) * self.n] for i in range(len(self.prompt_tokens))]
 
 
 def bucket(x: int, minimum: int = 8) -> int:
@@ -101,12 +74,17 @@ def _check_settings(temperature_r, top_k, top_p, min_p):
     raise UserError(f"min_p={min_p!r} is invalid: expected 0 <= min_p < 1 (0 disables it).")
 
 
-def _prepare_prompts(prompts, model_cfg: ModelConfig, max_new_tokens: int, truncate: bool):
+def _prepare_prompts(prompts, model_cfg: ModelConfig, max_new_tokens: int, truncate: bool,
+                     min_budget: int):
+  """(prompts as int lists, indices of those cut). A prompt is cut (truncate=True)
+  only when it leaves fewer than min(max_new_tokens, min_budget) tokens of
+  the context; otherwise its budget shrinks to the rest of the context."""
   if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
     raise UserError("prompts must be a non-empty list of token-id lists "
                     "(use jaxslm.sample for text).")
-  out = []
+  out, cut = [], []
   ctx = model_cfg.max_seq_len
+  keep = ctx - max(1, min(max_new_tokens, min_budget, ctx - 1))
   for i, p in enumerate(prompts):
     ids = np.asarray(p)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
@@ -115,17 +93,18 @@ def _prepare_prompts(prompts, model_cfg: ModelConfig, max_new_tokens: int, trunc
     if ids.min() < 0 or ids.max() >= model_cfg.vocab_size:
       raise UserError(f"prompt {i} has token id {int(ids.max() if ids.max() >= 0 else ids.min())} "
                       f"outside [0, {model_cfg.vocab_size}): wrong tokenizer for this model?")
-    keep = max(1, ctx - max_new_tokens)
     if truncate and ids.size > keep:
-      warnings.warn(f"prompt {i}: {ids.size} tokens + max_new_tokens {max_new_tokens} exceed the "
-                    f"context of {ctx}; keeping its last {keep} tokens.", stacklevel=3)
+      warnings.warn(f"prompt {i}: {ids.size} tokens leave fewer than {ctx - keep} of the "
+                    f"context of {ctx} for new tokens; keeping its last {keep} tokens.",
+                    stacklevel=3)
       ids = ids[-keep:]
+      cut.append(i)
     elif ids.size >= ctx:
       raise UserError(f"prompt {i} has {ids.size} tokens but the model's context is {ctx} "
                       f"(max_seq_len), leaving no room to generate; shorten it or pass "
                       f"truncate=True to keep its last {keep} tokens.")
     out.append(ids.astype(np.int32).tolist())
-  return out
+  return out, cut
 
 
 def _pause_table(tokenizer, vocab_size: int) -> np.ndarray:
@@ -147,7 +126,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
              top_p: float = 1.0, min_p: float = 0.0, n: int = 1, seed=0,
              eos_id: int | None = None, stop_token_ids: Sequence[int] = (),
              stop_strings: Sequence[str] = (), tokenizer=None, calculator: bool = False,
-             truncate: bool = False, pad_id: int = 0, chunk_size: int | None = None,
+             truncate: bool = False, min_budget: int = 16, pad_id: int = 0,
+             chunk_size: int | None = None,
              on_tokens: Callable[[int, list[int]], None] | None = None) -> Generation:
   """Sample `n` completions for each prompt (lists of token ids); see the module doc.
 
@@ -160,12 +140,21 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   `on_tokens(row, new_ids)` streams each row's new tokens after every chunk of
   `chunk_size` steps. With a `tokenizer` smaller than the model's (padded)
   embedding, ids past the tokenizer are never chosen, greedy included.
+
+  Budget: a prompt of L tokens gets min(max_new_tokens, context - L) new
+  tokens (a row that reaches the end of the context finishes "context"). A
+  prompt that fills the context raises; with `truncate=True` a prompt that
+  leaves fewer than min(max_new_tokens, min_budget) tokens is cut to its
+  last tokens instead, with a warning, and listed in `Generation.truncated`.
   """
   if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
     raise UserError(f"n={n!r} is invalid: expected the number of completions per prompt, >= 1.")
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise UserError(f"max_new_tokens={max_new_tokens!r} is invalid: expected an int >= 1.")
-  prompts = _prepare_prompts(prompts, model_cfg, max_new_tokens, truncate)
+  if (isinstance(min_budget, bool) or not isinstance(min_budget, (int, np.integer))
+      or min_budget < 1):
+    raise UserError(f"min_budget={min_budget!r} is invalid: expected an int >= 1.")
+  prompts, cut = _prepare_prompts(prompts, model_cfg, max_new_tokens, truncate, min_budget)
   temperature_r = _per_row("temperature", temperature, len(prompts), n, float)
   _check_settings(temperature_r, top_k, top_p, min_p)
   if (stop_strings or calculator) and tokenizer is None:
@@ -262,7 +251,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
       break
   jax.block_until_ready(state.tokens_bm)
   t_total = time.perf_counter() - t0
-  return _collect(state, prompts, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id,
+  return _collect(state, prompts, cut, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id,
                   stop_ids, stop_strings,
                   {"prefill_s": t_prefill, "decode_s": t_total - t_prefill, "total_s": t_total,
                    "steps": step, "batch_bucket": b, "prompt_bucket": p, "budget_bucket": m})
@@ -329,7 +318,7 @@ def _queue_calculator_results(state, tokenizer, tokens, gen_len, done, skip, pro
                        queue_pos_b=jnp.asarray(qpos))
 
 
-def _collect(state, prompts, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id, stop_ids,
+def _collect(state, prompts, truncated, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id, stop_ids,
              stop_strings, timing) -> Generation:
   real_rows = len(prompts) * n
   tokens = np.asarray(state.tokens_bm)[:real_rows]
@@ -355,4 +344,4 @@ def _collect(state, prompts, n, lengths_r, cut_r, temperature_r, tokenizer, eos_
         logprobs=logprobs[r, :k].copy(), finish_reason=reason, text=text,
         forced=forced[r, :k].copy(), temperature=float(temperature_r[r])))
   timing["new_tokens"] = new_tokens
-  return Generation(completions, prompts, n, timing)
+  return Generation(completions, prompts, n, timing, truncated)
