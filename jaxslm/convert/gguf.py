@@ -77,15 +77,19 @@ def _config(header: gguf_header.Header, reader, dtype: str):
   return hf, cfg
 
 
+def _check_type(header: gguf_header.Header, info: gguf_header.TensorInfo, supported) -> None:
+  name = gguf_header.type_name(info.type)
+  if name not in supported:
+    raise UserError(f"{header.path}: tensor {info.name!r} has type {name}, which cannot "
+                    f"be dequantized; supported types: {', '.join(supported)}. Convert or "
+                    "quantize the model again with one of them.")
+
+
 def _dequantize(header: gguf_header.Header, info: gguf_header.TensorInfo, reader) -> np.ndarray:
   """Tensor `info` as float32 in numpy (row-major) shape."""
   from gguf import GGMLQuantizationType, quants
-  supported = supported_tensor_types()
+  _check_type(header, info, supported_tensor_types())
   qtype = GGMLQuantizationType(info.type)
-  if qtype.name not in supported:
-    raise UserError(f"{header.path}: tensor {info.name!r} has type {qtype.name}, which cannot "
-                    f"be dequantized; supported types: {', '.join(supported)}. Convert or "
-                    "quantize the model again with one of them.")
   if reader is None:
     raw = np.memmap(header.path, np.uint8, "r", offset=info.offset, shape=(info.nbytes,))
   else:
@@ -100,6 +104,15 @@ def _dequantize(header: gguf_header.Header, info: gguf_header.TensorInfo, reader
   else:
     x = quants.dequantize(raw, qtype)
   return np.asarray(x, np.float32).reshape(info.shape)
+
+
+def iter_tensors(gguf_path: str):
+  """(name, float32 array in numpy shape) for every tensor of a GGUF file, in
+  file order, after the header check; one tensor in memory at a time."""
+  header = gguf_header.read_header(gguf_path)
+  reader = _open_reader(header)
+  for info in header.tensors.values():
+    yield info.name, _dequantize(header, info, reader)
 
 
 def _index(reader) -> dict:
@@ -181,7 +194,9 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
   entries = expand(family.rules(cfg), cfg)
   check_coverage(entries, cfg, family)
   matched = _match(header, hf, arch, entries, cfg)
-  for name, (hf_name, entry) in matched.items():   # every shape first: before reading data
+  supported = supported_tensor_types()
+  for name, (hf_name, entry) in matched.items():   # every shape and type before reading data
+    _check_type(header, header.tensors[name], supported)
     got, want = header.tensors[name].shape, expected_hf_shape(entry, cfg, shapes)
     if tuple(got) != tuple(want):
       raise UserError(f"{gguf_path}: tensor {name!r} has shape {list(got)} (GGUF dims "
