@@ -13,7 +13,7 @@ gpt_neox, llama, mistral, phi (Phi-2), phi3 (Phi-3 / Phi-4), qwen2, qwen3.
 The tokenizer keeps whether transformers prepends BOS to plain text
 (`add_bos_default`: Llama 3, Gemma, Mistral do), and `jaxslm.sample`, evaluation
 and fine-tuning follow it. gguf2jax reads a llama.cpp GGUF file (architectures
-llama, gemma3, qwen2, qwen3; quantized tensors are dequantized), its tokenizer
+llama, gemma3, phi3, qwen2, qwen3; quantized tensors are dequantized), its tokenizer
 and chat template included; a damaged or hostile file is refused. jax2hf takes anything `jaxslm.load` opens and
 writes config.json, safetensors and the tokenizer files that transformers
 loads as is (BOS behaviour included). Exit codes: 0 ok, 2 bad input.

@@ -40,6 +40,11 @@ TEXTS = ["Natalia sold clips to 48 of her friends in April, and then she sold ha
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 DIMS = dict(d=64, layers=2, heads=4, kv=2, ff=256, ctx=128)
+THETA = 10000.0
+# Phi-3 here: RoPE on 3/4 of each head (Phi-4-mini style), no sliding window.
+EXTRA = {"phi3": dict(partial_rotary_factor=0.75, sliding_window=None, pad_token_id=0),
+         "qwen2": dict(use_sliding_window=False),
+         "qwen3": dict(use_sliding_window=False, head_dim=32)}   # head_dim != d / heads
 
 
 # ------------------------------------------------------------------ tokenizers
@@ -153,11 +158,12 @@ def _permute(x, heads):   # llama.cpp's converter: rotate-half rows -> interleav
 def _random_hf(arch: str, vocab: int, tie: bool):
   d, n = DIMS["d"], DIMS
   torch.manual_seed(0)
-  if arch == "llama":
-    config = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=d, intermediate_size=n["ff"], num_hidden_layers=n["layers"],
-        num_attention_heads=n["heads"], num_key_value_heads=n["kv"], rms_norm_eps=1e-5,
-        max_position_embeddings=n["ctx"], rope_theta=10000.0, tie_word_embeddings=tie)
+  if arch in ("llama", "qwen2", "qwen3", "phi3"):
+    config = transformers.AutoConfig.for_model(
+        arch, vocab_size=vocab, hidden_size=d, intermediate_size=n["ff"],
+        num_hidden_layers=n["layers"], num_attention_heads=n["heads"],
+        num_key_value_heads=n["kv"], rms_norm_eps=1e-5, max_position_embeddings=n["ctx"],
+        rope_theta=THETA, tie_word_embeddings=tie, **EXTRA.get(arch, {}))
   else:   # Gemma 3: head_dim 256 (= transformers' default query_pre_attn_scalar), 6 layers
     config = transformers.Gemma3TextConfig(
         vocab_size=vocab, hidden_size=d, intermediate_size=n["ff"], num_hidden_layers=6,
@@ -205,13 +211,17 @@ def _meta(arch: str, model, vocab: bool = True) -> dict:
        f"{arch}.attention.head_count": c.num_attention_heads,
        f"{arch}.attention.head_count_kv": c.num_key_value_heads,
        f"{arch}.attention.layer_norm_rms_epsilon": float(c.rms_norm_eps),
-       f"{arch}.rope.freq_base": float(c.rope_parameters["rope_theta"]
-                                       if arch == "llama" else 1e6),
+       f"{arch}.rope.freq_base": THETA if arch != "gemma3" else 1e6,
        "general.name": f"tiny {arch}"}
   if vocab:
     m[f"{arch}.vocab_size"] = c.vocab_size
-  if arch == "llama":
-    m[f"{arch}.rope.dimension_count"] = c.hidden_size // c.num_attention_heads
+  if arch == "qwen3":
+    m[f"{arch}.attention.key_length"] = m[f"{arch}.attention.value_length"] = c.head_dim
+    m[f"{arch}.rope.dimension_count"] = c.head_dim
+  elif arch != "gemma3":
+    head = c.hidden_size // c.num_attention_heads
+    m[f"{arch}.rope.dimension_count"] = int(head * EXTRA.get(arch, {}).get(
+        "partial_rotary_factor", 1.0))
   else:
     m.update({f"{arch}.attention.key_length": 256, f"{arch}.attention.value_length": 256,
               f"{arch}.attention.sliding_window": c.sliding_window})
@@ -275,6 +285,18 @@ def converted(files, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ids():
   return np.random.default_rng(0).integers(0, 300, (2, 24)).tolist()   # 24 > window 8
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "phi3"])
+def test_f32_files_of_other_architectures_equal_the_original_model(arch, ids, tmp_path):
+  """Qwen2 (q/k/v biases), Qwen3 (q/k norms), Phi-3 (fused qkv and gate|up, partial RoPE)."""
+  bpe = _bpe_tokenizer()
+  model = _random_hf(arch, len(bpe["tokens"]), tie=arch != "phi3")
+  path = write_gguf(tmp_path / "m.gguf", arch, _meta(arch, model), _gguf_tensors(model, arch),
+                    bpe)
+  cfg, params, _ = jaxslm.load(convert.gguf_to_jaxslm(path, str(tmp_path / "jax")))
+  diff = np.abs(_logits_jax(cfg, params, ids) - _logits_hf(model, ids)).max()
+  assert diff < TOL, (arch, diff)
 
 
 def test_f32_llama_equals_the_original_model(files, converted, ids):
@@ -423,7 +445,7 @@ def test_missing_metadata_key_is_named(llama_parts, tmp_path):
 
 def test_unsupported_architecture_lists_supported(llama_parts, tmp_path):
   model, tensors, tok = llama_parts
-  with pytest.raises(UserError, match="gemma3, llama, qwen2, qwen3"):
+  with pytest.raises(UserError, match="gemma3, llama, phi3, qwen2, qwen3"):
     _convert(tmp_path, {}, tensors, tok, arch="bloom")
 
 

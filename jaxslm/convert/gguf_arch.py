@@ -20,6 +20,10 @@ What llama.cpp's converter changed, undone here:
   rope_freqs.weight), not as parameters: the parameters are recovered and
   checked to reproduce every factor (else the file is refused).
 
+Phi-3 keeps its fused attn_qkv (q | k | v rows) and ffn_up (gate | up rows),
+which are Hugging Face's qkv_proj and gate_up_proj; its LongRoPE factor
+tensors (128k-context models) are refused.
+
 Hyperparameters come from `{arch}.*` keys. Required ones missing are a
 `UserError` naming the key; optional ones default as llama.cpp does:
 head_count_kv = head_count, key_length = embedding_length / head_count,
@@ -37,7 +41,7 @@ import numpy as np
 
 from jaxslm.errors import UserError
 
-ARCHITECTURES = ("gemma3", "llama", "qwen2", "qwen3")
+ARCHITECTURES = ("gemma3", "llama", "phi3", "qwen2", "qwen3")
 
 # GGUF tensor name (with {i} for the layer) -> Hugging Face name, per architecture.
 _COMMON = {
@@ -62,6 +66,14 @@ NAMES = {
     "llama": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": {**_LLAMA, **_QK_NORM},
+    "phi3": {"token_embd.weight": "model.embed_tokens.weight",
+             "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight",
+             "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+             "blk.{i}.attn_qkv.weight": "model.layers.{i}.self_attn.qkv_proj.weight",
+             "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+             "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+             "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.gate_up_proj.weight",
+             "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight"},
     "gemma3": {**_COMMON, **_QK_NORM,
                "blk.{i}.post_attention_norm.weight":
                    "model.layers.{i}.post_attention_layernorm.weight",
@@ -200,10 +212,14 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
   head_dim = m.get("attention.key_length", default=d // n)
   value_dim = m.get("attention.value_length", default=head_dim)
   rot = m.get("rope.dimension_count", default=head_dim)
-  if value_dim != head_dim or rot != head_dim:
+  if value_dim != head_dim or (rot != head_dim and arch != "phi3") or not 0 < rot <= head_dim:
     raise UserError(f"{path}: attention.value_length={value_dim} and rope.dimension_count={rot} "
-                    f"must equal the head size {head_dim}; partial RoPE and unequal key/value "
-                    "heads are not supported for GGUF imports.")
+                    f"must equal the head size {head_dim}; partial RoPE (except for phi3) and "
+                    "unequal key/value heads are not supported for GGUF imports.")
+  longrope = sorted(t for t in tensor_names if t.startswith("rope_factors_"))
+  if longrope:
+    raise UserError(f"{path}: {', '.join(longrope)}: LongRoPE scaling (Phi-3 128k context) is "
+                    "not supported; use a model with plain RoPE (e.g. a 4k-context Phi-3).")
   if n % kv:
     raise UserError(f"{path}: {arch}.attention.head_count={n} is not a multiple of "
                     f"{arch}.attention.head_count_kv={kv}.")
@@ -241,7 +257,11 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
   if scaling:
     hf["rope_scaling"] = scaling
   bias = any(re.fullmatch(r"blk\.\d+\.attn_[qkv]\.bias", t) for t in names)
-  if arch == "llama":
+  if arch == "phi3":
+    hf.update(model_type="phi3", architectures=["Phi3ForCausalLM"], hidden_act="silu",
+              partial_rotary_factor=rot / head_dim,
+              sliding_window=m.get("attention.sliding_window", required=False))
+  elif arch == "llama":
     hf.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
               attention_bias=bias or "blk.0.attn_output.bias" in names,
               mlp_bias="blk.0.ffn_up.bias" in names)
