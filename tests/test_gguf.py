@@ -8,6 +8,7 @@ a bounded fuzz test: only `UserError`, quickly. The real checkpoints
 import io
 import json
 import os
+import pathlib
 import struct
 import tempfile
 import time
@@ -677,3 +678,25 @@ def test_real_file_header_and_config(name):
     x = _dequantize(header, t, None)
     np.testing.assert_allclose(x.reshape(-1), _reference_dequantize(path, t), rtol=1e-6,
                                atol=1e-7, err_msg=t.name)
+
+
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(st.data())
+def test_fuzzed_metadata_gives_a_config_and_tokenizer_or_user_error(files, data):
+  """Byte flips in the metadata and tensor infos of a whole model file: reading
+  the config and building the tokenizer ends in a UserError or succeeds."""
+  from jaxslm.convert import gguf_tokenizer
+  original = pathlib.Path(files["llama_q"][0]).read_bytes()
+  end = _header_of(original).data_offset
+  buf = bytearray(original)
+  for _ in range(data.draw(st.integers(1, 3))):
+    buf[data.draw(st.integers(24, end - 1))] = data.draw(st.integers(0, 255))
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "m.gguf")
+    pathlib.Path(path).write_bytes(bytes(buf))
+    try:
+      header, hf, cfg = convert.gguf.read_config(path)
+      gguf_tokenizer.tokenizer_from_gguf(header.metadata, path, cfg.vocab_size)
+    except UserError:
+      pass

@@ -220,13 +220,14 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
   meta = {"model": cfg.to_dict(), "tokenizer": tok.spec(),
           "hf": {"model_type": hf["model_type"], "config": _hf_meta(hf, tok)},
           "converted_from": os.path.abspath(gguf_path),
-          "gguf": {"architecture": arch, "name": header.metadata.get("general.name"),
+          "gguf": {"architecture": arch, "name": _scalar(header.metadata.get("general.name")),
                    "file_type": _scalar(header.metadata.get("general.file_type"))}}
   return ckpt.save_params(out_dir, nest_paths(flat), meta, host_in_place=True)
 
 
 def _scalar(v):
-  return v if v is None or isinstance(v, (str, bool)) else int(v)
+  """A metadata value kept in the checkpoint's meta: a str or int, else None."""
+  return v if isinstance(v, (str, int)) and not isinstance(v, bool) else None
 
 
 def _hf_meta(hf: dict, tok) -> dict:

@@ -131,11 +131,12 @@ class _Meta:
     if isinstance(value, (list, np.ndarray)):
       self._bad(key, value, f"one {kind.__name__}, not an array")
     if kind is int:
-      if isinstance(value, (bool, np.bool_)) or not float(value).is_integer() or value < 1:
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         self._bad(key, value, "a positive integer")
-      return int(value)
+      return value
     if kind is float:
-      if isinstance(value, (bool, str)) or not np.isfinite(value) or value <= 0:
+      if (isinstance(value, bool) or not isinstance(value, (int, float))
+          or not np.isfinite(value) or value <= 0):
         self._bad(key, value, "a positive finite number")
       return float(value)
     if not isinstance(value, kind):
@@ -146,7 +147,7 @@ class _Meta:
 def _rope_scaling(m: _Meta, rope_freqs: np.ndarray | None, head_dim: int, theta: float) -> dict:
   kind = m.get("rope.scaling.type", str, default="none", required=False)
   if rope_freqs is not None:
-    if kind not in ("none", "linear") or m.md.get(f"{m.arch}.rope.scaling.factor", 1.0) != 1.0:
+    if kind not in ("none", "linear") or m.get("rope.scaling.factor", float, default=1.0) != 1.0:
       raise UserError(f"{m.path}: both rope_freqs.weight and {m.arch}.rope.scaling.type="
                       f"{kind!r} are set; only one RoPE scaling is supported.")
     return llama3_from_freqs(rope_freqs, head_dim, theta, m.path)
@@ -199,7 +200,7 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
   `rope_freqs`: the data of rope_freqs.weight, if the file has it;
   `vocab_rows`: token_embd.weight's rows, the vocabulary size of last resort."""
   arch = metadata.get("general.architecture")
-  if arch not in ARCHITECTURES:
+  if not isinstance(arch, str) or arch not in ARCHITECTURES:
     raise UserError(f"{path}: general.architecture={arch!r} is not supported; supported GGUF "
                     f"architectures: {', '.join(ARCHITECTURES)}.")
   m = _Meta(metadata, arch, path)
@@ -209,6 +210,9 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
     raise UserError(f"{path}: {arch}.embedding_length={d} is not a multiple of "
                     f"{arch}.attention.head_count={n}, and {arch}.attention.key_length (the "
                     "head size) is not given.")
+  if n > d:
+    raise UserError(f"{path}: {arch}.attention.head_count={n} is more than "
+                    f"{arch}.embedding_length={d}.")
   head_dim = m.get("attention.key_length", default=d // n)
   value_dim = m.get("attention.value_length", default=head_dim)
   rot = m.get("rope.dimension_count", default=head_dim)
@@ -224,13 +228,18 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
     raise UserError(f"{path}: {arch}.attention.head_count={n} is not a multiple of "
                     f"{arch}.attention.head_count_kv={kv}.")
   tokens = metadata.get("tokenizer.ggml.tokens")
-  vocab = m.get("vocab_size", default=len(tokens) if tokens else vocab_rows)
+  vocab = m.get("vocab_size", default=len(tokens) if isinstance(tokens, list) and tokens
+                else vocab_rows)
   if vocab is None:
     raise UserError(f"{path}: the vocabulary size is unknown: no {arch}.vocab_size, no "
                     "tokenizer.ggml.tokens and no token_embd.weight.")
   theta = m.get("rope.freq_base", float, default=10000.0)
   names = set(tensor_names)
-  hf = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=m.get("block_count"),
+  n_layers = m.get("block_count")
+  if n_layers > len(names):   # each layer has several tensors: bounds the loops over layers
+    raise UserError(f"{path}: {arch}.block_count={n_layers} but the file has only "
+                    f"{len(names)} tensors; the metadata does not describe these weights.")
+  hf = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layers,
             num_attention_heads=n, num_key_value_heads=kv, head_dim=head_dim,
             intermediate_size=m.get("feed_forward_length"),
             max_position_embeddings=m.get("context_length"),
@@ -240,7 +249,6 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
   if arch == "gemma3":
     if scaling.get("rope_type") == "llama3":
       raise UserError(f"{path}: gemma3 with rope_freqs.weight is not supported.")
-    n_layers = hf["num_hidden_layers"]
     window = m.get("attention.sliding_window")
     if f"{arch}.attention.sliding_window_pattern" in metadata:
       raise UserError(f"{path}: {arch}.attention.sliding_window_pattern is not supported; "

@@ -109,7 +109,7 @@ class _Meta:
     v = self.md.get(key)
     if v is None:
       return None
-    if isinstance(v, (bool, str, list, np.ndarray, float)) or not 0 <= v < n:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
       self.fail(key, f"= {v!r} is not a token id in [0, {n})")
     return int(v)
 
@@ -212,7 +212,7 @@ def tokenizer_json(metadata: dict, path: str) -> tuple[str, int]:
   """(tokenizer.json text, number of tokens) for the file's tokenizer metadata."""
   m = _Meta(metadata, path)
   kind = metadata.get("tokenizer.ggml.model")
-  if kind not in KINDS:
+  if not isinstance(kind, str) or kind not in KINDS:
     raise UserError(f"{path}: tokenizer.ggml.model={kind!r} is not supported; supported: "
                     f"{', '.join(KINDS)} (byte-level BPE and SentencePiece-style BPE).")
   tokens = m.strings("tokenizer.ggml.tokens")
