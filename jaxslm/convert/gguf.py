@@ -30,7 +30,9 @@ checkpoint, so `jaxslm_to_hf` exports it as the Hugging Face model
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import warnings
 
 import numpy as np
@@ -46,6 +48,7 @@ from jaxslm.lora import nest_paths
 _PLAIN = ("F32", "F16")
 
 
+@functools.lru_cache(maxsize=1)
 def supported_tensor_types() -> list[str]:
   """The GGUF tensor types a conversion dequantizes (those gguf-py can)."""
   import gguf
@@ -62,13 +65,13 @@ def read_config(gguf_path: str, dtype: str = "float32"):
   return (header, *_config(header, None, dtype))
 
 
-def _config(header: gguf_header.Header, reader, dtype: str):
+def _config(header: gguf_header.Header, tensors: dict | None, dtype: str):
   path = header.path
   if dtype not in DTYPES:
     raise UserError(f"dtype={dtype!r} is invalid: expected one of {DTYPES}.")
   freqs = None
   if "rope_freqs.weight" in header.tensors:
-    freqs = _dequantize(header, header.tensors["rope_freqs.weight"], reader)
+    freqs = _dequantize(header, header.tensors["rope_freqs.weight"], tensors)
   embd = header.tensors.get("token_embd.weight")
   hf = gguf_arch.hf_config(header.metadata, header.tensors, path, rope_freqs=freqs,
                            vocab_rows=embd.shape[0] if embd is not None else None)
@@ -85,15 +88,18 @@ def _check_type(header: gguf_header.Header, info: gguf_header.TensorInfo, suppor
                     "quantize the model again with one of them.")
 
 
-def _dequantize(header: gguf_header.Header, info: gguf_header.TensorInfo, reader) -> np.ndarray:
-  """Tensor `info` as float32 in numpy (row-major) shape."""
+def _dequantize(header: gguf_header.Header, info: gguf_header.TensorInfo,
+                tensors: dict | None) -> np.ndarray:
+  """Tensor `info` as float32 in numpy (row-major) shape: its bytes from
+  `tensors` ({name: gguf ReaderTensor}, see `_open_reader`), or memory-mapped
+  from the file when None."""
   from gguf import GGMLQuantizationType, quants
   _check_type(header, info, supported_tensor_types())
   qtype = GGMLQuantizationType(info.type)
-  if reader is None:
+  if tensors is None:
     raw = np.memmap(header.path, np.uint8, "r", offset=info.offset, shape=(info.nbytes,))
   else:
-    raw = reader.tensors[_index(reader)[info.name]].data
+    raw = tensors[info.name].data
   block, block_bytes = gguf_header.quant_sizes()[info.type]
   rows = info.nbytes // (info.dims[0] // block * block_bytes)
   raw = np.asarray(raw).view(np.uint8).reshape(rows, -1)
@@ -110,21 +116,14 @@ def iter_tensors(gguf_path: str):
   """(name, float32 array in numpy shape) for every tensor of a GGUF file, in
   file order, after the header check; one tensor in memory at a time."""
   header = gguf_header.read_header(gguf_path)
-  reader = _open_reader(header)
+  tensors = _open_reader(header)
   for info in header.tensors.values():
-    yield info.name, _dequantize(header, info, reader)
+    yield info.name, _dequantize(header, info, tensors)
 
 
-def _index(reader) -> dict:
-  idx = getattr(reader, "_jaxslm_index", None)
-  if idx is None:
-    idx = {t.name: i for i, t in enumerate(reader.tensors)}
-    reader._jaxslm_index = idx
-  return idx
-
-
-def _open_reader(header: gguf_header.Header):
-  """`gguf.GGUFReader` on a file the header check passed, cross-checked with it."""
+def _open_reader(header: gguf_header.Header) -> dict:
+  """{name: gguf ReaderTensor} from `gguf.GGUFReader` (memory-mapped) on a file
+  the header check passed, cross-checked with it."""
   import gguf
   reader = gguf.GGUFReader(header.path, "r")
   got = [(t.name, int(t.tensor_type), int(t.data_offset), int(t.n_bytes)) for t in reader.tensors]
@@ -132,10 +131,10 @@ def _open_reader(header: gguf_header.Header):
   if got != want:   # both read the same bytes: a difference is a bug in one of them
     raise RuntimeError(f"{header.path}: gguf.GGUFReader and jaxslm's header reader disagree "
                        "on the tensor table.")
-  return reader
+  return {t.name: t for t in reader.tensors}
 
 
-def _match(header, hf: dict, arch: str, entries, cfg) -> dict:
+def _match(header, arch: str, entries, cfg) -> dict:
   """{GGUF tensor name: (HF name, Entry)}; missing / unexpected tensors named."""
   by_hf = {e.hf: e for e in entries}
   matched, unexpected = {}, []
@@ -148,13 +147,8 @@ def _match(header, hf: dict, arch: str, entries, cfg) -> dict:
     else:
       unexpected.append(name)
   have = {h for h, _ in matched.values()}
-  inverse = {}
-  for g in gguf_arch.gguf_names(arch):
-    inverse[gguf_arch.NAMES[arch][g]] = g
-  missing = []
-  for e in entries:
-    if e.hf not in have:
-      missing.append(_gguf_name(e.hf, inverse))
+  inverse = {h: g for g, h in gguf_arch.NAMES[arch].items()}
+  missing = [_gguf_name(e.hf, inverse) for e in entries if e.hf not in have]
   if missing or unexpected:
     parts = ([f"missing tensors {_few(missing)}"] if missing else []) + (
         [f"unexpected tensors {_few(unexpected)}"] if unexpected else [])
@@ -166,7 +160,6 @@ def _match(header, hf: dict, arch: str, entries, cfg) -> dict:
 
 
 def _gguf_name(hf_name: str, inverse: dict) -> str:
-  import re
   m = re.search(r"\.(\d+)\.", hf_name)
   key = hf_name.replace(f".{m.group(1)}.", ".{i}.", 1) if m else hf_name
   g = inverse.get(key, hf_name)
@@ -183,8 +176,8 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
   (see the module docstring). Returns `out_dir`."""
   gguf_path = os.fspath(gguf_path)
   header = gguf_header.read_header(gguf_path)
-  reader = _open_reader(header)
-  hf, cfg = _config(header, reader, dtype)
+  tensors = _open_reader(header)
+  hf, cfg = _config(header, tensors, dtype)
   arch = header.metadata["general.architecture"]
   family = get_family(hf["model_type"], gguf_path)
   tok = gguf_tokenizer.tokenizer_from_gguf(
@@ -193,7 +186,7 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
   shapes = flat_shapes(cfg)
   entries = expand(family.rules(cfg), cfg)
   check_coverage(entries, cfg, family)
-  matched = _match(header, hf, arch, entries, cfg)
+  matched = _match(header, arch, entries, cfg)
   supported = supported_tensor_types()
   for name, (hf_name, entry) in matched.items():   # every shape and type before reading data
     _check_type(header, header.tensors[name], supported)
@@ -205,7 +198,7 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
                       "is damaged or was edited.")
   flat, bad = {}, []
   for name, (hf_name, entry) in matched.items():
-    x = _dequantize(header, header.tensors[name], reader)
+    x = _dequantize(header, header.tensors[name], tensors)
     if not np.isfinite(x).all():
       bad.append(name)
     x = gguf_arch.to_hf_layout(name, x, arch, hf)
@@ -213,7 +206,7 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
     flat.update({path: np.array(y, dtype=shapes[path].dtype, order="C")
                  for path, y in zip(entry.jax, outs)})
     del x, outs
-  del reader
+  del tensors
   if bad:
     warnings.warn(f"{gguf_path}: {len(bad)} tensors hold NaN or infinite values (converted "
                   f"as they are): {_few(bad)}.", stacklevel=2)

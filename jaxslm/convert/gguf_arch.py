@@ -102,10 +102,6 @@ def hf_name(name: str, arch: str) -> str | None:
   return None
 
 
-def gguf_names(arch: str) -> list[str]:
-  return list(NAMES[arch])
-
-
 # ------------------------------------------------------------------- config
 
 

@@ -34,6 +34,7 @@ data section), padding to the alignment, the data section.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import mmap
 import os
@@ -70,6 +71,7 @@ def _min_size(value_type: int) -> int:
   return 8 if value_type == STRING else 12    # an empty array: item type + count
 
 
+@functools.lru_cache(maxsize=1)
 def quant_sizes() -> dict[int, tuple[int, int]]:
   """{tensor type id: (elements per block, bytes per block)}: the types GGUF knows."""
   import gguf
