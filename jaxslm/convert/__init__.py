@@ -8,7 +8,10 @@
     # ['gemma3', 'gemma3_text', 'gpt2', 'gpt_neox', 'llama', 'mistral', 'phi', 'phi3',
     #  'qwen2', 'qwen3']
 
-Command line: `python launch/convert.py hf2jax --hf DIR --out CHECKPOINT` and
+    convert.gguf_to_jaxslm("models/gguf/SmolLM2-135M-Instruct.Q4_1.gguf", "runs/smol-gguf")
+
+Command line: `python launch/convert.py hf2jax --hf DIR --out CHECKPOINT`,
+`python launch/convert.py gguf2jax --gguf FILE.gguf --out CHECKPOINT` and
 `python launch/convert.py jax2hf --checkpoint CHECKPOINT --out DIR`.
 
 Layout: `table.py` (rules, families, shape checks), `registry.py` (the
@@ -21,13 +24,17 @@ group (`gpt2.py`; `gpt_neox.py`, the home of jaxslm's own GPT-style presets;
 stream), `store.py` (the Orbax side: a tree written in place, leaves restored
 a batch at a time), `checkpoints.py` (the two directions). Neither direction
 holds two copies of a model: hf2jax keeps the converted tree plus one
-tensor, jax2hf (of a plain checkpoint) a small batch of tensors.
+tensor, jax2hf (of a plain checkpoint) a small batch of tensors. GGUF files
+(llama.cpp's format): `gguf.py` (the conversion), `gguf_header.py` (a bounded
+header reader that checks every length and offset first), `gguf_arch.py`
+(metadata and tensor names as Hugging Face ones), `gguf_tokenizer.py`.
 """
 
 from __future__ import annotations
 
 from jaxslm.convert.checkpoints import config_from_hf, export, hf_to_jaxslm, jaxslm_to_hf
+from jaxslm.convert.gguf import gguf_to_jaxslm
 from jaxslm.convert.registry import supported_model_types
 
-
-__all__ = ["config_from_hf", "export", "hf_to_jaxslm", "jaxslm_to_hf", "supported_model_types"]
+__all__ = ["config_from_hf", "export", "gguf_to_jaxslm", "hf_to_jaxslm", "jaxslm_to_hf",
+           "supported_model_types"]
