@@ -358,7 +358,6 @@ def launch(argv: Sequence[str], doc: str, run, base: ConfigDict | None = None, *
   preemptible job restarted with the same command does). `next_steps(config,
   workdir)` is printed after a run that finished: where its outputs are and
   the natural next command."""
-  from jaxslm import checkpoint as ckpt
   from jaxslm.errors import TrainingDiverged, report
   if any(a in ("-h", "--help") for a in argv):
     print(doc + "\n" + DISTRIBUTED_HELP)
@@ -368,10 +367,8 @@ def launch(argv: Sequence[str], doc: str, run, base: ConfigDict | None = None, *
     config, options = parse_args(argv, base=base)
     workdir = options["workdir"] or default_workdir(config)
     if options["resume"]:
-      try:
-        meta = ckpt.read_step_meta(ckpt.resolve_step_dir(workdir))
-      except FileNotFoundError:
-        meta = None
+      meta = newest_readable_meta(workdir)
+      if meta is None:
         if resume_needs_checkpoint:
           raise UserError(f"--resume: {workdir!r} holds no {what} checkpoint to continue; "
                           "check --workdir, or drop --resume to start a new run.") from None
@@ -392,6 +389,20 @@ def launch(argv: Sequence[str], doc: str, run, base: ConfigDict | None = None, *
 
 
 launch_from_checkpoint = launch   # the earlier name
+
+
+def newest_readable_meta(workdir: str) -> dict | None:
+  """The meta of the newest step in `workdir` that reads (a damaged newer one is
+  reported, and set aside, by the run itself), or None when there is none."""
+  from jaxslm import checkpoint as ckpt
+  from jaxslm import paths
+  directory = ckpt.checkpoint_dir(workdir)
+  for step in reversed(ckpt.step_numbers(directory)):
+    try:
+      return ckpt.read_step_meta(paths.join(directory, str(step)))
+    except ckpt.DamagedCheckpoint:
+      continue
+  return None
 
 
 def show_config(config: ConfigDict, defaults: ConfigDict, config_path: str | None,

@@ -29,11 +29,12 @@ from typing import Any
 import jax
 
 from jaxslm import checkpoint as ckpt
-from jaxslm import paths
+from jaxslm import integrity, paths
 from jaxslm.errors import SaveFailed, UserError
 from jaxslm.train import parallel, reporting
 from jaxslm.train.signals import StopRequest
 from jaxslm.train.tracking import Trackers
+from jaxslm.workdir_lock import WorkdirLock
 
 # The launcher that continues each kind of run (for the messages that say how).
 LAUNCHERS = {"pretraining": "launch/pretrain.py", "fine-tuning": "launch/finetune.py",
@@ -61,16 +62,22 @@ class Session:
   def __init__(self, workdir: str, *, what: str, keep: int, resume: bool,
                async_save: bool = False):
     self.workdir, self.what = workdir, what
-    paths.makedirs(workdir)
-    if is_main_process():
-      remove_partial_saves(ckpt.checkpoint_dir(workdir))
-    self.async_save = async_save
-    self.checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=keep,
-                                          async_save=async_save)
-    self.latest = self.checkpointer.latest_step()
-    self.saved_meta: dict | None = None
-    if self.latest is not None:
-      self.saved_meta = self.checkpointer.read_meta(self.latest)
+    # One run per workdir: the lock comes before anything is written there.
+    self.lock = WorkdirLock(workdir, log=log)
+    self.lock.acquire()
+    try:
+      paths.makedirs(workdir)
+      if is_main_process():
+        remove_partial_saves(ckpt.checkpoint_dir(workdir))
+      self.async_save = async_save
+      self.checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=keep,
+                                            async_save=async_save)
+      # The newest step whose meta reads; resuming, newer damaged steps are moved aside.
+      self.latest, self.saved_meta = integrity.newest_meta(self.checkpointer, set_aside=resume,
+                                                           log=log)
+    except BaseException:
+      self.lock.release()
+      raise
     self.resume = resume
     self.stop = StopRequest()
     self.saved_step: int | None = None
@@ -87,8 +94,11 @@ class Session:
                       "--workdir.")
 
   def restore(self, abstract_a, abstract_b) -> tuple[Any, Any, dict]:
-    """The latest checkpoint's two trees (on the abstract trees' shardings) and meta."""
-    a, b, meta = self.checkpointer.restore(self.latest, abstract_a, abstract_b)
+    """The newest intact checkpoint's two trees (on the abstract trees'
+    shardings) and meta; each newer step that fails its checksums is moved
+    aside with one warning line."""
+    self.latest, a, b, meta = integrity.restore_newest_intact(self.checkpointer, abstract_a,
+                                                              abstract_b, log=log)
     return a, b, meta
 
   def open_log(self, start: int, total_steps: int, config=None) -> None:
@@ -125,6 +135,7 @@ class Session:
     finally:
       self.stop.restore()
       self.trackers.close()
+      self.lock.release()
 
   def wait(self) -> None:
     """Until every save has finished; a failed one raises `SaveFailed`."""
@@ -215,6 +226,7 @@ class Session:
 
   def close(self) -> None:
     self.checkpointer.close()
+    self.lock.release()
 
   def plot(self, name: str, panels: list[tuple[str, list[str]]] | None = None) -> str | None:
     """loss.png (`panels` None) or a chart of the named series, from metrics.jsonl."""
