@@ -29,6 +29,8 @@ EXAMPLES = """examples:
   python launch/eval.py --checkpoint runs/sft --n 8 --temperature 0.7   # pass@k, maj@k
   python launch/eval.py --checkpoint runs/react --mode agent --limit 100
   python launch/eval.py --checkpoint runs/sft --problems my_problems.jsonl
+  python launch/eval.py --checkpoint runs/sft_synth --checkpoint runs/grpo_synth --synthetic 200 \
+      --template structured      # held-out synthetic problems, paired
   python launch/eval.py --checkpoint runs/sft --similarity-model ./all-MiniLM-L6-v2
   python launch/eval.py --checkpoint runs/sft --harness-tasks arc_easy,hellaswag --harness-limit 500
 """
@@ -46,6 +48,12 @@ def parse(argv):
                   "$JAXSLM_GSM8K_DIR, else the hub's openai/gsm8k)")
   ap.add_argument("--problems", default=None, help="a .jsonl/.json file of problems "
                   "(question, answer with '#### N') instead of the test split")
+  ap.add_argument("--synthetic", type=int, default=0, metavar="N",
+                  help="N held-out synthetic problems (jaxslm.data.synthetic from index "
+                  "1,000,000: never trained on) instead of GSM8K")
+  ap.add_argument("--synthetic-max-steps", type=int, default=4,
+                  help="--synthetic: at most this many reasoning steps per problem")
+  ap.add_argument("--synthetic-seed", type=int, default=0, help="--synthetic: generator seed")
   ap.add_argument("--config", default="main", choices=("main", "socratic"))
   ap.add_argument("--split", default="test")
   ap.add_argument("--limit", type=int, default=None,
@@ -137,8 +145,30 @@ def _options(args) -> EvalOptions:
       add_bos={"auto": None, "true": True, "false": False}[args.add_bos])
 
 
+def _synthetic_problems(args, log):
+  """Held-out synthetic problems (the ones GRPO and fine-tuning evaluate on), and
+  training-range ones as few-shot exemplars."""
+  from jaxslm.data.gsm8k import Example
+  from jaxslm.data.synthetic import HELDOUT_OFFSET, SyntheticMath
+  gen = SyntheticMath(args.synthetic_seed, max_steps=args.synthetic_max_steps)
+
+  def examples(start, n):
+    return [Example(start + i, p.question, p.answer, str(p.final_answer))
+            for i, p in ((i, gen.problem(start + i)) for i in range(n))]
+  problems = examples(HELDOUT_OFFSET, args.synthetic)
+  source = (f"synthetic (seed {args.synthetic_seed}, at most {args.synthetic_max_steps} steps, "
+            f"indices {HELDOUT_OFFSET}..{HELDOUT_OFFSET + args.synthetic - 1})")
+  log(f"{args.synthetic} held-out synthetic problems: {source}")
+  dataset = {"source": source, "split": "held-out", "rows": args.synthetic, "skipped": 0,
+             "indices_sha": _digest(problems)}
+  train = examples(0, max(50, 8 * args.num_fewshot)) if args.num_fewshot else None
+  return problems, train, dataset, []
+
+
 def _load_problems(args, log):
   from jaxslm.data import gsm8k
+  if args.synthetic:
+    return _synthetic_problems(args, log)
   split = gsm8k.load(args.split, args.config, path=args.problems or args.data)
   log(split.describe())
   problems, note = gsm8k.select(split.examples, args.limit, seed=args.seed)
@@ -217,6 +247,12 @@ def check_inputs(args, opts: EvalOptions) -> None:
   meta reads and whose training format fits the options."""
   from jaxslm.checkpoint import read_step_meta, resolve_step_dir
   from jaxslm.evaluation.gsm8k import resolve_options
+  if args.synthetic < 0:
+    raise UserError(f"--synthetic {args.synthetic} is invalid: expected a number of problems "
+                    ">= 1.")
+  if args.synthetic and (args.data or args.problems or args.limit is not None):
+    raise UserError("--synthetic N chooses the problems itself; leave out --data, --problems "
+                    "and --limit (or drop --synthetic to evaluate on GSM8K).")
   if args.limit is not None and args.limit < 1:
     raise UserError(f"--limit {args.limit} is invalid: expected a number of problems >= 1; "
                     "leave --limit out to evaluate the whole split.")
