@@ -22,7 +22,7 @@ TUTORIAL = ROOT / "docs" / "tutorial.md"
 TINY = {
     "launch/pretrain.py": [
         "--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.n_heads=2",
-        "--config.model.d_ff=64", "--config.model.max_seq_len=192",
+        "--config.model.d_ff=64", "--config.model.max_seq_len=320",
         "--config.tokenizer.vocab_size=400", "--config.model.vocab_size=400",
         "--config.tokenizer.train_documents=200", "--config.data.synthetic_documents=300",
         "--config.train.steps=4", "--config.train.batch_size=4", "--config.train.seq_len=64",
@@ -33,7 +33,7 @@ TINY = {
     "launch/eval.py": ["--synthetic", "4", "--max-new-tokens", "24", "--no-perplexity",
                        "--no-rouge", "--similarity-model", "off", "--batch-size", "4"],
     "launch/finetune.py": [
-        "--config.train.steps=2", "--config.train.batch_size=4", "--config.train.seq_len=160",
+        "--config.train.steps=2", "--config.train.batch_size=4", "--config.train.seq_len=300",
         "--config.train.warmup_steps=0", "--config.train.log_every=1",
         "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
         "--config.data.val_examples=4", "--config.eval.problems=2",

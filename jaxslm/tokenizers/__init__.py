@@ -23,7 +23,8 @@ tokenizer read from its files says what transformers' `tokenizer(text)` does
 
 Modules: `base` (the interface), `tiktoken_tok`, `sentencepiece_tok`, `hf`
 (tokenizer.json), `hf_bos` (BOS as transformers decides it), `chat` (Jinja chat
-templates), `factory` (`get_tokenizer`, `from_spec`).
+templates), `factory` (`get_tokenizer`, `from_spec`), `sp_export` (a
+SentencePiece model as a tokenizer.json, for Hugging Face exports).
 """
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ def evaluate_exact_match(config, model_cfg, params, tok, problems) -> dict:
   res = evaluate_gsm8k((model_cfg, params, tok), problems, EvalOptions(
       template=template, max_new_tokens=config.eval.max_new_tokens,
       batch_size=config.eval.batch_size, rouge=config.eval.rouge, perplexity=False,
-      extractors=("strict-match", "flexible-extract")))
+      extractors=("strict-match", "flexible-extract")), log=log)
   out = {"gsm8k_em": res.summary["accuracy"]["mean"],
          "gsm8k_em_stderr": res.summary["accuracy"]["stderr"]}
   if config.eval.rouge:

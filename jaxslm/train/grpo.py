@@ -7,7 +7,7 @@ each with the jitted sampler at per-completion temperatures (0.6, 0.8, 1.0,
 runs μ optimizer passes of the clipped-surrogate + k3-KL loss
 (`jaxslm.train.grpo_loss`) on the batch.
 
-LoRA during RL (Tina): the policy is the frozen base plus trainable adapters
+LoRA during RL (as in Tina, "Tiny Reasoning Models via LoRA"): the policy is the frozen base plus trainable adapters
 (`lora.add_adapter`, trained through `lora.split`); rollouts sample straight
 from base + adapters, never merged. The reference is a snapshot of the
 *trainable* tree combined with the same frozen base: at the start the adapters
