@@ -234,12 +234,17 @@ def verify_restored(step_dir: str, meta: dict[str, Any], **items) -> None:
   else:
     problem = checksums.check_meta(meta)
     rec = meta[checksums.KEY]
+    unchecked = 0
     for item, tree in items.items():
       if problem is None:
         if not isinstance(rec.get(item), dict):
           problem = f"its checksum record has no entry for {item}"
         else:
-          problem, _ = checksums.check_tree(item, rec[item], tree)
+          problem, n = checksums.check_tree(item, rec[item], tree)
+          unchecked += n
+    if problem is None and unchecked:
+      _warn_unchecked(step_dir, f"{unchecked} of its arrays are sharded across processes (at save "
+                                "or now) and were not checked")
   if problem is not None:
     raise DamagedCheckpoint(step_dir, problem)
 
@@ -296,12 +301,12 @@ def _claims_checksums(step_dir: str) -> bool:
 _warned: set[str] = set()
 
 
-def _warn_unchecked(step_dir: str) -> None:
+def _warn_unchecked(step_dir: str, why: str = "") -> None:
   if step_dir not in _warned:
     _warned.add(step_dir)
-    warnings.warn(f"{step_dir} was written without checksums (by a jaxslm before checkpoints "
-                  "carried them): its arrays are used unverified.", UncheckedCheckpoint,
-                  stacklevel=3)
+    why = why or ("it was written without checksums (by a jaxslm before checkpoints carried "
+                  "them): its arrays are used unverified")
+    warnings.warn(f"Checkpoint {step_dir}: {why}.", UncheckedCheckpoint, stacklevel=3)
 
 
 def _saved_dtypes(abstract, rec: dict[str, Any]):

@@ -252,6 +252,34 @@ def test_launcher_prints_one_line_and_exits_2(run):
   assert f'jaxslm.load("{_step(workdir, 400)}")' in lines[0]
 
 
+def test_digest_is_xxh3_of_the_c_order_bytes_whatever_the_layout():
+  import xxhash
+  from jaxslm import checksums
+  rng = np.random.default_rng(1)
+  base = rng.normal(size=(6, 5)).astype(np.float32)
+  for a in (base, base.T, base[::2, 1:], np.float32(3.5), base.astype(jax.numpy.bfloat16),
+            np.arange(7, dtype=np.int8), jax.numpy.asarray(base)):
+    want = xxhash.xxh3_64_hexdigest(np.asarray(a).tobytes(order="C"))   # the reference
+    assert checksums.digest(checksums.host_value(a)) == want
+
+
+def test_check_tree_names_each_kind_of_difference():
+  from jaxslm import checksums
+  tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
+  rec = checksums.record({"params": tree}, {})["params"]
+  assert checksums.check_tree("params", rec, tree) == (None, 0)
+  changed = {**tree, "w": tree["w"].copy()}
+  changed["w"][1, 2] += 1
+  assert checksums.check_tree("params", rec, changed)[0] == "params/w does not match its checksum"
+  assert "is float64[3], saved as float32[3]" in checksums.check_tree(
+      "params", rec, {**tree, "b": tree["b"].astype(np.float64)})[0]
+  assert checksums.check_tree("params", rec, {"w": tree["w"]})[0] == "params/b is missing"
+  assert "params/x is not in the checksum record" in checksums.check_tree(
+      "params", rec, {**tree, "x": np.zeros(1)})[0]
+  unhashed = {**rec, "b": {**rec["b"], checksums.ALGORITHM: None}}   # sharded across processes
+  assert checksums.check_tree("params", unhashed, tree) == (None, 1)
+
+
 # Bounded fuzzing: any file of step 500 gets flipped bytes or is cut short;
 # loading gives exactly the saved tensors or a UserError, never anything else.
 _FILES = None
