@@ -43,8 +43,8 @@ def verify_step(step_dir: str) -> str | None:
   try:
     meta = ckpt.read_step_meta(step_dir, with_checksums=True)
     items = ("params", "opt_state") if paths.isdir(paths.join(step_dir, "opt_state")) else ("params",)
-    restored = {item: _read_item_on_host(step_dir, item) for item in items}
-    ckpt.verify_restored(step_dir, meta, **restored)
+    for item in items:   # one item in memory at a time
+      ckpt.verify_restored(step_dir, meta, **{item: _read_item_on_host(step_dir, item)})
   except ckpt.DamagedCheckpoint as e:
     return e.problem
   return None
