@@ -281,7 +281,8 @@ def test_check_tree_names_each_kind_of_difference():
 
 
 # Bounded fuzzing: any file of step 500 gets flipped bytes or is cut short;
-# loading gives exactly the saved tensors or a UserError, never anything else.
+# loading (jaxslm.load) and restoring (a resume) give exactly the saved
+# tensors or a UserError, never anything else.
 _FILES = None
 
 
@@ -312,13 +313,22 @@ def test_fuzz_damaged_files_load_identical_or_raise_user_error(template, tmp_pat
     for i, m in zip(offsets, masks):
       buf[i] ^= m
     open(path, "wb").write(bytes(buf))
+  params, opt_state = template[1][500]
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UncheckedCheckpoint)
     try:
       loaded = jaxslm.load(workdir)
+      assert _same(loaded.params, params), name
     except UserError:
-      return
-  assert _same(loaded.params, template[1][500][0]), name
+      pass
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:   # the resume path: params and optimizer state
+      got_params, got_opt, _ = ckpt.restore(500, abstract_like(params), abstract_like(opt_state))
+      assert _same(got_params, params) and _same(got_opt, opt_state), name
+    except UserError:
+      pass
+    finally:
+      ckpt.close()
 
 
 def test_pretrain_resume_sets_a_damaged_step_aside_and_continues(tmp_path, capsys):
