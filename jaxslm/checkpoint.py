@@ -77,8 +77,19 @@ class Checkpointer:
     self.directory = paths.resolve(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(_orbax_path(self.directory), options=options,
-                                         item_names=ITEMS)
+    try:   # Orbax reads every step's metadata here: one damaged step stops it
+      self.manager = ocp.CheckpointManager(_orbax_path(self.directory), options=options,
+                                           item_names=ITEMS)
+    except Exception as e:   # noqa: BLE001 - named below if a step is to blame
+      for step in reversed(step_numbers(self.directory)):
+        step_dir = paths.join(self.directory, str(step))
+        problem = layout_problem(step_dir)
+        if problem is not None:
+          raise DamagedCheckpoint(step_dir, problem, (
+              f"Checkpoint step {step} ({step_dir}) is damaged: {problem}; Orbax cannot open "
+              f"{self.directory} while it is there. Resume (which moves damaged steps aside) or "
+              f"move it aside with jaxslm.integrity.quarantine({step_dir!r}).")) from e
+      raise
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -262,7 +273,26 @@ def layout_problem(step_dir: str) -> str | None:
       return f"its {item} item is missing"
   if training and not paths.exists(paths.join(step_dir, paths.COMMIT_FILE)):
     return f"its commit marker ({paths.COMMIT_FILE}) is missing, so its save never finished"
-  return None   # an export is renamed into place whole (locally) or checked by `paths.finished`
+  return _step_metadata_problem(step_dir) if training else None   # an export is renamed into place whole (locally) or checked by `paths.finished`
+
+
+def _step_metadata_problem(step_dir: str) -> str | None:
+  """Whether Orbax can read the step's own metadata (`_CHECKPOINT_METADATA`,
+  which `ocp.CheckpointManager` reads for every step when it opens a directory)."""
+  if not paths.exists(paths.join(step_dir, "_CHECKPOINT_METADATA")):
+    return None   # optional for Orbax
+  import logging
+  absl = logging.getLogger("absl")
+  level = absl.level
+  absl.setLevel(logging.CRITICAL)   # Orbax logs the parse error too; we report it once
+  try:
+    ocp.metadata.get_step_metadata(_orbax_path(step_dir))
+  except Exception as e:   # noqa: BLE001 - what Orbax cannot read is damage
+    from jaxslm import orbax_quiet
+    return f"its Orbax step metadata (_CHECKPOINT_METADATA) cannot be read ({orbax_quiet.summary(e)})"
+  finally:
+    absl.setLevel(level)
+  return None
 
 
 def _check_layout(step_dir: str) -> None:

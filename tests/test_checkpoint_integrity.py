@@ -119,6 +119,12 @@ def _meta_value(d):
   open(path, "w").write(text)
 
 
+def _step_metadata(d):
+  path = os.path.join(d, "_CHECKPOINT_METADATA")
+  text = open(path).read().replace("init_timestamp_nsecs", "hnit_timestamp_nsecs")
+  open(path, "w").write(text)
+
+
 DAMAGE = {
     "flipped_bytes": (_flipped_bytes, "params cannot be read|does not match"),
     "half_file": (_half, "params cannot be read"),
@@ -132,6 +138,7 @@ DAMAGE = {
                               "commit marker"),
     "another_steps_arrays": (_other_steps_params, "does not match its checksum"),
     "edited_meta": (_meta_value, "meta .* does not match its checksum"),
+    "step_metadata": (_step_metadata, "Orbax step metadata .* cannot be read"),
 }
 
 
@@ -170,6 +177,21 @@ def test_resume_falls_back_to_the_newest_intact_step_and_moves_damage_aside(run)
   ckpt.save(410, params, opt_state, {"step": 410})
   ckpt.wait()
   assert integrity.verify_step(_step(workdir, 410)) is None
+
+
+def test_a_step_orbax_cannot_open_is_named_and_set_aside_on_resume(run):
+  workdir, saved = run
+  _step_metadata(_step(workdir, 500))
+  with pytest.raises(DamagedCheckpoint, match="step 500 .* Orbax cannot open") as e:
+    Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert "\n" not in str(e.value)
+  lines = []
+  ckpt = integrity.open_checkpointer(os.path.join(workdir, "checkpoints"), set_aside=True,
+                                     log=lines.append)
+  assert ckpt.all_steps() == [300, 400] and len(lines) == 1 and "damaged/500-" in lines[0]
+  step, params, _, _ = integrity.restore_newest_intact(
+      ckpt, abstract_like(saved[400][0]), abstract_like(saved[400][1]), log=lines.append)
+  assert step == 400 and _same(params, saved[400][0]) and len(lines) == 1
 
 
 def test_a_restore_that_fails_for_another_reason_moves_nothing(run):
@@ -321,14 +343,15 @@ def test_fuzz_damaged_files_load_identical_or_raise_user_error(template, tmp_pat
       assert _same(loaded.params, params), name
     except UserError:
       pass
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:   # the resume path: params and optimizer state
-      got_params, got_opt, _ = ckpt.restore(500, abstract_like(params), abstract_like(opt_state))
+      ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+      try:
+        got_params, got_opt, _ = ckpt.restore(500, abstract_like(params), abstract_like(opt_state))
+      finally:
+        ckpt.close()
       assert _same(got_params, params) and _same(got_opt, opt_state), name
     except UserError:
       pass
-    finally:
-      ckpt.close()
 
 
 def test_pretrain_resume_sets_a_damaged_step_aside_and_continues(tmp_path, capsys):

@@ -169,8 +169,8 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   optimizer, schedule = make_optimizer(t)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   paths.makedirs(workdir)
-  checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=t.keep_checkpoints,
-                                   async_save=t.async_checkpoint)
+  checkpointer = integrity.open_checkpointer(ckpt.checkpoint_dir(workdir), set_aside=resume, log=log,
+                                            keep=t.keep_checkpoints, async_save=t.async_checkpoint)
   latest, saved_meta = integrity.newest_meta(checkpointer, set_aside=resume, log=log)
   config_json = json.loads(config.to_json_best_effort())
   if saved_meta is not None:
