@@ -273,7 +273,9 @@ def layout_problem(step_dir: str) -> str | None:
       return f"its {item} item is missing"
   if training and not paths.exists(paths.join(step_dir, paths.COMMIT_FILE)):
     return f"its commit marker ({paths.COMMIT_FILE}) is missing, so its save never finished"
-  return _step_metadata_problem(step_dir) if training else None   # an export is renamed into place whole (locally) or checked by `paths.finished`
+  # An export has no step marker: it is renamed into place whole (locally), or
+  # `paths.finished` checks its items' markers (object stores).
+  return _step_metadata_problem(step_dir) if training else None
 
 
 def _step_metadata_problem(step_dir: str) -> str | None:

@@ -137,9 +137,10 @@ def compile_step(step_fn, abstract: TrainState, state_sh: TrainState, batch_spec
 def saved_config(workdir: str) -> ConfigDict | None:
   """The config of the latest checkpoint in `workdir` whose meta reads, or None
   (`run` reports a damaged newer step and, resuming, sets it aside)."""
-  for step in reversed(ckpt.step_numbers(ckpt.checkpoint_dir(workdir))):
+  directory = ckpt.checkpoint_dir(workdir)
+  for step in reversed(ckpt.step_numbers(directory)):
     try:
-      return ConfigDict(ckpt.read_step_meta(paths.join(ckpt.checkpoint_dir(workdir), str(step)))["config"])
+      return ConfigDict(ckpt.read_step_meta(paths.join(directory, str(step)))["config"])
     except ckpt.DamagedCheckpoint:
       continue
   return None
@@ -169,8 +170,9 @@ def run(config: ConfigDict, workdir: str, *, resume: bool = False) -> dict[str, 
   optimizer, schedule = make_optimizer(t)
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
   paths.makedirs(workdir)
-  checkpointer = integrity.open_checkpointer(ckpt.checkpoint_dir(workdir), set_aside=resume, log=log,
-                                            keep=t.keep_checkpoints, async_save=t.async_checkpoint)
+  checkpointer = integrity.open_checkpointer(ckpt.checkpoint_dir(workdir), set_aside=resume,
+                                            log=log, keep=t.keep_checkpoints,
+                                            async_save=t.async_checkpoint)
   latest, saved_meta = integrity.newest_meta(checkpointer, set_aside=resume, log=log)
   config_json = json.loads(config.to_json_best_effort())
   if saved_meta is not None:
