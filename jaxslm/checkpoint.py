@@ -77,8 +77,19 @@ class Checkpointer:
     self.directory = paths.resolve(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(_orbax_path(self.directory), options=options,
-                                         item_names=ITEMS)
+    try:   # Orbax reads every step's metadata here: one damaged step stops it
+      self.manager = ocp.CheckpointManager(_orbax_path(self.directory), options=options,
+                                           item_names=ITEMS)
+    except Exception as e:   # noqa: BLE001 - named below if a step is to blame
+      for step in reversed(step_numbers(self.directory)):
+        step_dir = paths.join(self.directory, str(step))
+        problem = layout_problem(step_dir)
+        if problem is not None:
+          raise DamagedCheckpoint(step_dir, problem, (
+              f"Checkpoint step {step} ({step_dir}) is damaged: {problem}; Orbax cannot open "
+              f"{self.directory} while it is there. Resume (which moves damaged steps aside) or "
+              f"move it aside with jaxslm.integrity.quarantine({step_dir!r}).")) from e
+      raise
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -234,20 +245,25 @@ def verify_restored(step_dir: str, meta: dict[str, Any], **items) -> None:
   else:
     problem = checksums.check_meta(meta)
     rec = meta[checksums.KEY]
+    unchecked = 0
     for item, tree in items.items():
       if problem is None:
         if not isinstance(rec.get(item), dict):
           problem = f"its checksum record has no entry for {item}"
         else:
-          problem, _ = checksums.check_tree(item, rec[item], tree)
+          problem, n = checksums.check_tree(item, rec[item], tree)
+          unchecked += n
+    if problem is None and unchecked:
+      _warn_unchecked(step_dir, f"{unchecked} of its arrays are sharded across processes (at save "
+                                "or now) and were not checked")
   if problem is not None:
     raise DamagedCheckpoint(step_dir, problem)
 
 
 def layout_problem(step_dir: str) -> str | None:
   """What is missing from a step (or export) directory, or None: an item, or
-  (locally) Orbax's commit marker. A training step holds params, opt_state
-  and meta; an export (`save_params`) holds params and meta."""
+  Orbax's commit marker. A training step holds params, opt_state and meta
+  and the marker; an export (`save_params`) holds params and meta."""
   if not paths.isdir(step_dir):
     return "the directory does not exist"
   training = (paths.exists(paths.join(step_dir, "_CHECKPOINT_METADATA"))
@@ -257,10 +273,27 @@ def layout_problem(step_dir: str) -> str | None:
       return f"its {item} item is missing"
   if training and not paths.exists(paths.join(step_dir, paths.COMMIT_FILE)):
     return f"its commit marker ({paths.COMMIT_FILE}) is missing, so its save never finished"
-  if not training and paths.exists(paths.join(step_dir, "params", "_METADATA")):
-    for item in EXPORT_ITEMS:
-      if not paths.exists(paths.join(step_dir, item, paths.COMMIT_FILE)):
-        return f"its {item} item has no commit marker ({paths.COMMIT_FILE})"
+  # An export has no step marker: it is renamed into place whole (locally), or
+  # `paths.finished` checks its items' markers (object stores).
+  return _step_metadata_problem(step_dir) if training else None
+
+
+def _step_metadata_problem(step_dir: str) -> str | None:
+  """Whether Orbax can read the step's own metadata (`_CHECKPOINT_METADATA`,
+  which `ocp.CheckpointManager` reads for every step when it opens a directory)."""
+  if not paths.exists(paths.join(step_dir, "_CHECKPOINT_METADATA")):
+    return None   # optional for Orbax
+  import logging
+  absl = logging.getLogger("absl")
+  level = absl.level
+  absl.setLevel(logging.CRITICAL)   # Orbax logs the parse error too; we report it once
+  try:
+    ocp.metadata.get_step_metadata(_orbax_path(step_dir))
+  except Exception as e:   # noqa: BLE001 - what Orbax cannot read is damage
+    from jaxslm import orbax_quiet
+    return f"its Orbax step metadata (_CHECKPOINT_METADATA) cannot be read ({orbax_quiet.summary(e)})"
+  finally:
+    absl.setLevel(level)
   return None
 
 
@@ -296,12 +329,12 @@ def _claims_checksums(step_dir: str) -> bool:
 _warned: set[str] = set()
 
 
-def _warn_unchecked(step_dir: str) -> None:
+def _warn_unchecked(step_dir: str, why: str = "") -> None:
   if step_dir not in _warned:
     _warned.add(step_dir)
-    warnings.warn(f"{step_dir} was written without checksums (by a jaxslm before checkpoints "
-                  "carried them): its arrays are used unverified.", UncheckedCheckpoint,
-                  stacklevel=3)
+    why = why or ("it was written without checksums (by a jaxslm before checkpoints carried "
+                  "them): its arrays are used unverified")
+    warnings.warn(f"Checkpoint {step_dir}: {why}.", UncheckedCheckpoint, stacklevel=3)
 
 
 def _saved_dtypes(abstract, rec: dict[str, Any]):

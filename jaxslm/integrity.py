@@ -2,6 +2,8 @@
 
     problem = integrity.verify_step("runs/x/checkpoints/500")   # None if intact
     step, damaged = integrity.newest_intact_step("runs/x/checkpoints")
+    # A resumed run: open, read the newest meta, restore the newest intact state.
+    checkpointer = integrity.open_checkpointer("runs/x/checkpoints", set_aside=resume, keep=3)
     latest, meta = integrity.newest_meta(checkpointer, set_aside=resume, log=print)
     step, params, opt_state, meta = integrity.restore_newest_intact(
         checkpointer, abstract_params, abstract_opt_state, log=print)
@@ -43,8 +45,8 @@ def verify_step(step_dir: str) -> str | None:
   try:
     meta = ckpt.read_step_meta(step_dir, with_checksums=True)
     items = ("params", "opt_state") if paths.isdir(paths.join(step_dir, "opt_state")) else ("params",)
-    restored = {item: _read_item_on_host(step_dir, item) for item in items}
-    ckpt.verify_restored(step_dir, meta, **restored)
+    for item in items:   # one item in memory at a time
+      ckpt.verify_restored(step_dir, meta, **{item: _read_item_on_host(step_dir, item)})
   except ckpt.DamagedCheckpoint as e:
     return e.problem
   return None
@@ -89,6 +91,23 @@ def quarantine(step_dir: str) -> str:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"jaxslm quarantine {name}")
   return target
+
+
+def open_checkpointer(directory: str, *, set_aside: bool, log: Callable[[str], Any] | None = None,
+                      **kwargs) -> ckpt.Checkpointer:
+  """`Checkpointer(directory, **kwargs)`. Orbax cannot open a directory one of
+  whose steps has unreadable step metadata; with `set_aside` (a resumed run)
+  such steps are moved aside, with a warning line each, until it can."""
+  log = log or _stderr
+  while True:
+    try:
+      return ckpt.Checkpointer(directory, **kwargs)
+    except ckpt.DamagedCheckpoint as e:
+      if not set_aside:
+        raise
+      where = quarantine(e.step_dir)
+      log(f"warning: checkpoint {e.step_dir} is damaged ({e.problem}); moved it to {where} "
+          "and resuming from an earlier step")
 
 
 def newest_meta(checkpointer: ckpt.Checkpointer, *, set_aside: bool,

@@ -119,6 +119,12 @@ def _meta_value(d):
   open(path, "w").write(text)
 
 
+def _step_metadata(d):
+  path = os.path.join(d, "_CHECKPOINT_METADATA")
+  text = open(path).read().replace("init_timestamp_nsecs", "hnit_timestamp_nsecs")
+  open(path, "w").write(text)
+
+
 DAMAGE = {
     "flipped_bytes": (_flipped_bytes, "params cannot be read|does not match"),
     "half_file": (_half, "params cannot be read"),
@@ -132,6 +138,7 @@ DAMAGE = {
                               "commit marker"),
     "another_steps_arrays": (_other_steps_params, "does not match its checksum"),
     "edited_meta": (_meta_value, "meta .* does not match its checksum"),
+    "step_metadata": (_step_metadata, "Orbax step metadata .* cannot be read"),
 }
 
 
@@ -170,6 +177,21 @@ def test_resume_falls_back_to_the_newest_intact_step_and_moves_damage_aside(run)
   ckpt.save(410, params, opt_state, {"step": 410})
   ckpt.wait()
   assert integrity.verify_step(_step(workdir, 410)) is None
+
+
+def test_a_step_orbax_cannot_open_is_named_and_set_aside_on_resume(run):
+  workdir, saved = run
+  _step_metadata(_step(workdir, 500))
+  with pytest.raises(DamagedCheckpoint, match="step 500 .* Orbax cannot open") as e:
+    Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert "\n" not in str(e.value)
+  lines = []
+  ckpt = integrity.open_checkpointer(os.path.join(workdir, "checkpoints"), set_aside=True,
+                                     log=lines.append)
+  assert ckpt.all_steps() == [300, 400] and len(lines) == 1 and "damaged/500-" in lines[0]
+  step, params, _, _ = integrity.restore_newest_intact(
+      ckpt, abstract_like(saved[400][0]), abstract_like(saved[400][1]), log=lines.append)
+  assert step == 400 and _same(params, saved[400][0]) and len(lines) == 1
 
 
 def test_a_restore_that_fails_for_another_reason_moves_nothing(run):
@@ -252,8 +274,37 @@ def test_launcher_prints_one_line_and_exits_2(run):
   assert f'jaxslm.load("{_step(workdir, 400)}")' in lines[0]
 
 
+def test_digest_is_xxh3_of_the_c_order_bytes_whatever_the_layout():
+  import xxhash
+  from jaxslm import checksums
+  rng = np.random.default_rng(1)
+  base = rng.normal(size=(6, 5)).astype(np.float32)
+  for a in (base, base.T, base[::2, 1:], np.float32(3.5), base.astype(jax.numpy.bfloat16),
+            np.arange(7, dtype=np.int8), jax.numpy.asarray(base)):
+    want = xxhash.xxh3_64_hexdigest(np.asarray(a).tobytes(order="C"))   # the reference
+    assert checksums.digest(checksums.host_value(a)) == want
+
+
+def test_check_tree_names_each_kind_of_difference():
+  from jaxslm import checksums
+  tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
+  rec = checksums.record({"params": tree}, {})["params"]
+  assert checksums.check_tree("params", rec, tree) == (None, 0)
+  changed = {**tree, "w": tree["w"].copy()}
+  changed["w"][1, 2] += 1
+  assert checksums.check_tree("params", rec, changed)[0] == "params/w does not match its checksum"
+  assert "is float64[3], saved as float32[3]" in checksums.check_tree(
+      "params", rec, {**tree, "b": tree["b"].astype(np.float64)})[0]
+  assert checksums.check_tree("params", rec, {"w": tree["w"]})[0] == "params/b is missing"
+  assert "params/x is not in the checksum record" in checksums.check_tree(
+      "params", rec, {**tree, "x": np.zeros(1)})[0]
+  unhashed = {**rec, "b": {**rec["b"], checksums.ALGORITHM: None}}   # sharded across processes
+  assert checksums.check_tree("params", unhashed, tree) == (None, 1)
+
+
 # Bounded fuzzing: any file of step 500 gets flipped bytes or is cut short;
-# loading gives exactly the saved tensors or a UserError, never anything else.
+# loading (jaxslm.load) and restoring (a resume) give exactly the saved
+# tensors or a UserError, never anything else.
 _FILES = None
 
 
@@ -284,13 +335,23 @@ def test_fuzz_damaged_files_load_identical_or_raise_user_error(template, tmp_pat
     for i, m in zip(offsets, masks):
       buf[i] ^= m
     open(path, "wb").write(bytes(buf))
+  params, opt_state = template[1][500]
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UncheckedCheckpoint)
     try:
       loaded = jaxslm.load(workdir)
+      assert _same(loaded.params, params), name
     except UserError:
-      return
-  assert _same(loaded.params, template[1][500][0]), name
+      pass
+    try:   # the resume path: params and optimizer state
+      ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+      try:
+        got_params, got_opt, _ = ckpt.restore(500, abstract_like(params), abstract_like(opt_state))
+      finally:
+        ckpt.close()
+      assert _same(got_params, params) and _same(got_opt, opt_state), name
+    except UserError:
+      pass
 
 
 def test_pretrain_resume_sets_a_damaged_step_aside_and_continues(tmp_path, capsys):

@@ -70,8 +70,9 @@ class Session:
       if is_main_process():
         remove_partial_saves(ckpt.checkpoint_dir(workdir))
       self.async_save = async_save
-      self.checkpointer = ckpt.Checkpointer(ckpt.checkpoint_dir(workdir), keep=keep,
-                                            async_save=async_save)
+      self.checkpointer = integrity.open_checkpointer(
+          ckpt.checkpoint_dir(workdir), set_aside=resume, log=log, keep=keep,
+          async_save=async_save)
       # The newest step whose meta reads; resuming, newer damaged steps are moved aside.
       self.latest, self.saved_meta = integrity.newest_meta(self.checkpointer, set_aside=resume,
                                                            log=log)
