@@ -101,7 +101,8 @@ def test_synthetic_config_trains_and_evaluates_on_held_out_problems(base, tmp_pa
   """configs/sft_synthetic.py: GRPO's warm start, from synthetic problems alone
   (no GSM8K directory); its evaluation scores held-out synthetic problems."""
   c = tiny(load_config(ROOT / "configs/sft_synthetic.py"), base)
-  c.data.update(path="", synthetic_problems=40)
+  # Rows of the tiny base's 128-token context: one-step problems in the short layout.
+  c.data.update(path="", synthetic_problems=40, synthetic_max_steps=1, template="qa")
   c.eval.problems = 3
   out = run(c, str(tmp_path / "w"))
   assert out["step"] == 2 and "synthetic problems" in out["data"]["source"]

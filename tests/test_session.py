@@ -177,3 +177,16 @@ def test_cpu_peak_is_measured_once_per_machine(tmp_path, monkeypatch):
   second, src2 = reporting.cached_cpu_peak()
   assert first == second == 1.0e11 and "now" in src1 and "cached in" in src2
   assert json.loads((tmp_path / "cpu_peak_flops.json").read_text())
+
+
+def test_evaluation_summaries_go_to_tensorboard(tmp_path):
+  pytest.importorskip("tensorboardX")
+  from jaxslm.evaluation.cli import _tensorboard
+  summaries = {"base": {"step": 500, "accuracy": {"mean": 0.25, "stderr": 0.1},
+                        "rouge1": {"mean": 0.5}, "n": 4, "label": "base"},
+               "sft": {"step": 100, "accuracy": {"mean": 0.5, "stderr": 0.1}}}
+  _tensorboard(str(tmp_path), summaries)
+  base = read_events(tmp_path / "base" / "tensorboard")
+  assert base["accuracy"] == [(500, 0.25)] and base["rouge1"] == [(500, 0.5)]
+  assert base["n"] == [(500, 4.0)]
+  assert read_events(tmp_path / "sft" / "tensorboard")["accuracy"] == [(100, 0.5)]

@@ -104,6 +104,9 @@ def parse(argv):
   ap.add_argument("--harness-max-gen-toks", type=int, default=256)
   ap.add_argument("--harness-chat-template", action="store_true",
                   help="apply the tokenizer's chat template to harness prompts")
+  ap.add_argument("--tensorboard", action="store_true",
+                  help="also write each checkpoint's scalar results as TensorBoard event files "
+                  "in OUT/LABEL/tensorboard (needs tensorboardX)")
   ap.add_argument("--ppl-text", action="append", default=[],
                   help="also report the perplexity of this text file (repeatable)")
   return ap.parse_args(argv)
@@ -310,8 +313,38 @@ def run(args, log=print) -> dict:
     summaries[label] = s
   _write_json(os.path.join(args.out, "summary.json"), summaries)
   report = write_report(entries, args.out)
+  if args.tensorboard:
+    _tensorboard(args.out, summaries)
   log(f"report: {report}")
+  if len(args.checkpoint) == 1:
+    log(f"Next: compare it with another checkpoint on the same problems (paired tests): "
+        f"python launch/eval.py --checkpoint {args.checkpoint[0]} --checkpoint OTHER "
+        f"{_same_problems(args)}--out {args.out}_vs")
   return summaries
+
+
+def _same_problems(args) -> str:
+  """The flags that choose this evaluation's problems, to repeat them."""
+  if args.synthetic:
+    return (f"--synthetic {args.synthetic} --synthetic-max-steps {args.synthetic_max_steps} "
+            f"--synthetic-seed {args.synthetic_seed} ")
+  parts = [f"--data {args.data}" if args.data else "",
+           f"--problems {args.problems}" if args.problems else "",
+           f"--limit {args.limit} --seed {args.seed}" if args.limit else ""]
+  return " ".join(p for p in parts if p) + (" " if any(parts) else "")
+
+
+def _tensorboard(out: str, summaries: dict) -> None:
+  """One TensorBoard run per checkpoint (OUT/LABEL/tensorboard; point TensorBoard
+  at OUT): its scalar results (accuracy, each metric's mean) at its step."""
+  from jaxslm.train.tracking import Trackers
+  for label, s in summaries.items():
+    flat = {k: v["mean"] for k, v in s.items() if isinstance(v, dict) and "mean" in v}
+    flat.update({k: v for k, v in s.items() if isinstance(v, (int, float))
+                 and not isinstance(v, bool)})
+    t = Trackers(os.path.join(out, label), {"tensorboard": True}, name=label)
+    t.log({"step": int(s.get("step") or 0), **flat})
+    t.close()
 
 
 def main(argv) -> int:

@@ -40,15 +40,15 @@ def build_data(config: ConfigDict, tok, seq_len: int):
   train = [examples[i] for i in order[n_val:]]
   enc_train, dropped = sft.encode(train, tok, max_len=seq_len + 1, mask_prompt=d.mask_prompt)
   enc_val, _ = sft.encode(val, tok, max_len=seq_len + 1, mask_prompt=d.mask_prompt)
+  if not len(enc_train):
+    raise UserError(f"no training example fits train.seq_len={seq_len} ({dropped} too long); "
+                    "raise train.seq_len.")
   layout = sft.pack if d.packing else sft.pad
   tr_tokens, tr_weights = layout(enc_train, seq_len, tok.pad_id)
   va_tokens, va_weights = layout(enc_val, seq_len, tok.pad_id) if enc_val else (None, None)
   info = {"source": source, "train_examples": len(enc_train), "val_examples": len(enc_val),
           "dropped_too_long": dropped, "train_rows": int(tr_tokens.shape[0]),
           "target_tokens": int(tr_weights.sum()), "packing": bool(d.packing)}
-  if not len(enc_train):
-    raise UserError(f"no training example fits train.seq_len={seq_len} ({dropped} too long); "
-                    "raise train.seq_len.")
   return tr_tokens, tr_weights, va_tokens, va_weights, info
 
 
