@@ -108,23 +108,32 @@ def check_config_types(hf: Mapping, where: str) -> None:
       if not isinstance(rope, Mapping):
         raise UserError(f"{where}: {prefix}{key}={rope!r} is not an object of RoPE settings; "
                         f"{fix}.")
-      for k, v in rope.items():
-        if k in ("rope_type", "type"):
-          ok = isinstance(v, str)
-        elif k in ROPE_POSITIVE:
-          ok = _finite(v) and v > 0 and not (isinstance(v, int) and v >= 2**31)
-        else:
-          ok = (v is None or isinstance(v, (bool, str)) or _finite(v)
-                or (isinstance(v, list) and all(map(_finite, v))))
-        if not ok:
-          want = "a positive number" if k in ROPE_POSITIVE else "a number or a list of numbers"
-          raise UserError(f"{where}: {prefix}{key}[{k!r}]={v!r} is not a valid RoPE setting "
-                          f"({want}); {fix}.")
-      low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
-      if low is not None and high is not None and low >= high:
-        raise UserError(f"{where}: {prefix}{key} has low_freq_factor={low} >= "
-                        f"high_freq_factor={high}; the llama3 RoPE interpolation needs low < "
-                        f"high; {fix}.")
+      # One object, or one per attention type ({"full_attention": {...}, ...}: Gemma 3).
+      nested = {k: v for k, v in rope.items() if isinstance(v, Mapping)}
+      if nested and len(nested) == len(rope):
+        for k, v in nested.items():
+          _check_rope(v, f"{prefix}{key}[{k!r}]", where, fix)
+      else:
+        _check_rope(rope, f"{prefix}{key}", where, fix)
+
+
+def _check_rope(rope: Mapping, name: str, where: str, fix: str) -> None:
+  for k, v in rope.items():
+    if k in ("rope_type", "type"):
+      ok = isinstance(v, str)
+    elif k in ROPE_POSITIVE:
+      ok = _finite(v) and v > 0 and not (isinstance(v, int) and v >= 2**31)
+    else:
+      ok = (v is None or isinstance(v, (bool, str)) or _finite(v)
+            or (isinstance(v, list) and all(map(_finite, v))))
+    if not ok:
+      want = "a positive number" if k in ROPE_POSITIVE else "a number or a list of numbers"
+      raise UserError(f"{where}: {name}[{k!r}]={v!r} is not a valid RoPE setting ({want}); "
+                      f"{fix}.")
+  low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
+  if low is not None and high is not None and low >= high:
+    raise UserError(f"{where}: {name} has low_freq_factor={low} >= high_freq_factor={high}; "
+                    f"the llama3 RoPE interpolation needs low < high; {fix}.")
 
 
 def _finite(x) -> bool:
