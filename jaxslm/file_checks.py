@@ -24,6 +24,12 @@ MAX_JSON_BYTES = 64 << 20    # config / index / tokenizer_config files are far s
 MAX_TEXT_BYTES = 1 << 30     # tokenizer.json files are tens of MB at most
 
 
+def brief(error: BaseException, limit: int = 160) -> str:
+  """An exception's text on one line (whitespace collapsed), at most `limit` characters."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_file(path: str, what: str = "file") -> int:
   """The size of `path`, or a UserError saying why it is not a readable
   regular file: missing, a symbolic link loop, a directory, a device."""
@@ -91,7 +97,7 @@ def read_json(path: str, what: str = "JSON file", *, missing_ok: bool = False,
   try:
     return json.loads(text)
   except (ValueError, RecursionError) as e:   # JSONDecodeError, huge ints, deep nesting
-    raise UserError(f"The {what} {path} is not valid JSON ({str(e)[:120]}); fix it or "
+    raise UserError(f"The {what} {path} is not valid JSON ({brief(e, 120)}); fix it or "
                     "download it again.") from None
 
 

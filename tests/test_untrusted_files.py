@@ -371,3 +371,25 @@ def test_nonfinite_counts_match_numpy(dtype, monkeypatch):
     want = (int(np.isnan(ref).sum()), int(np.isinf(ref).sum()))
     assert checks.nonfinite(x.reshape(50, 100)) == want
   assert checks.nonfinite(np.array([1, 2], np.int64)) == (0, 0)
+
+
+def test_unreadable_file_and_odd_tensor_names(tmp_path, monkeypatch):
+  """Permission errors cannot be made as root, so `open` is made to refuse;
+  a tensor name holding a newline would break the one-line message."""
+  import errno
+
+  from jaxslm import file_checks
+  from jaxslm.convert import files
+  (tmp_path / ST).write_bytes(b"\0" * 16)
+
+  def refuse(*args, **kwargs):
+    raise PermissionError(errno.EACCES, "Permission denied")
+  with monkeypatch.context() as m:
+    m.setattr(file_checks, "open", refuse, raising=False)
+    with pytest.raises(UserError, match=r"model\.safetensors cannot be read \(permission denied\)"):
+      files.SafetensorsReader(str(tmp_path))
+  x = np.zeros(2, np.float32)
+  safetensors_numpy.save_file({"a\nb": x}, str(tmp_path / ST))
+  with pytest.raises(UserError, match=r"tensor 'a\\nb' has an empty name or one with control") as e:
+    files.SafetensorsReader(str(tmp_path))
+  assert "\n" not in str(e.value)

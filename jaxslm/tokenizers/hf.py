@@ -26,7 +26,7 @@ def _parse(text: str, path: str):
     try:
         return hf_tokenizers.Tokenizer.from_str(text)
     except Exception as e:  # the Rust library raises plain Exception for any bad file
-        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        detail = file_checks.brief(e)
         raise UserError(f"{path} is not a valid tokenizer.json ({detail}); download it again, "
                         "or save the tokenizer with transformers' save_pretrained.") from None
 
@@ -53,7 +53,7 @@ class HFTokenizer(Tokenizer):
         try:
             tok = hf_tokenizers.Tokenizer.from_str(tokenizer_json)
         except Exception as e:
-            raise UserError(f"Not a valid tokenizer.json: {e}") from e
+            raise UserError(f"Not a valid tokenizer.json: {file_checks.brief(e)}") from e
         tok.encode_special_tokens = True  # special-token text in user input stays text
         self._json, self._tok, self._tok_special = tokenizer_json, tok, None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
