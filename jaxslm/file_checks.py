@@ -62,7 +62,7 @@ def os_problem(path: str, what: str, e: OSError) -> str:
             "the link with the file it should name.")
   if e.errno == errno.ENOENT:
     link = " (a symbolic link to a file that is not there)" if os.path.islink(path) else ""
-    return f"The {what} {path} does not exist{link}; give the right path or restore the file."
+    return f"The {what} {path} does not exist{link}; check the path, or restore what it names."
   if e.errno in (errno.EACCES, errno.EPERM):
     return (f"The {what} {path} cannot be read (permission denied); fix its permissions "
             "(chmod u+r) or copy it somewhere readable.")

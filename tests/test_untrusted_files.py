@@ -166,6 +166,16 @@ def _duplicate_name(d):
   _raw_header(text.encode())(d)
 
 
+def _decoy_layers(d):
+  """200 one-element tensors named as layers, and a config that claims them:
+  a layer bound from the names alone would let the converter trace a
+  200-layer model (minutes) before finding the real tensors missing."""
+  tensors = safetensors_numpy.load_file(str(d / ST))
+  tensors.update({f"model.layers.{i}.decoy": np.zeros(1, np.float32) for i in range(200)})
+  safetensors_numpy.save_file(tensors, str(d / ST))
+  _config(num_hidden_layers=200)(d)
+
+
 def _sharded(edit_index):
   """Split the weights in two shards with an index, then damage the index."""
   def damage(d):
@@ -232,7 +242,10 @@ CASES = [
     ("weights-symlink-loop", _symlink_loop, r"model\.safetensors is a symbolic link loop"),
     ("weights-dangling-symlink", _dangling, r"model\.safetensors does not exist \(a symbolic link"),
     ("config-layers-absurd", _config(num_hidden_layers=10**9),
-     r"config\.json: num_hidden_layers=1000000000, but the weights hold tensors for 2 layers"),
+     r"config\.json: num_hidden_layers=1000000000, but the weights hold tensors of at most 2 "
+     r"layers"),
+    ("config-layers-decoys", _decoy_layers, r"missing tensors model\.layers\.10\..*unexpected"),
+    ("config-layers-one-too-many", _config(num_hidden_layers=3), r"num_hidden_layers=3, but"),
     ("config-layers-negative", _config(num_hidden_layers=-1), r"num_hidden_layers=-1 is not a positive"),
     ("config-layers-string", _config(num_hidden_layers="2"), r"num_hidden_layers='2' is not a positive"),
     ("config-hidden-absurd", _config(hidden_size=10**12), r"hidden_size=1000000000000 is larger"),

@@ -45,13 +45,11 @@ def _configs(hf: Mapping) -> list[tuple[str, Mapping]]:
 
 
 def layer_count(names: Iterable[str]) -> int:
-  """1 + the largest layer index in the tensor names (0 when none has one):
-  an upper bound on the layers any reading of these tensors can have."""
-  top = -1
-  for name in names:
-    for m in _INDEX.finditer(name):
-      top = max(top, int(m.group(1)))
-  return top + 1
+  """The number of distinct integers that appear as a dotted component of
+  the tensor names ("model.layers.7.mlp..." -> 7): an upper bound on the
+  layers any reading of these tensors can have, which a file can raise only
+  by holding more tensors (a name like "layers.999999" counts once)."""
+  return len({int(m.group(1)) for name in names for m in _INDEX.finditer(name)})
 
 
 def check_config_sizes(hf: Mapping, where: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -70,8 +68,8 @@ def check_config_sizes(hf: Mapping, where: str, shapes: Mapping[str, tuple[int, 
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserError(f"{where}: {prefix}{key}={value!r} is not a positive integer; {fix}.")
       if key in LAYER_KEYS and value > layers:
-        held = f"tensors for {layers} layers (indices 0..{layers - 1})" if layers else \
-            "no per-layer tensors"
+        held = (f"tensors of at most {layers} layers ({layers} distinct layer indices in "
+                "their names)") if layers else "no per-layer tensors"
         raise UserError(f"{where}: {prefix}{key}={value}, but the weights hold {held}; {fix}.")
       if key in WIDTH_KEYS and value > widest:
         raise UserError(f"{where}: {prefix}{key}={value} is larger than every dimension of "
