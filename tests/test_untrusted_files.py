@@ -237,7 +237,7 @@ CASES = [
     ("trailing-bytes", _edit_header(lambda h, d: d + b"\0" * 16), r"16 bytes after the last"),
     ("metadata-not-strings", _edit_header(lambda h, d: (h.update(__metadata__={"format": 1}), d)[1]),
      r"__metadata__ must be an object of strings"),
-    ("tensor-named-twice", _duplicate_name, r"names the tensor .* twice"),
+    ("tensor-named-twice", _duplicate_name, r"gives the name .* twice in one object"),
     ("weights-a-directory", _replace_with_dir, r"model\.safetensors is a directory"),
     ("weights-symlink-loop", _symlink_loop, r"model\.safetensors is a symbolic link loop"),
     ("weights-dangling-symlink", _dangling, r"model\.safetensors does not exist \(a symbolic link"),

@@ -106,8 +106,8 @@ def _parse(path: str, raw: bytes) -> dict:
   try:
     obj = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
   except _Duplicate as e:
-    raise UserError(f"{path}: the safetensors header names the tensor {e.args[0]!r} twice; "
-                    f"which one is meant is ambiguous; {_FIX}.") from None
+    raise UserError(f"{path}: the safetensors header gives the name {e.args[0][:200]!r} twice "
+                    f"in one object; which one is meant is ambiguous; {_FIX}.") from None
   except UnicodeDecodeError as e:
     raise UserError(f"{path}: the safetensors header is not UTF-8 text (byte {e.start}); the "
                     f"file is corrupt or not safetensors; {_FIX}.") from None
