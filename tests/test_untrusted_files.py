@@ -406,3 +406,14 @@ def test_unreadable_file_and_odd_tensor_names(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r"tensor 'a\\nb' has an empty name or one with control") as e:
     files.SafetensorsReader(str(tmp_path))
   assert "\n" not in str(e.value)
+
+
+def test_shard_tensor_left_out_of_the_index_is_named(tmp_path):
+  from jaxslm.convert import files
+  x = np.arange(4, dtype=np.float32)
+  safetensors_numpy.save_file({"a": x, "b": x + 1}, str(tmp_path / "model-00001-of-00001.safetensors"))
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
+  with pytest.warns(UserWarning, match=r"1 tensors in the shards .* not in its .*: b \(model-00001"):
+    reader = files.SafetensorsReader(str(tmp_path))
+  assert reader.keys() == ["a"] and np.array_equal(reader.get("a"), x)
