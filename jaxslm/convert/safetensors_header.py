@@ -32,7 +32,7 @@ import os
 import numpy as np
 
 from jaxslm.errors import UserError
-from jaxslm.file_checks import brief, check_file, open_file  # noqa: F401 (re-exported)
+from jaxslm.file_checks import brief, open_file
 
 MAX_HEADER_BYTES = 100_000_000   # the bound the safetensors library itself enforces
 _FIELDS = ("dtype", "shape", "data_offsets")

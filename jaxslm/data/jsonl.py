@@ -44,8 +44,8 @@ def _reading(path: str, what: str):
     yield
   except (OSError, EOFError, zlib.error) as e:
     gz = " (a .gz file cut short or damaged?)" if path.lower().endswith(".gz") else ""
-    raise UserError(f"The {what} {path} cannot be read to its end{gz}: {file_checks.brief(e)}. Restore or "
-                    "download it again.") from None
+    raise UserError(f"The {what} {path} cannot be read to its end{gz}: "
+                    f"{file_checks.brief(e)}. Restore or download it again.") from None
 
 
 def decode(raw: bytes, where: str) -> str:

@@ -107,9 +107,9 @@ class HFTokenizer(Tokenizer):
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default")
         if template is not None and not isinstance(template, str):
-            raise UserError(f"The chat_template in {os.path.join(directory, 'tokenizer_config.json')}"
-                            f" is a {type(template).__name__}, not a Jinja template string; fix "
-                            "or remove it.")
+            where = os.path.join(directory, "tokenizer_config.json")
+            raise UserError(f"The chat_template in {where} is a {type(template).__name__}, not "
+                            "a Jinja template string; fix or remove it.")
         vocab = _parse(text, path).get_vocab(with_added_tokens=True)
 
         def special(kind):
