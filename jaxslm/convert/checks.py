@@ -83,6 +83,8 @@ NUMBER_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_the
 NULLABLE_NUMBER_KEYS = ("query_pre_attn_scalar", "final_logit_softcapping",
                         "attn_logit_softcapping", "sliding_window", "max_window_layers",
                         "max_position_embeddings", "n_positions")
+POSITIVE_KEYS = ("rope_theta", "rotary_emb_base", "rope_local_base_freq")
+FRACTION_KEYS = ("partial_rotary_factor", "rotary_pct")
 ROPE_KEYS = ("rope_scaling", "rope_parameters")
 # RoPE settings that divide or scale frequencies: positive numbers, ints within int32.
 ROPE_POSITIVE = ("factor", "high_freq_factor", "low_freq_factor",
@@ -96,9 +98,14 @@ def check_config_types(hf: Mapping, where: str) -> None:
   fix = "restore the config.json the model was saved with"
   for prefix, cfg in _configs(hf):
     for key in NUMBER_KEYS + NULLABLE_NUMBER_KEYS:
-      value = cfg.get(key, 0)
+      value = cfg.get(key, 1)
       if not (_finite(value) or (value is None and key in NULLABLE_NUMBER_KEYS)):
         raise UserError(f"{where}: {prefix}{key}={value!r} is not a finite number; {fix}.")
+      if key in POSITIVE_KEYS and not value > 0:
+        raise UserError(f"{where}: {prefix}{key}={value!r} must be positive; {fix}.")
+      if key in FRACTION_KEYS and not 0 < value <= 1:
+        raise UserError(f"{where}: {prefix}{key}={value!r} must be in (0, 1] (the share of "
+                        f"each head that is rotated); {fix}.")
     for key in ROPE_KEYS:
       rope = cfg.get(key)
       if rope is None:
