@@ -24,6 +24,12 @@ MAX_JSON_BYTES = 64 << 20    # config / index / tokenizer_config files are far s
 MAX_TEXT_BYTES = 1 << 30     # tokenizer.json files are tens of MB at most
 
 
+def brief(error: BaseException, limit: int = 160) -> str:
+  """An exception's text on one line (whitespace collapsed), at most `limit` characters."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_file(path: str, what: str = "file") -> int:
   """The size of `path`, or a UserError saying why it is not a readable
   regular file: missing, a symbolic link loop, a directory, a device."""
@@ -56,7 +62,7 @@ def os_problem(path: str, what: str, e: OSError) -> str:
             "the link with the file it should name.")
   if e.errno == errno.ENOENT:
     link = " (a symbolic link to a file that is not there)" if os.path.islink(path) else ""
-    return f"The {what} {path} does not exist{link}; give the right path or restore the file."
+    return f"The {what} {path} does not exist{link}; check the path, or restore what it names."
   if e.errno in (errno.EACCES, errno.EPERM):
     return (f"The {what} {path} cannot be read (permission denied); fix its permissions "
             "(chmod u+r) or copy it somewhere readable.")
@@ -91,7 +97,7 @@ def read_json(path: str, what: str = "JSON file", *, missing_ok: bool = False,
   try:
     return json.loads(text)
   except (ValueError, RecursionError) as e:   # JSONDecodeError, huge ints, deep nesting
-    raise UserError(f"The {what} {path} is not valid JSON ({str(e)[:120]}); fix it or "
+    raise UserError(f"The {what} {path} is not valid JSON ({brief(e, 120)}); fix it or "
                     "download it again.") from None
 
 

@@ -166,6 +166,16 @@ def _duplicate_name(d):
   _raw_header(text.encode())(d)
 
 
+def _decoy_layers(d):
+  """200 one-element tensors named as layers, and a config that claims them:
+  a layer bound from the names alone would let the converter trace a
+  200-layer model (minutes) before finding the real tensors missing."""
+  tensors = safetensors_numpy.load_file(str(d / ST))
+  tensors.update({f"model.layers.{i}.decoy": np.zeros(1, np.float32) for i in range(200)})
+  safetensors_numpy.save_file(tensors, str(d / ST))
+  _config(num_hidden_layers=200)(d)
+
+
 def _sharded(edit_index):
   """Split the weights in two shards with an index, then damage the index."""
   def damage(d):
@@ -227,18 +237,24 @@ CASES = [
     ("trailing-bytes", _edit_header(lambda h, d: d + b"\0" * 16), r"16 bytes after the last"),
     ("metadata-not-strings", _edit_header(lambda h, d: (h.update(__metadata__={"format": 1}), d)[1]),
      r"__metadata__ must be an object of strings"),
-    ("tensor-named-twice", _duplicate_name, r"names the tensor .* twice"),
+    ("tensor-named-twice", _duplicate_name, r"gives the name .* twice in one object"),
     ("weights-a-directory", _replace_with_dir, r"model\.safetensors is a directory"),
     ("weights-symlink-loop", _symlink_loop, r"model\.safetensors is a symbolic link loop"),
     ("weights-dangling-symlink", _dangling, r"model\.safetensors does not exist \(a symbolic link"),
     ("config-layers-absurd", _config(num_hidden_layers=10**9),
-     r"config\.json: num_hidden_layers=1000000000, but the weights hold tensors for 2 layers"),
+     r"config\.json: num_hidden_layers=1000000000, but the weights hold tensors of at most 2 "
+     r"layers"),
+    ("config-layers-decoys", _decoy_layers, r"missing tensors model\.layers\.10\..*unexpected"),
+    ("config-layers-one-too-many", _config(num_hidden_layers=3), r"num_hidden_layers=3, but"),
     ("config-layers-negative", _config(num_hidden_layers=-1), r"num_hidden_layers=-1 is not a positive"),
     ("config-layers-string", _config(num_hidden_layers="2"), r"num_hidden_layers='2' is not a positive"),
     ("config-hidden-absurd", _config(hidden_size=10**12), r"hidden_size=1000000000000 is larger"),
     ("config-vocab-absurd", _config(vocab_size=2**40), r"vocab_size=\d+ is larger"),
     ("config-heads-zero", _config(num_attention_heads=0), r"num_attention_heads=0 is not a positive"),
     ("config-eps-null", _config(rms_norm_eps=None), r"rms_norm_eps=None is not a finite number"),
+    ("config-theta-negative", _config(rope_theta=-5.0), r"rope_theta=-5\.0 must be positive"),
+    ("config-rotary-share-above-one", _config(partial_rotary_factor=2),
+     r"partial_rotary_factor=2 must be in \(0, 1\]"),
     ("config-rope-not-object", _config(rope_parameters="yarn"), r"rope_parameters='yarn' is not an object"),
     ("config-rope-factor-zero",
      _config(rope_parameters={"rope_type": "linear", "factor": 0, "rope_theta": 1e4}),
@@ -371,3 +387,36 @@ def test_nonfinite_counts_match_numpy(dtype, monkeypatch):
     want = (int(np.isnan(ref).sum()), int(np.isinf(ref).sum()))
     assert checks.nonfinite(x.reshape(50, 100)) == want
   assert checks.nonfinite(np.array([1, 2], np.int64)) == (0, 0)
+
+
+def test_unreadable_file_and_odd_tensor_names(tmp_path, monkeypatch):
+  """Permission errors cannot be made as root, so `open` is made to refuse;
+  a tensor name holding a newline would break the one-line message."""
+  import errno
+
+  from jaxslm import file_checks
+  from jaxslm.convert import files
+  (tmp_path / ST).write_bytes(b"\0" * 16)
+
+  def refuse(*args, **kwargs):
+    raise PermissionError(errno.EACCES, "Permission denied")
+  with monkeypatch.context() as m:
+    m.setattr(file_checks, "open", refuse, raising=False)
+    with pytest.raises(UserError, match=r"model\.safetensors cannot be read \(permission denied\)"):
+      files.SafetensorsReader(str(tmp_path))
+  x = np.zeros(2, np.float32)
+  safetensors_numpy.save_file({"a\nb": x}, str(tmp_path / ST))
+  with pytest.raises(UserError, match=r"tensor 'a\\nb' has an empty name or one with control") as e:
+    files.SafetensorsReader(str(tmp_path))
+  assert "\n" not in str(e.value)
+
+
+def test_shard_tensor_left_out_of_the_index_is_named(tmp_path):
+  from jaxslm.convert import files
+  x = np.arange(4, dtype=np.float32)
+  safetensors_numpy.save_file({"a": x, "b": x + 1}, str(tmp_path / "model-00001-of-00001.safetensors"))
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
+  with pytest.warns(UserWarning, match=r"1 tensors in the shards .* not in its .*: b \(model-00001"):
+    reader = files.SafetensorsReader(str(tmp_path))
+  assert reader.keys() == ["a"] and np.array_equal(reader.get("a"), x)

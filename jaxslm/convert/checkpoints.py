@@ -72,11 +72,14 @@ def hf_to_jaxslm(hf_dir: str, out_dir: str, dtype: str = "float32", tokenizer=No
     checks.check_config_types(hf, config_path)
     checks.check_config_sizes(hf, config_path, {k: reader.shape(k) for k in reader.keys()})
     cfg = config_from_hf(hf, dtype)
+    # Every tensor the config implies must be present before the model's
+    # shapes are derived (a cost per layer): a config that claims more layers
+    # than the file holds fails here, naming what is missing.
+    entries = expand(family.rules(cfg), cfg)
+    matched = match_keys(reader.keys(), entries, cfg, family)
     tok = _tokenizer(hf_dir, tokenizer)
     shapes = flat_shapes(cfg)
-    entries = expand(family.rules(cfg), cfg)
     check_coverage(entries, cfg, family)
-    matched = match_keys(reader.keys(), entries, cfg, family)
     for key, entry in matched.items():   # every shape first: fail before reading anything
       check_shape(key, reader.shape(key), expected_hf_shape(entry, cfg, shapes), entry)
     for key, entry in matched.items():   # C-ordered copies: nothing keeps the mapping alive

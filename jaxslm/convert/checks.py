@@ -45,13 +45,11 @@ def _configs(hf: Mapping) -> list[tuple[str, Mapping]]:
 
 
 def layer_count(names: Iterable[str]) -> int:
-  """1 + the largest layer index in the tensor names (0 when none has one):
-  an upper bound on the layers any reading of these tensors can have."""
-  top = -1
-  for name in names:
-    for m in _INDEX.finditer(name):
-      top = max(top, int(m.group(1)))
-  return top + 1
+  """The number of distinct integers that appear as a dotted component of
+  the tensor names ("model.layers.7.mlp..." -> 7): an upper bound on the
+  layers any reading of these tensors can have, which a file can raise only
+  by holding more tensors (a name like "layers.999999" counts once)."""
+  return len({int(m.group(1)) for name in names for m in _INDEX.finditer(name)})
 
 
 def check_config_sizes(hf: Mapping, where: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -70,8 +68,8 @@ def check_config_sizes(hf: Mapping, where: str, shapes: Mapping[str, tuple[int, 
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserError(f"{where}: {prefix}{key}={value!r} is not a positive integer; {fix}.")
       if key in LAYER_KEYS and value > layers:
-        held = f"tensors for {layers} layers (indices 0..{layers - 1})" if layers else \
-            "no per-layer tensors"
+        held = (f"tensors of at most {layers} layers ({layers} distinct layer indices in "
+                "their names)") if layers else "no per-layer tensors"
         raise UserError(f"{where}: {prefix}{key}={value}, but the weights hold {held}; {fix}.")
       if key in WIDTH_KEYS and value > widest:
         raise UserError(f"{where}: {prefix}{key}={value} is larger than every dimension of "
@@ -85,6 +83,8 @@ NUMBER_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_the
 NULLABLE_NUMBER_KEYS = ("query_pre_attn_scalar", "final_logit_softcapping",
                         "attn_logit_softcapping", "sliding_window", "max_window_layers",
                         "max_position_embeddings", "n_positions")
+POSITIVE_KEYS = ("rope_theta", "rotary_emb_base", "rope_local_base_freq")
+FRACTION_KEYS = ("partial_rotary_factor", "rotary_pct")
 ROPE_KEYS = ("rope_scaling", "rope_parameters")
 # RoPE settings that divide or scale frequencies: positive numbers, ints within int32.
 ROPE_POSITIVE = ("factor", "high_freq_factor", "low_freq_factor",
@@ -98,9 +98,14 @@ def check_config_types(hf: Mapping, where: str) -> None:
   fix = "restore the config.json the model was saved with"
   for prefix, cfg in _configs(hf):
     for key in NUMBER_KEYS + NULLABLE_NUMBER_KEYS:
-      value = cfg.get(key, 0)
+      value = cfg.get(key, 1)
       if not (_finite(value) or (value is None and key in NULLABLE_NUMBER_KEYS)):
         raise UserError(f"{where}: {prefix}{key}={value!r} is not a finite number; {fix}.")
+      if key in POSITIVE_KEYS and not value > 0:
+        raise UserError(f"{where}: {prefix}{key}={value!r} must be positive; {fix}.")
+      if key in FRACTION_KEYS and not 0 < value <= 1:
+        raise UserError(f"{where}: {prefix}{key}={value!r} must be in (0, 1] (the share of "
+                        f"each head that is rotated); {fix}.")
     for key in ROPE_KEYS:
       rope = cfg.get(key)
       if rope is None:
@@ -108,23 +113,32 @@ def check_config_types(hf: Mapping, where: str) -> None:
       if not isinstance(rope, Mapping):
         raise UserError(f"{where}: {prefix}{key}={rope!r} is not an object of RoPE settings; "
                         f"{fix}.")
-      for k, v in rope.items():
-        if k in ("rope_type", "type"):
-          ok = isinstance(v, str)
-        elif k in ROPE_POSITIVE:
-          ok = _finite(v) and v > 0 and not (isinstance(v, int) and v >= 2**31)
-        else:
-          ok = (v is None or isinstance(v, (bool, str)) or _finite(v)
-                or (isinstance(v, list) and all(map(_finite, v))))
-        if not ok:
-          want = "a positive number" if k in ROPE_POSITIVE else "a number or a list of numbers"
-          raise UserError(f"{where}: {prefix}{key}[{k!r}]={v!r} is not a valid RoPE setting "
-                          f"({want}); {fix}.")
-      low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
-      if low is not None and high is not None and low >= high:
-        raise UserError(f"{where}: {prefix}{key} has low_freq_factor={low} >= "
-                        f"high_freq_factor={high}; the llama3 RoPE interpolation needs low < "
-                        f"high; {fix}.")
+      # One object, or one per attention type ({"full_attention": {...}, ...}: Gemma 3).
+      nested = {k: v for k, v in rope.items() if isinstance(v, Mapping)}
+      if nested and len(nested) == len(rope):
+        for k, v in nested.items():
+          _check_rope(v, f"{prefix}{key}[{k!r}]", where, fix)
+      else:
+        _check_rope(rope, f"{prefix}{key}", where, fix)
+
+
+def _check_rope(rope: Mapping, name: str, where: str, fix: str) -> None:
+  for k, v in rope.items():
+    if k in ("rope_type", "type"):
+      ok = isinstance(v, str)
+    elif k in ROPE_POSITIVE:
+      ok = _finite(v) and v > 0 and not (isinstance(v, int) and v >= 2**31)
+    else:
+      ok = (v is None or isinstance(v, (bool, str)) or _finite(v)
+            or (isinstance(v, list) and all(map(_finite, v))))
+    if not ok:
+      want = "a positive number" if k in ROPE_POSITIVE else "a number or a list of numbers"
+      raise UserError(f"{where}: {name}[{k!r}]={v!r} is not a valid RoPE setting ({want}); "
+                      f"{fix}.")
+  low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
+  if low is not None and high is not None and low >= high:
+    raise UserError(f"{where}: {name} has low_freq_factor={low} >= high_freq_factor={high}; "
+                    f"the llama3 RoPE interpolation needs low < high; {fix}.")
 
 
 def _finite(x) -> bool:

@@ -10,9 +10,10 @@ Opening a reader validates every file first (`safetensors_header`: lengths,
 offsets, dtypes and sizes against the file; a directory, a symbolic link loop
 or an unreadable file as weights) and a sharded directory against its index;
 any problem is a `UserError` naming the file. Reading then maps each tensor's
-bytes on its own (`numpy.memmap`, bf16 through ml_dtypes, no torch): pages are read when touched and unmapped when the
-array is dropped, so a converter that copies what it keeps holds the output
-plus one tensor, never the file as well. Writing streams: a file's header is
+bytes on its own (`numpy.memmap`, bf16 through ml_dtypes, no torch): pages
+are read when touched and unmapped when the array is dropped, so a converter
+that copies what it keeps holds the output plus one tensor, never the file
+as well. Writing streams: a file's header is
 written from the specs first, then each tensor as it is produced, so the
 writer holds no tensor after writing it (no shard is gathered in memory).
 The bytes are those `safetensors.numpy.save_file` writes (tensors ordered by

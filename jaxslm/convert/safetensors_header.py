@@ -7,15 +7,16 @@ The format: 8 bytes, a little-endian header length N; N bytes of UTF-8 JSON,
 an object {name: {"dtype", "shape", "data_offsets": [begin, end]}} with an
 optional "__metadata__" {str: str}; then the data, which the tensors cover
 exactly. `read_header` checks all of it against the file's size: N within
-the file (and at most 100 MB, the format's own bound), a JSON object with no
-name given twice, known dtype codes, shapes of non-negative ints, offsets
-of non-negative ints with begin <= end, each tensor's bytes equal to
-prod(shape) * its element size, tensors contiguous and non-overlapping from
-0, and the file ending where the last tensor ends (a cut download is
-reported as truncated, with how many bytes are missing). Then the
-`safetensors` library opens it too (its own checks), and any complaint of
-its is a `UserError` as well. After that every offset is known in bounds,
-so mapping a tensor can neither read past the file nor alias another one.
+the file (and at most 100 MB, the format's own bound); a JSON object with no
+name given twice, and none empty or holding control characters; known dtype
+codes, shapes of non-negative ints, offsets of non-negative ints with
+begin <= end; each tensor's bytes equal to prod(shape) * its element size;
+tensors contiguous and non-overlapping from 0; and the file ending where the
+last tensor ends (a cut download is reported as truncated, with how many
+bytes are missing). Then the `safetensors` library opens it too (its own
+checks), and any complaint of its is a `UserError` as well. After that every
+offset is known in bounds, so mapping a tensor can neither read past the
+file nor alias another one.
 
 The weights path itself (a directory, a symbolic link loop or one that
 points nowhere, a device, an unreadable file) is reported by
@@ -31,7 +32,7 @@ import os
 import numpy as np
 
 from jaxslm.errors import UserError
-from jaxslm.file_checks import check_file, open_file  # noqa: F401 (re-exported)
+from jaxslm.file_checks import brief, open_file
 
 MAX_HEADER_BYTES = 100_000_000   # the bound the safetensors library itself enforces
 _FIELDS = ("dtype", "shape", "data_offsets")
@@ -105,14 +106,14 @@ def _parse(path: str, raw: bytes) -> dict:
   try:
     obj = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
   except _Duplicate as e:
-    raise UserError(f"{path}: the safetensors header names the tensor {e.args[0]!r} twice; "
-                    f"which one is meant is ambiguous; {_FIX}.") from None
+    raise UserError(f"{path}: the safetensors header gives the name {e.args[0][:200]!r} twice "
+                    f"in one object; which one is meant is ambiguous; {_FIX}.") from None
   except UnicodeDecodeError as e:
     raise UserError(f"{path}: the safetensors header is not UTF-8 text (byte {e.start}); the "
                     f"file is corrupt or not safetensors; {_FIX}.") from None
   except (ValueError, RecursionError) as e:   # JSONDecodeError, huge ints, deep nesting
     raise UserError(f"{path}: the safetensors header is not valid JSON "
-                    f"({str(e)[:120]}); the file is corrupt or not safetensors; {_FIX}.") from None
+                    f"({brief(e, 120)}); the file is corrupt or not safetensors; {_FIX}.") from None
   if not isinstance(obj, dict):
     raise UserError(f"{path}: the safetensors header is a JSON {type(obj).__name__}, not an "
                     f"object of tensors; the file is corrupt or not safetensors; {_FIX}.")
@@ -129,6 +130,9 @@ def _is_int(x) -> bool:
 
 def _tensor(path: str, name: str, info, start: int) -> TensorInfo:
   where = f"{path}: tensor {name[:200]!r}"
+  if not name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+    raise UserError(f"{where} has an empty name or one with control characters (a newline, a "
+                    f"NUL, ...), which no model uses; the header is corrupt; {_FIX}.")
   if not isinstance(info, dict) or any(k not in info for k in _FIELDS):
     raise UserError(f"{where} is described by {_short(info)}, not an object with "
                     f"{', '.join(_FIELDS)}; the header is corrupt; {_FIX}.")
@@ -198,7 +202,7 @@ def _library_check(path: str) -> None:
     with safe_open(path, framework="numpy") as f:
       f.keys()
   except Exception as e:   # SafetensorError (or OSError) from the Rust reader
-    raise UserError(f"{path} is rejected by the safetensors library ({str(e)[:160]}); {_FIX}.") \
+    raise UserError(f"{path} is rejected by the safetensors library ({brief(e)}); {_FIX}.") \
         from None
 
 

@@ -44,8 +44,8 @@ def _reading(path: str, what: str):
     yield
   except (OSError, EOFError, zlib.error) as e:
     gz = " (a .gz file cut short or damaged?)" if path.lower().endswith(".gz") else ""
-    raise UserError(f"The {what} {path} cannot be read to its end{gz}: {e}. Restore or "
-                    "download it again.") from None
+    raise UserError(f"The {what} {path} cannot be read to its end{gz}: "
+                    f"{file_checks.brief(e)}. Restore or download it again.") from None
 
 
 def decode(raw: bytes, where: str) -> str:
@@ -89,7 +89,7 @@ def parse(line: str, where: str) -> Any:
     raise UserError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); every line of "
                     "a .jsonl file must be one JSON value.") from None
   except (ValueError, RecursionError) as e:   # over-long integers, nesting too deep
-    raise UserError(f"{where} is not JSON that can be read ({str(e)[:100]}); fix that "
+    raise UserError(f"{where} is not JSON that can be read ({file_checks.brief(e, 100)}); fix that "
                     "line.") from None
 
 
@@ -101,4 +101,4 @@ def parse_or_reason(line: str) -> tuple[Any, str | None]:
   except json.JSONDecodeError as e:
     return None, f"not valid JSON ({e.msg} at column {e.colno})"
   except (ValueError, RecursionError) as e:
-    return None, f"not JSON that can be read ({str(e)[:100]})"
+    return None, f"not JSON that can be read ({file_checks.brief(e, 100)})"

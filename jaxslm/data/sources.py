@@ -232,8 +232,8 @@ def _iter_parquet(path: str, text_field: str) -> Iterator[str]:
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
   except (pa.ArrowException, OSError) as e:
-    raise UserError(f"parquet file {path!r} cannot be read ({str(e)[:160]}); it is damaged, "
-                     "cut short or not parquet. Restore or download it again.") from None
+    raise UserError(f"parquet file {path!r} cannot be read ({file_checks.brief(e)}); it is "
+                     "damaged, cut short or not parquet. Restore or download it again.") from None
   if text_field not in names:
     raise UserError(f"parquet file {path!r} has no column {text_field!r}; its columns are "
                      f"{names}. Set --config.data.text_field to one of them.")
@@ -242,7 +242,7 @@ def _iter_parquet(path: str, text_field: str) -> Iterator[str]:
     try:
       batch = next(batches, None)
     except (pa.ArrowException, OSError) as e:
-      raise UserError(f"parquet file {path!r} is damaged past its header ({str(e)[:160]}); "
+      raise UserError(f"parquet file {path!r} is damaged past its header ({file_checks.brief(e)}); "
                        "restore or download it again.") from None
     if batch is None:
       return

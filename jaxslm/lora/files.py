@@ -85,8 +85,8 @@ def read_adapter_meta(directory: str) -> dict:
     meta = checkpoint.read_step_meta(directory)
   except Exception as e:   # Orbax / JSON errors of a damaged meta/ item
     raise UserError(f"The adapter record {paths.join(directory, 'meta')} cannot be read "
-                    f"({type(e).__name__}: {str(e)[:160]}); it is damaged. Save the adapters "
-                    "again (lora.save_adapters) or restore the directory.") from None
+                    f"({type(e).__name__}: {file_checks.brief(e)}); it is damaged. Save the "
+                    "adapters again (lora.save_adapters) or restore the directory.") from None
   if not isinstance(meta, dict) or not isinstance(meta.get("lora"), dict) \
           or meta["lora"].get("format") != FORMAT:
     keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
@@ -155,8 +155,8 @@ def _read_arrays(directory: str, abstract: dict) -> dict:
     stored = ocp.StandardCheckpointer().metadata(where).item_metadata.tree
   except Exception as e:   # Orbax errors of a damaged or missing params/ item
     raise UserError(f"The adapter arrays {where} cannot be read ({type(e).__name__}: "
-                    f"{str(e)[:160]}); they are damaged or missing. Save the adapters again "
-                    "or restore the directory.") from None
+                    f"{file_checks.brief(e)}); they are damaged or missing. Save the adapters "
+                    "again or restore the directory.") from None
   stored = {p: (tuple(m.shape), str(m.dtype)) for p, m in flatten_paths(stored).items()
             if hasattr(m, "shape")}
   want = {p: (tuple(x.shape), str(x.dtype)) for p, x in abstract.items()}
@@ -170,8 +170,8 @@ def _read_arrays(directory: str, abstract: dict) -> dict:
     return flatten_paths(checkpoint.read_step_params(directory, nest_paths(abstract)))
   except Exception as e:   # Orbax / TensorStore errors of damaged array chunks
     raise UserError(f"The adapter arrays {where} cannot be read ({type(e).__name__}: "
-                    f"{str(e)[:160]}); they are damaged. Save the adapters again or restore "
-                    "the directory.") from None
+                    f"{file_checks.brief(e)}); they are damaged. Save the adapters again or "
+                    "restore the directory.") from None
 
 
 def load_adapters(directory: str, base_params, *, strict: bool = False):

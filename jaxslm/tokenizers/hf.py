@@ -26,7 +26,7 @@ def _parse(text: str, path: str):
     try:
         return hf_tokenizers.Tokenizer.from_str(text)
     except Exception as e:  # the Rust library raises plain Exception for any bad file
-        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        detail = file_checks.brief(e)
         raise UserError(f"{path} is not a valid tokenizer.json ({detail}); download it again, "
                         "or save the tokenizer with transformers' save_pretrained.") from None
 
@@ -53,7 +53,7 @@ class HFTokenizer(Tokenizer):
         try:
             tok = hf_tokenizers.Tokenizer.from_str(tokenizer_json)
         except Exception as e:
-            raise UserError(f"Not a valid tokenizer.json: {e}") from e
+            raise UserError(f"Not a valid tokenizer.json: {file_checks.brief(e)}") from e
         tok.encode_special_tokens = True  # special-token text in user input stays text
         self._json, self._tok, self._tok_special = tokenizer_json, tok, None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -107,9 +107,9 @@ class HFTokenizer(Tokenizer):
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default")
         if template is not None and not isinstance(template, str):
-            raise UserError(f"The chat_template in {os.path.join(directory, 'tokenizer_config.json')}"
-                            f" is a {type(template).__name__}, not a Jinja template string; fix "
-                            "or remove it.")
+            where = os.path.join(directory, "tokenizer_config.json")
+            raise UserError(f"The chat_template in {where} is a {type(template).__name__}, not "
+                            "a Jinja template string; fix or remove it.")
         vocab = _parse(text, path).get_vocab(with_added_tokens=True)
 
         def special(kind):

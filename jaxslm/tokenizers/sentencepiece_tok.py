@@ -54,7 +54,8 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             sp.LoadFromSerializedProto(self._model_proto)
         except Exception as e:
-            raise UserError(f"Bytes given are not a valid SentencePiece model proto: {e}") from e
+            raise UserError(f"Bytes given are not a valid SentencePiece model proto: "
+                            f"{file_checks.brief(e)}") from e
         self._sp = sp
         self.vocab_size = sp.get_piece_size()
         if sp.eos_id() < 0:
