@@ -12,7 +12,7 @@ checkpoint and transformers loads the GGUF file itself
 `AutoTokenizer` likewise), and for each prompt the script records whether
 the prompt's token ids are equal (BOS as each tokenizer adds it), the
 largest logit difference over the prompt, and both greedy continuations of
-`--max-new-tokens` tokens (ids and text; EOS does not stop them), with the
+`--max-new-tokens` tokens (ids and text; EOS neither stops nor is masked), with the
 first position where they differ. A model with a chat template also gets its
 first prompt as a chat (jaxslm's `encode_chat` against transformers'
 `apply_chat_template`).
@@ -87,6 +87,11 @@ def compare(path: str, ckpt: str, max_new_tokens: int) -> dict:
   hf_tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
   hf_load_s = time.perf_counter() - t
   forward = jax.jit(lambda p, x: Decoder(cfg).apply({"params": p}, x))
+  # Greedy, not stopping at EOS and not masking it (min_new_tokens would forbid EOS);
+  # the model's own generation config would add its EOS back.
+  hf.generation_config.eos_token_id = None
+  greedy = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=None, pad_token_id=tok.pad_id)
   cases = [("text", p) for p in PROMPTS]
   if tok.chat_template:
     cases.append(("chat", PROMPTS[0]))
@@ -103,9 +108,7 @@ def compare(path: str, ckpt: str, max_new_tokens: int) -> dict:
     ref_ids = [int(i) for i in ref_ids]
     with torch.no_grad():
       ref_logits = hf(torch.tensor([ids])).logits.numpy()[0]
-      ref_out = hf.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
-                            min_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tok.pad_id)[0, len(ids):].tolist()
+      ref_out = hf.generate(torch.tensor([ids]), generation_config=greedy)[0, len(ids):].tolist()
     ours_logits = np.asarray(forward(params, jnp.asarray([ids])))[0]
     ours = jaxslm.generate(cfg, params, [ids], max_new_tokens=max_new_tokens, temperature=0.0,
                            eos_id=None).completions[0].tokens

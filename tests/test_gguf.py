@@ -316,9 +316,10 @@ def test_logits_and_greedy_ids_match_transformers_gguf_loader(files, converted, 
   diff = np.abs(_logits_jax(cfg, params, ids) - _logits_hf(ref, ids)).max()
   assert diff < TOL, (case, diff)
   prompt = ids[0][:12]
+  ref.generation_config.eos_token_id = None   # run 12 tokens, EOS neither stops nor is masked
   with torch.no_grad():
-    hf = ref.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12,
-                      do_sample=False, pad_token_id=0)[0].tolist()
+    hf = ref.generate(torch.tensor([prompt]), generation_config=transformers.GenerationConfig(
+        max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0))[0].tolist()
   greedy = _logits_jax(cfg, params, [hf, hf])[0].argmax(-1)   # the (2, 24) shape compiled above
   assert greedy[11:23].tolist() == hf[12:], case
   if case == "llama_q":
