@@ -701,3 +701,20 @@ def test_fuzzed_metadata_gives_a_config_and_tokenizer_or_user_error(files, data)
       gguf_tokenizer.tokenizer_from_gguf(header.metadata, path, cfg.vocab_size)
     except UserError:
       pass
+
+
+def test_launcher_gguf2jax(files, tmp_path, capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "launch_convert", os.path.join(os.path.dirname(__file__), "..", "launch", "convert.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  out = str(tmp_path / "ckpt")
+  assert module.main(["gguf2jax", "--gguf", files["llama_q"][0], "--out", out,
+                      "--dtype", "bfloat16"]) == 0
+  assert jaxslm.load(out).model_cfg.dtype == "bfloat16"
+  bad = tmp_path / "bad.gguf"
+  bad.write_bytes(HOSTILE["an array of 2^63 strings (49 bytes)"][0])
+  assert module.main(["gguf2jax", "--gguf", str(bad), "--out", str(tmp_path / "x")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "bad.gguf" in err and "length of array" in err
