@@ -56,6 +56,7 @@ def timed_convert(path: str, out: str, dtype: str) -> dict:
   res = subprocess.run([sys.executable, "-c", _TIMED, *cmd], capture_output=True, text=True,
                        env=env)
   result = json.loads(res.stdout.strip().splitlines()[-1])
+  result["load_average_1min_after"] = os.getloadavg()[0]   # other processes' CPU demand
   if result["rc"]:
     raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
   return {"command": " ".join(["python", "launch/convert.py", *cmd[2:]]), **result}
