@@ -623,7 +623,7 @@ hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 
-@hypothesis.settings(max_examples=150, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=150, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(st.data())
 def test_fuzzed_files_give_tensors_or_user_error(small_file, data):
@@ -681,7 +681,7 @@ def test_real_file_header_and_config(name):
                                atol=1e-7, err_msg=t.name)
 
 
-@hypothesis.settings(max_examples=60, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(st.data())
 def test_fuzzed_metadata_gives_a_config_and_tokenizer_or_user_error(files, data):
