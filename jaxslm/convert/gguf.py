@@ -76,7 +76,10 @@ def _config(header: gguf_header.Header, tensors: dict | None, dtype: str):
   hf = gguf_arch.hf_config(header.metadata, header.tensors, path, rope_freqs=freqs,
                            vocab_rows=embd.shape[0] if embd is not None else None)
   family = get_family(hf["model_type"], path)
-  cfg = family.config_from_hf(hf).replace(dtype=dtype, param_dtype=dtype)
+  try:
+    cfg = family.config_from_hf(hf).replace(dtype=dtype, param_dtype=dtype)
+  except UserError as e:   # the family's or ModelConfig's check of a metadata value
+    raise UserError(f"{path}: the metadata gives an invalid model: {e}") from e
   return hf, cfg
 
 

@@ -216,6 +216,9 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
     raise UserError(f"{path}: attention.value_length={value_dim} and rope.dimension_count={rot} "
                     f"must equal the head size {head_dim}; partial RoPE (except for phi3) and "
                     "unequal key/value heads are not supported for GGUF imports.")
+  if rot % 2:
+    raise UserError(f"{path}: {arch}.rope.dimension_count={rot} is odd; RoPE rotates pairs of "
+                    "dimensions, so it must be even.")
   longrope = sorted(t for t in tensor_names if t.startswith("rope_factors_"))
   if longrope:
     raise UserError(f"{path}: {', '.join(longrope)}: LongRoPE scaling (Phi-3 128k context) is "
