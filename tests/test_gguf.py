@@ -12,7 +12,6 @@ import pathlib
 import struct
 import tempfile
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
