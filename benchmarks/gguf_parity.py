@@ -12,10 +12,12 @@ checkpoint and transformers loads the GGUF file itself
 `AutoTokenizer` likewise), and for each prompt the script records whether
 the prompt's token ids are equal (BOS as each tokenizer adds it), the
 largest logit difference over the prompt, and both greedy continuations of
-`--max-new-tokens` tokens (ids and text; EOS does not stop them), with the
+`--max-new-tokens` tokens (ids and text; EOS neither stops nor is masked), with the
 first position where they differ. A model with a chat template also gets its
 first prompt as a chat (jaxslm's `encode_chat` against transformers'
-`apply_chat_template`).
+`apply_chat_template`). `--export` also runs `jax2hf` on the checkpoint and
+loads the export in transformers: its class, its logits on the first prompt
+against transformers' model of the GGUF file, and its tokenizer's ids.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def timed_convert(path: str, out: str, dtype: str) -> dict:
   res = subprocess.run([sys.executable, "-c", _TIMED, *cmd], capture_output=True, text=True,
                        env=env)
   result = json.loads(res.stdout.strip().splitlines()[-1])
+  result["load_average_1min_after"] = os.getloadavg()[0]   # other processes' CPU demand
   if result["rc"]:
     raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
   return {"command": " ".join(["python", "launch/convert.py", *cmd[2:]]), **result}
@@ -68,7 +71,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
   return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def compare(path: str, ckpt: str, max_new_tokens: int) -> dict:
+def compare(path: str, ckpt: str, max_new_tokens: int, export_dir: str | None = None) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -87,6 +90,11 @@ def compare(path: str, ckpt: str, max_new_tokens: int) -> dict:
   hf_tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
   hf_load_s = time.perf_counter() - t
   forward = jax.jit(lambda p, x: Decoder(cfg).apply({"params": p}, x))
+  # Greedy, not stopping at EOS and not masking it (min_new_tokens would forbid EOS);
+  # the model's own generation config would add its EOS back.
+  hf.generation_config.eos_token_id = None
+  greedy = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                         eos_token_id=None, pad_token_id=tok.pad_id)
   cases = [("text", p) for p in PROMPTS]
   if tok.chat_template:
     cases.append(("chat", PROMPTS[0]))
@@ -103,9 +111,7 @@ def compare(path: str, ckpt: str, max_new_tokens: int) -> dict:
     ref_ids = [int(i) for i in ref_ids]
     with torch.no_grad():
       ref_logits = hf(torch.tensor([ids])).logits.numpy()[0]
-      ref_out = hf.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
-                            min_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tok.pad_id)[0, len(ids):].tolist()
+      ref_out = hf.generate(torch.tensor([ids]), generation_config=greedy)[0, len(ids):].tolist()
     ours_logits = np.asarray(forward(params, jnp.asarray([ids])))[0]
     ours = jaxslm.generate(cfg, params, [ids], max_new_tokens=max_new_tokens, temperature=0.0,
                            eos_id=None).completions[0].tokens
@@ -118,7 +124,23 @@ def compare(path: str, ckpt: str, max_new_tokens: int) -> dict:
         "first_difference": first_difference(list(ours), ref_out),
         "jaxslm_ids": list(ours), "transformers_ids": ref_out,
         "jaxslm_text": tok.decode(list(ours)), "transformers_text": tok.decode(ref_out)})
-  return {"transformers_load_s": hf_load_s, "rows": rows,
+  export = None
+  if export_dir is not None:
+    from jaxslm import convert
+    t = time.perf_counter()
+    convert.jaxslm_to_hf(ckpt, export_dir)
+    export_s = time.perf_counter() - t
+    back = transformers.AutoModelForCausalLM.from_pretrained(export_dir,
+                                                             dtype=torch.float32).eval()
+    back_tok = transformers.AutoTokenizer.from_pretrained(export_dir)
+    ids = hf_tok(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+      diff = (back(torch.tensor([ids])).logits - hf(torch.tensor([ids])).logits).abs().max()
+    export = {"jax2hf_s": export_s, "class": type(back).__name__,
+              "logits_max_abs_diff_vs_gguf_model": float(diff),
+              "tokenizer_ids_equal": all(back_tok(p)["input_ids"] == hf_tok(p)["input_ids"]
+                                         for p in PROMPTS)}
+  return {"transformers_load_s": hf_load_s, "rows": rows, "export": export,
           "model": {"n_layers": cfg.n_layers, "d_model": cfg.d_model,
                     "vocab_size": cfg.vocab_size, "gguf": loaded.meta.get("gguf")}}
 
@@ -132,6 +154,8 @@ def main(argv):
   ap.add_argument("--max-new-tokens", type=int, default=32)
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   ap.add_argument("--out", default=None, help="JSON results file")
+  ap.add_argument("--export", action="store_true",
+                  help="also jax2hf each checkpoint and load the export in transformers")
   args = ap.parse_args(argv)
   files = (args.files.split(",") if args.files
            else sorted(glob.glob(os.path.join(args.gguf_dir, "*.gguf"))))
@@ -152,14 +176,15 @@ def main(argv):
       out = os.path.join(tmp, os.path.splitext(name)[0])
       conv = timed_convert(path, out, args.dtype)
       conv["file_bytes"] = os.path.getsize(path)
-      entry = {"convert": conv, **compare(path, out, args.max_new_tokens)}
+      entry = {"convert": conv, **compare(path, out, args.max_new_tokens,
+                                          out + "-hf" if args.export else None)}
       results["files"][name] = entry
       for r in entry["rows"]:
         print(f"{name} [{r['kind']}] ids_equal={r['prompt_ids_equal']} "
               f"logits_diff={r['logits_max_abs_diff']:.2e} greedy_identical="
               f"{r['greedy_identical']} first_diff={r['first_difference']}", flush=True)
       print(f"{name}: gguf2jax {conv['wall_s']:.1f} s, peak RSS "
-            f"{conv['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+            f"{conv['peak_rss_bytes'] / 2**20:.0f} MiB; export {entry['export']}", flush=True)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -12,7 +12,6 @@ import pathlib
 import struct
 import tempfile
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -316,9 +315,10 @@ def test_logits_and_greedy_ids_match_transformers_gguf_loader(files, converted, 
   diff = np.abs(_logits_jax(cfg, params, ids) - _logits_hf(ref, ids)).max()
   assert diff < TOL, (case, diff)
   prompt = ids[0][:12]
+  ref.generation_config.eos_token_id = None   # run 12 tokens, EOS neither stops nor is masked
   with torch.no_grad():
-    hf = ref.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12,
-                      do_sample=False, pad_token_id=0)[0].tolist()
+    hf = ref.generate(torch.tensor([prompt]), generation_config=transformers.GenerationConfig(
+        max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0))[0].tolist()
   greedy = _logits_jax(cfg, params, [hf, hf])[0].argmax(-1)   # the (2, 24) shape compiled above
   assert greedy[11:23].tolist() == hf[12:], case
   if case == "llama_q":
@@ -622,7 +622,7 @@ hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 
-@hypothesis.settings(max_examples=150, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=150, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(st.data())
 def test_fuzzed_files_give_tensors_or_user_error(small_file, data):
@@ -680,7 +680,7 @@ def test_real_file_header_and_config(name):
                                atol=1e-7, err_msg=t.name)
 
 
-@hypothesis.settings(max_examples=60, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(st.data())
 def test_fuzzed_metadata_gives_a_config_and_tokenizer_or_user_error(files, data):
@@ -700,3 +700,20 @@ def test_fuzzed_metadata_gives_a_config_and_tokenizer_or_user_error(files, data)
       gguf_tokenizer.tokenizer_from_gguf(header.metadata, path, cfg.vocab_size)
     except UserError:
       pass
+
+
+def test_launcher_gguf2jax(files, tmp_path, capsys):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "launch_convert", os.path.join(os.path.dirname(__file__), "..", "launch", "convert.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  out = str(tmp_path / "ckpt")
+  assert module.main(["gguf2jax", "--gguf", files["llama_q"][0], "--out", out,
+                      "--dtype", "bfloat16"]) == 0
+  assert jaxslm.load(out).model_cfg.dtype == "bfloat16"
+  bad = tmp_path / "bad.gguf"
+  bad.write_bytes(HOSTILE["an array of 2^63 strings (49 bytes)"][0])
+  assert module.main(["gguf2jax", "--gguf", str(bad), "--out", str(tmp_path / "x")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "bad.gguf" in err and "length of array" in err

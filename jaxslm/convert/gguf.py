@@ -77,7 +77,10 @@ def _config(header: gguf_header.Header, tensors: dict | None, dtype: str):
   hf = gguf_arch.hf_config(header.metadata, header.tensors, path, rope_freqs=freqs,
                            vocab_rows=embd.shape[0] if embd is not None else None)
   family = get_family(hf["model_type"], path)
-  cfg = family.config_from_hf(hf).replace(dtype=dtype, param_dtype=dtype)
+  try:
+    cfg = family.config_from_hf(hf).replace(dtype=dtype, param_dtype=dtype)
+  except UserError as e:   # the family's or ModelConfig's check of a metadata value
+    raise UserError(f"{path}: the metadata gives an invalid model: {e}") from e
   return hf, cfg
 
 
@@ -91,9 +94,9 @@ def _check_type(header: gguf_header.Header, info: gguf_header.TensorInfo, suppor
 
 def _dequantize(header: gguf_header.Header, info: gguf_header.TensorInfo,
                 tensors: dict | None) -> np.ndarray:
-  """Tensor `info` as float32 in numpy (row-major) shape: its bytes from
-  `tensors` ({name: gguf ReaderTensor}, see `_open_reader`), or memory-mapped
-  from the file when None."""
+  """Tensor `info` as a new float32 array (owning its memory, not a view of the
+  file) in numpy (row-major) shape: its bytes from `tensors` ({name: gguf
+  ReaderTensor}, see `_open_reader`), or memory-mapped from the file when None."""
   from gguf import GGMLQuantizationType, quants
   _check_type(header, info, supported_tensor_types())
   qtype = GGMLQuantizationType(info.type)
@@ -105,12 +108,12 @@ def _dequantize(header: gguf_header.Header, info: gguf_header.TensorInfo,
   rows = info.nbytes // (info.dims[0] // block * block_bytes)
   raw = np.asarray(raw).view(np.uint8).reshape(rows, -1)
   if qtype.name == "F32":
-    x = raw.view(np.float32)
+    x = np.array(raw.view(np.float32))
   elif qtype.name == "F16":
-    x = raw.view(np.float16)
+    x = raw.view(np.float16).astype(np.float32)
   else:
-    x = quants.dequantize(raw, qtype)
-  return np.asarray(x, np.float32).reshape(info.shape)
+    x = np.asarray(quants.dequantize(raw, qtype), np.float32)
+  return x.reshape(info.shape)
 
 
 def iter_tensors(gguf_path: str):
@@ -184,6 +187,10 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
   tok = gguf_tokenizer.tokenizer_from_gguf(
       header.metadata, gguf_path, cfg.vocab_size,
       name=os.path.splitext(os.path.basename(gguf_path))[0])
+  # Only the spec is kept: the built tokenizer (a 262k-token vocabulary and its
+  # merges are a few hundred MB) is dropped before the tensors are read.
+  tok_spec, hf_meta = tok.spec(), _hf_meta(hf, tok)
+  del tok
   shapes = flat_shapes(cfg)
   entries = expand(family.rules(cfg), cfg)
   check_coverage(entries, cfg, family)
@@ -204,15 +211,17 @@ def gguf_to_jaxslm(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:
       bad.append(name)
     x = gguf_arch.to_hf_layout(name, x, arch, hf)
     outs = entry.rule.to_jax(x, cfg)
-    flat.update({path: np.array(y, dtype=shapes[path].dtype, order="C")
+    # x is a fresh array, not a view of the file: a leaf that needs no transpose or
+    # cast is kept as it is (the largest, the embedding, is copied no second time).
+    flat.update({path: np.ascontiguousarray(y, dtype=shapes[path].dtype)
                  for path, y in zip(entry.jax, outs)})
     del x, outs
   del tensors
   if bad:
     warnings.warn(f"{gguf_path}: {len(bad)} tensors hold NaN or infinite values (converted "
                   f"as they are): {_few(bad)}.", stacklevel=2)
-  meta = {"model": cfg.to_dict(), "tokenizer": tok.spec(),
-          "hf": {"model_type": hf["model_type"], "config": _hf_meta(hf, tok)},
+  meta = {"model": cfg.to_dict(), "tokenizer": tok_spec,
+          "hf": {"model_type": hf["model_type"], "config": hf_meta},
           "converted_from": os.path.abspath(gguf_path),
           "gguf": {"architecture": arch, "name": _scalar(header.metadata.get("general.name")),
                    "file_type": _scalar(header.metadata.get("general.file_type"))}}

@@ -39,6 +39,7 @@ import re
 
 import numpy as np
 
+from jaxslm.convert.gguf_tokenizer import short
 from jaxslm.errors import UserError
 
 ARCHITECTURES = ("gemma3", "llama", "phi3", "qwen2", "qwen3")
@@ -112,7 +113,7 @@ class _Meta:
     self.md, self.arch, self.path = metadata, arch, path
 
   def _bad(self, key: str, value, want: str):
-    raise UserError(f"{self.path}: metadata {key}={value!r} is invalid: expected {want}.")
+    raise UserError(f"{self.path}: metadata {key}={short(value)} is invalid: expected {want}.")
 
   def get(self, name: str, kind=int, default=None, required: bool = True):
     key = f"{self.arch}.{name}"
@@ -145,14 +146,14 @@ def _rope_scaling(m: _Meta, rope_freqs: np.ndarray | None, head_dim: int, theta:
   if rope_freqs is not None:
     if kind not in ("none", "linear") or m.get("rope.scaling.factor", float, default=1.0) != 1.0:
       raise UserError(f"{m.path}: both rope_freqs.weight and {m.arch}.rope.scaling.type="
-                      f"{kind!r} are set; only one RoPE scaling is supported.")
+                      f"{short(kind)} are set; only one RoPE scaling is supported.")
     return llama3_from_freqs(rope_freqs, head_dim, theta, m.path)
   if kind == "none":
     return {}
   if kind == "linear":
     factor = m.get("rope.scaling.factor", float)
     return {} if factor == 1.0 else {"rope_type": "linear", "factor": factor}
-  raise UserError(f"{m.path}: {m.arch}.rope.scaling.type={kind!r} is not supported; supported: "
+  raise UserError(f"{m.path}: {m.arch}.rope.scaling.type={short(kind)} is not supported; supported: "
                   "'none', 'linear' (and Llama 3 scaling given by rope_freqs.weight).")
 
 
@@ -197,7 +198,7 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
   `vocab_rows`: token_embd.weight's rows, the vocabulary size of last resort."""
   arch = metadata.get("general.architecture")
   if not isinstance(arch, str) or arch not in ARCHITECTURES:
-    raise UserError(f"{path}: general.architecture={arch!r} is not supported; supported GGUF "
+    raise UserError(f"{path}: general.architecture={short(arch)} is not supported; supported GGUF "
                     f"architectures: {', '.join(ARCHITECTURES)}.")
   m = _Meta(metadata, arch, path)
   d, n = m.get("embedding_length"), m.get("attention.head_count")
@@ -216,6 +217,9 @@ def hf_config(metadata: dict, tensor_names, path: str, rope_freqs: np.ndarray | 
     raise UserError(f"{path}: attention.value_length={value_dim} and rope.dimension_count={rot} "
                     f"must equal the head size {head_dim}; partial RoPE (except for phi3) and "
                     "unequal key/value heads are not supported for GGUF imports.")
+  if rot % 2:
+    raise UserError(f"{path}: {arch}.rope.dimension_count={rot} is odd; RoPE rotates pairs of "
+                    "dimensions, so it must be even.")
   longrope = sorted(t for t in tensor_names if t.startswith("rope_factors_"))
   if longrope:
     raise UserError(f"{path}: {', '.join(longrope)}: LongRoPE scaling (Phi-3 128k context) is "

@@ -78,6 +78,12 @@ def derive_merges(tokens: list[str], rank) -> list[list[str]]:
   return [[a, b] for *_, a, b in merges]
 
 
+def short(value, limit: int = 80) -> str:
+  """repr(value), cut to `limit` characters (metadata can hold huge arrays)."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 class _Meta:
   def __init__(self, metadata: dict, path: str):
     self.md, self.path = metadata, path
@@ -110,13 +116,13 @@ class _Meta:
     if v is None:
       return None
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
-      self.fail(key, f"= {v!r} is not a token id in [0, {n})")
+      self.fail(key, f"= {short(v)} is not a token id in [0, {n})")
     return int(v)
 
   def flag(self, key: str, default: bool) -> bool:
     v = self.md.get(key, default)
     if not isinstance(v, bool):
-      self.fail(key, f"= {v!r} must be a BOOL")
+      self.fail(key, f"= {short(v)} must be a BOOL")
     return v
 
 
@@ -131,7 +137,8 @@ def _added(tokens: list[str], types, vocab: dict) -> list[dict]:
   return out
 
 
-def _byte_level(tokens: list[str], merges: list[str], pre: str, m: _Meta) -> dict:
+def _byte_level(tokens: list[str], merges: list[str], pre: str,
+                m: _Meta) -> tuple[dict, list[str]]:
   spell = byte_alphabet()
   alphabet = set(spell.values())
   keys = [t if set(t) <= alphabet else "".join(spell[b] for b in t.encode("utf-8"))
@@ -140,7 +147,8 @@ def _byte_level(tokens: list[str], merges: list[str], pre: str, m: _Meta) -> dic
   for i, merge in enumerate(merges):
     parts = merge.split(" ")
     if len(parts) != 2:
-      m.fail("tokenizer.ggml.merges", f"[{i}] = {merge!r} is not two tokens separated by a space")
+      m.fail("tokenizer.ggml.merges",
+             f"[{i}] = {short(merge)} is not two tokens separated by a space")
     pairs.append(parts)
   if pre in SPLITS:
     pretok = {"type": "Sequence", "pretokenizers": [
@@ -150,7 +158,7 @@ def _byte_level(tokens: list[str], merges: list[str], pre: str, m: _Meta) -> dic
          "use_regex": False}]}
   else:
     if pre not in GPT2_SPLIT:
-      warnings.warn(f"{m.path}: tokenizer.ggml.pre={pre!r} is not a split jaxslm knows; using "
+      warnings.warn(f"{m.path}: tokenizer.ggml.pre={short(pre)} is not a split jaxslm knows; using "
                     f"GPT-2's (as transformers does). Known: {sorted(SPLITS)}.", stacklevel=4)
     pretok = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
               "use_regex": True}
@@ -172,7 +180,7 @@ def _sentencepiece(tokens: list[str], m: _Meta, arch: str, n: int) -> tuple[dict
     pairs = [s.split(" ") for s in merges]
     bad = next((i for i, p in enumerate(pairs) if len(p) != 2), None)
     if bad is not None:
-      m.fail("tokenizer.ggml.merges", f"[{bad}] = {merges[bad]!r} is not two tokens")
+      m.fail("tokenizer.ggml.merges", f"[{bad}] = {short(merges[bad])} is not two tokens")
   elif gemma:
     rank = {t: -i for i, t in enumerate(tokens)}
     pairs = derive_merges(tokens, rank)
@@ -213,7 +221,7 @@ def tokenizer_json(metadata: dict, path: str) -> tuple[str, int]:
   m = _Meta(metadata, path)
   kind = metadata.get("tokenizer.ggml.model")
   if not isinstance(kind, str) or kind not in KINDS:
-    raise UserError(f"{path}: tokenizer.ggml.model={kind!r} is not supported; supported: "
+    raise UserError(f"{path}: tokenizer.ggml.model={short(kind)} is not supported; supported: "
                     f"{', '.join(KINDS)} (byte-level BPE and SentencePiece-style BPE).")
   tokens = m.strings("tokenizer.ggml.tokens")
   n = len(tokens)
