@@ -71,7 +71,10 @@ def grpo_step(trainable, opt_state, frozen, batch, adv_n, old_logp_nt, ref_logp_
     loss, m = grpo_loss(logp, old, ref, adv_n, mask_nt, eps=eps, beta=beta,
                         aggregation=aggregation, norm_tokens=norm_tokens,
                         kl_ratio_weighted=kl_ratio_weighted)
-    m["entropy"] = jnp.sum(entropy * mask_nt) / jnp.maximum(jnp.sum(mask_nt), 1.0)
+    count = jnp.maximum(jnp.sum(mask_nt), 1.0)
+    m["entropy"] = jnp.sum(entropy * mask_nt) / count
+    if "sampler_logp" in batch:   # how far the learning pass is from the sampler's numbers
+      m["sampler_logp_gap"] = jnp.sum(jnp.abs(logp - batch["sampler_logp"]) * mask_nt) / count
     return loss, (m, logp)
 
   (loss, (m, logp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
