@@ -268,6 +268,8 @@ def finetune_config(method: str = "lora") -> ConfigDict:
                               # (any local .jsonl/.json or hub dataset)
       path="",                # GSM8K directory (e.g. ../shared/data/gsm8k) or instruction data
       synthetic_problems=5000, synthetic_seed=0, synthetic_max_steps=4,   # source "synthetic"
+      synthetic_format="text",  # text | calculator (<<expr=value>>, evaluated with the hook)
+                                # | agent (Thought/Action/Observation traces, "react" prompts)
       config="main", split="train",
       template="qa",          # jaxslm.data.templates: qa, q_a, cot, answer-is, final-only, ...
       keep_annotations=True,  # keep GSM8K's <<expr=value>> calculator annotations

@@ -59,7 +59,8 @@ def tiny(config, base, **train):
 
 def test_there_are_configs_for_every_method():
   assert {p.stem for p in SFT_CONFIGS} == {f"sft_gsm8k_{m}" for m in
-                                           ("lora", "qlora", "full", "stacked")} | {"sft_synthetic"}
+                                           ("lora", "qlora", "full", "stacked")} | {
+      "sft_synthetic", "sft_synthetic_calculator", "sft_synthetic_agent"}
   for p in SFT_CONFIGS:
     assert "launch/finetune.py" in p.read_text().split('"""')[1], p
 
@@ -111,6 +112,36 @@ def test_synthetic_config_trains_and_evaluates_on_held_out_problems(base, tmp_pa
   from jaxslm.train.finetune_data import _gsm8k_subset
   held = _gsm8k_subset(c)
   assert [e.index for e in held] == [HELDOUT_OFFSET + i for i in range(3)]
+
+
+def test_synthetic_agent_traces_train_and_evaluate_as_episodes(base, tmp_path):
+  """configs/sft_synthetic_agent.py: prompts in the "react" agent format, targets
+  the rest of each trace; evaluation runs agent episodes. Bad formats are refused."""
+  from jaxslm.config import finetune_config
+  from jaxslm.data.synthetic import to_react
+  from jaxslm.train import finetune_data
+  gen = SyntheticMath(0, max_steps=2)
+  tok = train_sentencepiece([to_react(gen.problem(i)) for i in range(60)], vocab_size=512)
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=256, dtype="float32")
+  ckpt = save_params(str(tmp_path / "base"), init_params(cfg, jax.random.PRNGKey(0)),
+                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  c = tiny(load_config(ROOT / "configs/sft_synthetic_agent.py"), (ckpt, ""))
+  c.data.update(path="", synthetic_problems=30)
+  c.train.seq_len = 256
+  c.eval.update(problems=2, max_new_tokens=16)
+  examples = finetune_data.agent_examples(finetune_data.synthetic_examples(c.data, start=0, n=2))
+  assert examples[0].prompt.startswith("Question: ") and examples[0].prompt.endswith("\nThought:")
+  assert "\nAction: calculator[" in examples[0].target
+  assert examples[0].target.rstrip().rsplit("Final Answer: ", 1)[1].isdigit()
+  out = run(c, str(tmp_path / "w"))
+  assert out["step"] == 2 and "as agent" in out["data"]["source"]
+  assert 0.0 <= out["last"]["gsm8k_em"] <= 1.0
+  for field, value, match in (("synthetic_format", "json", "valid formats: text, calculator"),
+                              ("keep_annotations", False, "keep_annotations=False")):
+    d = finetune_config().data
+    d.update({"source": "synthetic", "synthetic_format": "calculator", field: value})
+    with pytest.raises(UserError, match=match):
+      finetune_data.synthetic_format(d)
 
 
 def test_lora_run_outputs_load_back_and_agree(lora_run, base):

@@ -251,6 +251,12 @@ def test_full_parameter_grpo_with_dr_grpo_options(warm, tmp_path):
     ("grpo.aggregation", "mean", "aggregation='mean'"),
     ("method", "qlora", "method='qlora'"),
     ("rewards.names", ("format", "nope"), "nope"),
+    ("grpo.tools", "search", "valid tool modes: none, calculator, agent"),
+    ("grpo.tools", "agent", "no agent format .*data.template to one of react"),
+    ("data.template", "react", "is an agent format; it needs grpo.tools=agent"),
+    ("eval.tools", "calculator,agent", "not an agent format"),
+    ("eval.tools", "none,bogus", "eval.tools='bogus'"),
+    ("grpo.max_tool_tokens", 0, "max_tool_tokens=0"),
 ])
 def test_bad_config_is_refused_with_the_field(warm, field, value, match):
   c = tiny(warm)
@@ -303,7 +309,8 @@ def test_launcher_help_and_bad_input(warm, tmp_path, capsys):
 
 
 def test_grpo_configs_validate():
-  for name in ("grpo_gsm8k", "grpo_synthetic"):
+  for name in ("grpo_gsm8k", "grpo_synthetic", "grpo_synthetic_calculator",
+               "grpo_synthetic_agent"):
     c = load_config(ROOT / "configs" / f"{name}.py")
     c.init_from = "somewhere"
     grpo.validate_config(c)

@@ -77,8 +77,13 @@ def run_agent(model, prompts, *, group=2, budget=24, max_steps=4, max_tool_token
                               max_tool_tokens=max_tool_tokens)
 
 
-def test_agent_episodes_keep_ids_mask_and_logprobs(model):
-  out = run_agent(model, ["Q?", "Q!", "Q#", "Q%"], budget=60, max_tool_tokens=40)
+@pytest.fixture(scope="module")
+def episodes(model):
+  return run_agent(model, ["Q?", "Q!", "Q#", "Q%"], budget=60, max_tool_tokens=40)
+
+
+def test_agent_episodes_keep_ids_mask_and_logprobs(episodes):
+  out = episodes
   rows = out.rows
   assert len(rows) == 8 and out.prompt_ids[0] == ids("Q?")
   tool, direct, malformed, huge = rows[0], rows[2], rows[4], rows[6]
@@ -104,7 +109,8 @@ def test_agent_episodes_keep_ids_mask_and_logprobs(model):
 
 
 def test_agent_step_limit_and_budget(model):
-  limited = run_agent(model, ["Q?"], max_steps=1).rows[0]
+  # (one budget for the three runs: the sampler compiles once for them)
+  limited = run_agent(model, ["Q?"], budget=8, max_steps=1).rows[0]
   # the last round's action is not run: nothing would read its observation
   assert limited.finish == "step_limit" and limited.tool_calls == 1
   assert TOK.decode(limited.tokens) == "c[2*3]>" and limited.model.all()
@@ -114,14 +120,14 @@ def test_agent_step_limit_and_budget(model):
   assert short.finish == "budget" and short.budget_cut and len(short.tokens) == 5
 
 
-def test_learning_batch_is_the_samplers_ids_with_pad_equal_to_eos(model):
+def test_learning_batch_is_the_samplers_ids_with_pad_equal_to_eos(episodes):
   """Rows end by their lengths (EOS = pad = 0 here), the targets are exactly the
   sampled ids although re-encoding the text would merge "6;", and the mask is 0
   exactly on the tool's tokens."""
-  out = run_agent(model, ["Q?", "Q!"])
+  out = episodes
   rows = out.rows
   batch = grpo_data.rollout_batch(out.prompt_ids, [r.tokens for r in rows], 2, TOK.pad_id,
-                                  prefix_slots=4, suffix_slots=16,
+                                  prefix_slots=4, suffix_slots=60,
                                   model_masks=[r.model for r in rows],
                                   logprobs=[r.logprobs for r in rows])
   assert TOK.pad_id == TOK.eos_id == 0
@@ -148,9 +154,7 @@ def test_calculator_rows_keep_forced_ids_and_first_pass_matches_the_sampler(mode
   assert TOK.decode(row.tokens) == "4+5=9>" and row.tokens == ids("4+5=9>") + [0]
   assert row.model.tolist() == [True] * 4 + [False] + [True] * 2 and row.tool_calls == 1
   assert TOK.encode(TOK.decode(row.tokens)) != row.tokens[:-1]
-  lp, ls = grpo_data.rollout_lengths([3, 3], [len(r.tokens) for r in out.rows], prompt_budget=8,
-                                     max_new_tokens=12)
-  batch = grpo_data.rollout_batch(out.prompt_ids, [r.tokens for r in out.rows], 2, 0, lp, ls,
+  batch = grpo_data.rollout_batch(out.prompt_ids, [r.tokens for r in out.rows], 2, 0, 3, 12,
                                   model_masks=[r.model for r in out.rows],
                                   logprobs=[r.logprobs for r in out.rows])
   assert batch["targets"][0, :7].tolist() == row.tokens and batch["mask"][0, 4] == 0.0
@@ -158,7 +162,7 @@ def test_calculator_rows_keep_forced_ids_and_first_pass_matches_the_sampler(mode
   _, _, m, logp = _step_jit(
       jax.tree.map(jnp.copy, trainable), optax.sgd(0.0).init(trainable), frozen, batch, jnp.asarray([1.0, -1.0, .5, -.5]),
       batch["mask"], batch["mask"], jnp.float32(0.2), jnp.float32(0.0), jax.random.PRNGKey(0),
-      model_cfg=cfg, optimizer=optax.sgd(0.0), aggregation="sequence", norm_tokens=12,
+      model_cfg=cfg, optimizer=optax.sgd(1.0), aggregation="sequence", norm_tokens=12,
       first=True, dropout=False, use_ref=False)
   mask = batch["mask"] > 0
   np.testing.assert_allclose(np.asarray(logp)[mask], batch["sampler_logp"][mask], atol=1e-5)
@@ -181,17 +185,17 @@ def test_a_rollout_where_the_tool_never_fires_equals_tools_none():
   same ids and log-probabilities as no tools, so the batch, loss and gradient
   are the same."""
   import optax
-  cfg, params = bigram_model({}, strength=1.0, max_seq_len=48)
+  cfg, params = bigram_model({}, strength=1.0, max_seq_len=64)   # the shapes of `model`
   tmpl = dataclasses.replace(TEMPLATE, stop=())
-  prompts = [ids("Qa"), ids("Qbc")]
+  prompts = [ids("Qab"), ids("Qbc")]
   outs = {mode: grpo_rollouts.sample(mode, cfg, params, TOK, tmpl, prompts, group=2,
-                                     max_new_tokens=10, temperatures=[1.0, 1.2], seeds=[1, 2])
+                                     max_new_tokens=12, temperatures=[1.0, 1.2], seeds=[1, 2])
           for mode in ("none", "calculator")}
   batches = {}
   for mode, out in outs.items():
     assert all(r.model.all() and r.tool_calls == 0 for r in out.rows)
     batches[mode] = grpo_data.rollout_batch(
-        out.prompt_ids, [r.tokens for r in out.rows], 2, 0, 3, 10,
+        out.prompt_ids, [r.tokens for r in out.rows], 2, 0, 3, 12,
         model_masks=[r.model for r in out.rows], logprobs=[r.logprobs for r in out.rows])
   for k in batches["none"]:
     assert np.array_equal(batches["none"][k], batches["calculator"][k]), k
@@ -201,7 +205,7 @@ def test_a_rollout_where_the_tool_never_fires_equals_tools_none():
     return _step_jit(jax.tree.map(jnp.copy, trainable), optax.sgd(1.0).init(trainable), frozen,
                      batch, jnp.asarray([1.0, -1.0, 0.3, -0.3]), batch["mask"], batch["mask"],
                      jnp.float32(0.2), jnp.float32(0.0), jax.random.PRNGKey(0), model_cfg=cfg,
-                     optimizer=optax.sgd(1.0), aggregation="sequence", norm_tokens=10,
+                     optimizer=optax.sgd(1.0), aggregation="sequence", norm_tokens=12,
                      first=True, dropout=False, use_ref=False)
   a, b = grads(batches["none"]), grads(batches["calculator"])
   assert float(a[2]["loss"]) == float(b[2]["loss"])

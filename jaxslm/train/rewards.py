@@ -13,7 +13,9 @@
 A reward function is a plain callable
 `fn(prompts: list[str], completions: list[str], answers: list[str]) -> list[float]`
 (decoded completions; gold final answers as strings such as "36" or "1,200").
-`REWARDS` holds the three below; `resolve` also imports "package.module:function".
+`REWARDS` holds the three below and "tool_format" (well-formed calculator
+annotations or agent actions, `jaxslm.train.tool_rewards`); `resolve` also
+imports "package.module:function".
 Each scores on the same 0..3 scale (accuracy can go down to -1):
 
   * format    (the study's eq. 9)  3.0 when the stripped completion is exactly
@@ -55,6 +57,7 @@ import numpy as np
 from jaxslm.errors import UserError
 from jaxslm.evaluation.extract import get_extractor, normalize, to_number
 from jaxslm.evaluation.metrics import arithmetic_statements, format_compliance
+from jaxslm.train.tool_rewards import tool_format_reward
 
 RewardFn = Callable[[list, list, list], Sequence[float]]
 
@@ -224,6 +227,7 @@ REWARDS: dict[str, RewardFn] = {
     "format": format_reward,
     "process": process_reward,
     "accuracy": accuracy_reward,
+    "tool_format": tool_format_reward,
 }
 
 
