@@ -235,12 +235,43 @@ def test_resume_continues_exactly(warm, tmp_path, monkeypatch):
     grpo.run(c, str(tmp_path / "a"))
 
 
-def test_full_parameter_grpo_with_dr_grpo_options(warm, tmp_path):
-  c = tiny(warm, "full", adv_norm="none", aggregation="token_sum", beta=0.0, kl_target=0.0)
+def test_agent_rollouts_resume_exactly_and_evaluate_with_and_without_tools(warm, tmp_path,
+                                                                           monkeypatch):
+  """grpo.tools=agent end to end: episodes as rollouts (the tiny model writes
+  few actions, so this is the plumbing; tests/test_grpo_tools.py checks the
+  episodes on scripted models), tool metrics logged, held-out evaluation as
+  agent episodes and without tools, and an interrupted run resumed exactly."""
+  c = tiny(warm, tools="agent", max_new_tokens=24, agent_max_steps=2, mu=2,
+           aggregation="token_mean", kl_ratio_weighted=True)
+  c.data.template = "react"
+  c.rewards.update(names=("accuracy", "tool_format"), weights=(0.8, 0.2),
+                   extractor="final-answer")
+  c.eval.update(problems=2, every=2, max_new_tokens=24, batch_size=4)
+  straight = grpo.run(c, str(tmp_path / "a"))
+  last = straight["records"][-1]
+  for key in ("tool_calls", "tool_tokens", "tool_cut", "budget_cut", "sampler_logp_gap",
+              "eval_accuracy", "eval_none_accuracy", "reward_tool_format_mean"):
+    assert last[key] is not None and np.isfinite(last[key]), key
+  assert "eval_none_problems" not in last
+  with monkeypatch.context() as m:
+    m.setattr(session, "StopRequest", StopAfter)
+    assert grpo.run(c, str(tmp_path / "b"))["step"] == 1
+  resumed = grpo.run(c, str(tmp_path / "b"), resume=True)
+  for x, y in zip(jax.tree.leaves(straight["trainable"]), jax.tree.leaves(resumed["trainable"])):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+  keep = ("reward_mean", "kl", "loss", "tool_tokens", "completion_len")
+  assert ([{k: r[k] for k in keep} for r in straight["records"]]
+          == [{k: r[k] for k in keep} for r in resumed["records"]])
+
+
+def test_full_parameter_grpo_with_dr_grpo_options_and_the_calculator(warm, tmp_path):
+  c = tiny(warm, "full", adv_norm="none", aggregation="token_sum", beta=0.0, kl_target=0.0,
+           tools="calculator")
   c.train.lr = 1e-4
   out = grpo.run(c, str(tmp_path / "w"))
   assert out["counts"]["percent"] == pytest.approx(100.0)
   assert out["records"][-1]["kl"] is None        # no reference pass without a KL term
+  assert out["records"][-1]["sampler_logp_gap"] < 1e-4   # full, no dropout: the same numbers
   assert not (tmp_path / "w/adapters").exists()
 
 

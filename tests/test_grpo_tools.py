@@ -10,6 +10,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxslm import lora
@@ -58,6 +59,7 @@ TABLE = {"?": "c", "c": "[", "[": "2", "2": "*", "*": "3", "3": "]", "]": ">",
          ";": "F", "F": "6", "6": "\0", "!": "F", "#": "x", "x": ">", "%": "h", "h": "[",
          "<": "4", "4": "+", "+": "5", "5": "=", "9": ">", ">": "\0"}
 TOK = MergeTokenizer()
+OPT = optax.sgd(1.0)   # one object: the jitted step is compiled once for every test
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +147,6 @@ def test_calculator_rows_keep_forced_ids_and_first_pass_matches_the_sampler(mode
   kept as its own ids ("=9" would merge on re-encoding); the learning pass's
   first log-probabilities equal the sampler's on the model's tokens; the loss
   gives the tool tokens exactly zero gradient."""
-  import optax
   cfg, params = model
   tmpl = dataclasses.replace(TEMPLATE, stop=())
   out = grpo_rollouts.sample("calculator", cfg, params, TOK, tmpl, [ids("Q<<"), ids("Q!")],
@@ -160,9 +161,9 @@ def test_calculator_rows_keep_forced_ids_and_first_pass_matches_the_sampler(mode
   assert batch["targets"][0, :7].tolist() == row.tokens and batch["mask"][0, 4] == 0.0
   trainable, frozen = lora.split(params, "all")
   _, _, m, logp = _step_jit(
-      jax.tree.map(jnp.copy, trainable), optax.sgd(0.0).init(trainable), frozen, batch, jnp.asarray([1.0, -1.0, .5, -.5]),
+      jax.tree.map(jnp.copy, trainable), OPT.init(trainable), frozen, batch, jnp.asarray([1.0, -1.0, .5, -.5]),
       batch["mask"], batch["mask"], jnp.float32(0.2), jnp.float32(0.0), jax.random.PRNGKey(0),
-      model_cfg=cfg, optimizer=optax.sgd(1.0), aggregation="sequence", norm_tokens=12,
+      model_cfg=cfg, optimizer=OPT, aggregation="sequence", norm_tokens=12,
       first=True, dropout=False, use_ref=False)
   mask = batch["mask"] > 0
   np.testing.assert_allclose(np.asarray(logp)[mask], batch["sampler_logp"][mask], atol=1e-5)
@@ -180,12 +181,13 @@ def test_calculator_rows_keep_forced_ids_and_first_pass_matches_the_sampler(mode
   assert np.all(grads[~mask] == 0.0) and np.abs(grads[mask]).sum(axis=-1).min() > 0
 
 
-def test_a_rollout_where_the_tool_never_fires_equals_tools_none():
+def test_a_rollout_where_the_tool_never_fires_equals_tools_none(model):
   """A noisy model that never writes "<<expr=": calculator mode samples the
   same ids and log-probabilities as no tools, so the batch, loss and gradient
   are the same."""
-  import optax
-  cfg, params = bigram_model({}, strength=1.0, max_seq_len=64)   # the shapes of `model`
+  cfg, params = model
+  # the scripted table at 1/20 of its strength: near-uniform, noisy samples
+  params = {**params, "lm_head": {"kernel": params["lm_head"]["kernel"] / 20.0}}
   tmpl = dataclasses.replace(TEMPLATE, stop=())
   prompts = [ids("Qab"), ids("Qbc")]
   outs = {mode: grpo_rollouts.sample(mode, cfg, params, TOK, tmpl, prompts, group=2,
@@ -202,10 +204,10 @@ def test_a_rollout_where_the_tool_never_fires_equals_tools_none():
   trainable, frozen = lora.split(params, "all")
 
   def grads(batch):
-    return _step_jit(jax.tree.map(jnp.copy, trainable), optax.sgd(1.0).init(trainable), frozen,
+    return _step_jit(jax.tree.map(jnp.copy, trainable), OPT.init(trainable), frozen,
                      batch, jnp.asarray([1.0, -1.0, 0.3, -0.3]), batch["mask"], batch["mask"],
                      jnp.float32(0.2), jnp.float32(0.0), jax.random.PRNGKey(0), model_cfg=cfg,
-                     optimizer=optax.sgd(1.0), aggregation="sequence", norm_tokens=12,
+                     optimizer=OPT, aggregation="sequence", norm_tokens=12,
                      first=True, dropout=False, use_ref=False)
   a, b = grads(batches["none"]), grads(batches["calculator"])
   assert float(a[2]["loss"]) == float(b[2]["loss"])

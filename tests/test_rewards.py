@@ -324,3 +324,11 @@ def test_tool_format_is_a_named_reward():
   out = rewards.resolve("tool_format")(["p"] * 2, ["<<1+1=2>>2", "Action: calculator[1/0]"],
                                        ["2", "2"])
   assert out == [3.0, 0.0]
+
+
+def test_accuracy_reward_reads_the_answer_with_the_named_extractor():
+  import functools
+  trace = "Thought: t\nAction: calculator[3*12]\nObservation: 36\nFinal Answer: 36"
+  assert rewards.accuracy_reward(["p"], [trace], ["36"]) == [-1.0]     # no <solution> tag
+  fn = functools.partial(rewards.accuracy_reward, extractor="final-answer")
+  assert rewards.compute({"accuracy": fn}, {"accuracy": 1.0}, ["p"], [trace], ["36"])[0] == [3.0]
