@@ -246,21 +246,27 @@ def test_agent_rollouts_resume_exactly_and_evaluate_with_and_without_tools(warm,
   c.data.template = "react"
   c.rewards.update(names=("accuracy", "tool_format"), weights=(0.8, 0.2),
                    extractor="final-answer")
-  c.eval.update(problems=2, every=2, max_new_tokens=24, batch_size=4)
+  c.eval.update(problems=2, every=0, max_new_tokens=24, batch_size=4)   # at step 0 only
   straight = grpo.run(c, str(tmp_path / "a"))
-  last = straight["records"][-1]
+  first, last = straight["records"][0], straight["records"][-1]
+  for key in ("eval_accuracy", "eval_none_accuracy", "eval_none_reward"):
+    assert first[key] is not None and np.isfinite(first[key]), key
+  assert "eval_none_problems" not in first
   for key in ("tool_calls", "tool_tokens", "tool_cut", "budget_cut", "sampler_logp_gap",
-              "eval_accuracy", "eval_none_accuracy", "reward_tool_format_mean"):
+              "reward_tool_format_mean", "completion_len"):
     assert last[key] is not None and np.isfinite(last[key]), key
-  assert "eval_none_problems" not in last
+  c.eval.problems = 0
+
+  class StopAfterOne(StopAfter):
+    n = 1
   with monkeypatch.context() as m:
-    m.setattr(session, "StopRequest", StopAfter)
+    m.setattr(session, "StopRequest", StopAfterOne)
     assert grpo.run(c, str(tmp_path / "b"))["step"] == 1
   resumed = grpo.run(c, str(tmp_path / "b"), resume=True)
   for x, y in zip(jax.tree.leaves(straight["trainable"]), jax.tree.leaves(resumed["trainable"])):
     assert np.array_equal(np.asarray(x), np.asarray(y))
   keep = ("reward_mean", "kl", "loss", "tool_tokens", "completion_len")
-  assert ([{k: r[k] for k in keep} for r in straight["records"]]
+  assert ([{k: r[k] for k in keep} for r in straight["records"] if r["step"] > 0]
           == [{k: r[k] for k in keep} for r in resumed["records"]])
 
 

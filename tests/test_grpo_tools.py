@@ -161,7 +161,8 @@ def test_calculator_rows_keep_forced_ids_and_first_pass_matches_the_sampler(mode
   assert batch["targets"][0, :7].tolist() == row.tokens and batch["mask"][0, 4] == 0.0
   trainable, frozen = lora.split(params, "all")
   _, _, m, logp = _step_jit(
-      jax.tree.map(jnp.copy, trainable), OPT.init(trainable), frozen, batch, jnp.asarray([1.0, -1.0, .5, -.5]),
+      jax.tree.map(jnp.copy, trainable), OPT.init(trainable), frozen, batch,
+      jnp.asarray([1.0, -1.0, .5, -.5]),
       batch["mask"], batch["mask"], jnp.float32(0.2), jnp.float32(0.0), jax.random.PRNGKey(0),
       model_cfg=cfg, optimizer=OPT, aggregation="sequence", norm_tokens=12,
       first=True, dropout=False, use_ref=False)
