@@ -216,9 +216,16 @@ def _agent(model_cfg, params, tok, template, prompt_ids, *, group, budget, temps
   for e in episodes:
     stop = e.stop or "step_limit"
     rows.append(Row(e.tokens, np.asarray(e.model, bool), np.asarray(e.logprobs, np.float32),
-                    tok.decode(e.tokens), stop, tool_calls=e.calls, tool_cut=e.cut,
+                    _text(tok, e.tokens), stop, tool_calls=e.calls, tool_cut=e.cut,
                     budget_cut=stop == "budget"))
   return rows, prompts
+
+
+def _text(tok, ids) -> str:
+  """The text of `ids` without a final EOS / stop token (as the sampler's texts)."""
+  if ids and ids[-1] in set(tok.eos_ids) | {tok.eos_id}:
+    ids = ids[:-1]
+  return tok.decode(ids)
 
 
 def _round(e: _Episode, c, tok, fmt, tools, stops, read_round, *, budget, last,
@@ -227,7 +234,7 @@ def _round(e: _Episode, c, tok, fmt, tools, stops, read_round, *, budget, last,
   room = budget - len(e.tokens)
   ids, logprobs = list(c.tokens[:room]), np.asarray(c.logprobs[:room], np.float32)
   e.add(ids, logprobs)
-  text = tok.decode(ids)
+  text = _text(tok, ids)
   ends = [(text.find(s), s) for s in stops if s in text]
   stop_at, stop_s = min(ends) if ends else (-1, None)
   read = read_round(text[:stop_at] if stop_at >= 0 else text, fmt, tools)
