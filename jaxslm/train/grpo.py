@@ -124,6 +124,7 @@ class Rollouts:
   """One step's sampled completions, their rewards (every process's) and the
   learning batch (this process's rows)."""
   rows: dict            # gathered over processes: total, comps, correct, format, lengths
+                        # (model-written, whole row), tool calls, tool cuts, budget cuts
   rewards_bg: np.ndarray
   adv_n: np.ndarray     # this process's advantages
   batch: dict           # this process's rollout rows (host arrays)
