@@ -241,7 +241,7 @@ def test_agent_rollouts_resume_exactly_and_evaluate_with_and_without_tools(warm,
   few actions, so this is the plumbing; tests/test_grpo_tools.py checks the
   episodes on scripted models), tool metrics logged, held-out evaluation as
   agent episodes and without tools, and an interrupted run resumed exactly."""
-  c = tiny(warm, tools="agent", max_new_tokens=24, agent_max_steps=2, mu=2,
+  c = tiny(warm, tools="agent", max_new_tokens=24, agent_max_steps=2,
            aggregation="token_mean", kl_ratio_weighted=True)
   c.data.template = "react"
   c.rewards.update(names=("accuracy", "tool_format"), weights=(0.8, 0.2),
