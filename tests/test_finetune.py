@@ -98,11 +98,25 @@ def test_config_trains_two_steps(method, base, lora_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(now.b[0]), np.asarray(first.b[0]))
 
 
-def test_synthetic_config_trains_and_evaluates_on_held_out_problems(base, tmp_path):
+def context_base(root, docs) -> str:
+  """A tiny random base with a context of 256 and a tokenizer trained on `docs`
+  (the synthetic formats' examples are longer than the shared base's context)."""
+  tok = train_sentencepiece(docs, vocab_size=512)
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=256, dtype="float32")
+  return save_params(str(root / "base"), init_params(cfg, jax.random.PRNGKey(0)),
+                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+
+
+def test_synthetic_config_trains_and_evaluates_on_held_out_problems(tmp_path):
   """configs/sft_synthetic.py: GRPO's warm start, from synthetic problems alone
   (no GSM8K directory); its evaluation scores held-out synthetic problems."""
-  c = tiny(load_config(ROOT / "configs/sft_synthetic.py"), base)
+  from jaxslm.data.templates import get_template
+  gen, tmpl = SyntheticMath(0, max_steps=2), get_template("structured")
+  docs = [tmpl.prompt(p.question) + tmpl.target(p.answer, str(p.final_answer))
+          for p in map(gen.problem, range(60))]
+  c = tiny(load_config(ROOT / "configs/sft_synthetic.py"), (context_base(tmp_path, docs), ""))
   c.data.update(path="", synthetic_problems=40)
+  c.train.seq_len = 256   # the structured examples run to ~290 tokens with this tokenizer
   c.eval.problems = 3
   out = run(c, str(tmp_path / "w"))
   assert out["step"] == 2 and "synthetic problems" in out["data"]["source"]
@@ -121,10 +135,7 @@ def test_synthetic_agent_traces_train_and_evaluate_as_episodes(base, tmp_path):
   from jaxslm.data.synthetic import to_react
   from jaxslm.train import finetune_data
   gen = SyntheticMath(0, max_steps=2)
-  tok = train_sentencepiece([to_react(gen.problem(i)) for i in range(60)], vocab_size=512)
-  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=256, dtype="float32")
-  ckpt = save_params(str(tmp_path / "base"), init_params(cfg, jax.random.PRNGKey(0)),
-                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  ckpt = context_base(tmp_path, [to_react(gen.problem(i)) for i in range(60)])
   c = tiny(load_config(ROOT / "configs/sft_synthetic_agent.py"), (ckpt, ""))
   c.data.update(path="", synthetic_problems=30)
   c.train.seq_len = 256
