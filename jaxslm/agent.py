@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jaxslm.errors import UserError
 from jaxslm.tools import Tool, calculator
 
 # One completion per prompt; None for a prompt the model cannot continue (its
@@ -85,6 +86,33 @@ class AgentFormat:
         question=question)
 
 
+# Agent formats by name, for what picks one by name (GRPO's `data.template`
+# with `grpo.tools=agent`): "react" is the layout of the synthetic traces
+# (`jaxslm.data.synthetic.to_react`: no header), "react-instructions" puts the
+# default header naming the tools first.
+AGENT_FORMATS: dict[str, AgentFormat] = {"react": AgentFormat(header=""),
+                                         "react-instructions": AgentFormat()}
+
+
+def get_agent_format(name: str, what: str = "data.template") -> AgentFormat:
+  """The agent format called `name`; a UserError naming the valid ones otherwise."""
+  if name not in AGENT_FORMATS:
+    raise UserError(f"{what}={name!r} has no agent format (Thought / Action / Observation); "
+                    f"agent formats: {', '.join(sorted(AGENT_FORMATS))} (e.g. {what}=react for "
+                    "a model fine-tuned on synthetic agent traces).")
+  return AGENT_FORMATS[name]
+
+
+def tools_by_name(tools: Sequence[Tool]) -> dict[str, Tool]:
+  """{lower-case name: tool}; two tools of one name are refused."""
+  by_name = {}
+  for tool in tools:
+    if tool.name.lower() in by_name:
+      raise ValueError(f"two tools are named {tool.name!r}; tool names must be unique")
+    by_name[tool.name.lower()] = tool
+  return by_name
+
+
 @dataclasses.dataclass
 class Step:
   """One round that ended in an action: what the model thought and did, and what it saw."""
@@ -122,11 +150,7 @@ def run_agent(generate: Generate, questions: list[str], *,
   if not isinstance(max_steps, int) or max_steps < 1:
     raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
   fmt = fmt or AgentFormat()
-  by_name = {}
-  for tool in tools:
-    if tool.name.lower() in by_name:
-      raise ValueError(f"two tools are named {tool.name!r}; tool names must be unique")
-    by_name[tool.name.lower()] = tool
+  by_name = tools_by_name(tools)
   patterns = _Patterns(fmt)
   episodes = [_Episode(q, fmt.prompt(q, tools)) for q in questions]
   for _ in range(max_steps):
@@ -206,37 +230,65 @@ def _first(*matches: re.Match | None) -> re.Match | None:
   return min(found, key=lambda m: m.start()) if found else None
 
 
-def _advance(ep: _Episode, completion: str, patterns: _Patterns, fmt: AgentFormat,
-             tools: dict[str, Tool]) -> None:
-  """Read one completion: finish the episode, or run the action and append its observation."""
+@dataclasses.dataclass(frozen=True)
+class Round:
+  """What one completion of the model does: `kind` "final" (with `answer`),
+  "action" (with `step`: the tool already run, its observation bounded to
+  `AgentFormat.max_observation_chars`; `observation_cut` when it was longer)
+  or "none"; `end` is where the model's part of the text ends (the final
+  answer's line, or the action) and is all of it for "none"."""
+  kind: str
+  end: int
+  answer: str | None = None
+  step: Step | None = None
+  observation_cut: bool = False
+
+
+def read_round(completion: str, fmt: AgentFormat, tools: dict[str, Tool],
+               patterns: "_Patterns | None" = None) -> Round:
+  """Read one completion (`tools` by lower-case name): a final answer, an
+  action (run here; tools never raise) or neither. The first of them wins."""
+  patterns = patterns or _Patterns(fmt)
   action = _first(*(p.search(completion) for p in patterns.actions))
   marker = patterns.marker.search(completion)
   final = patterns.final.search(completion)
   event = _first(action, marker, final)
   if event is None:
-    ep.transcript += completion
-    ep.stop_reason = "no_action"
-    return
+    return Round("none", len(completion))
   if event is final:
-    ep.transcript += completion[:final.end()]
-    ep.final_answer = final.group("answer").strip()
-    ep.stop_reason = "final_answer"
-    return
+    return Round("final", final.end(), answer=final.group("answer").strip())
   thought = completion[:event.start()].strip()
+  valid = ", ".join(t.name for t in tools.values()) or "(none)"
   if action is not None and action.start() == event.start():
     name, arg, end = action.group("tool").strip(), action.group("input").strip(), action.end()
     tool = tools.get(name.lower())
     if tool is None:
-      valid = ", ".join(t.name for t in tools.values()) or "(none)"
       observation = (f"Error: unknown tool {name!r}; valid tools: {valid}. "
                      f"Write: Action: tool[input]")
     else:
       observation = tool(arg)
   else:  # "Action:" that neither action regex reads
     name, arg, end = marker.group(0).partition(":")[2].strip(), "", marker.end()
-    valid = ", ".join(t.name for t in tools.values()) or "(none)"
     observation = (f"Error: could not read the action; write it as Action: tool[input] "
                    f"with a tool from: {valid}")
-  observation = " ".join(observation.split())[:fmt.max_observation_chars]
-  ep.steps.append(Step(thought, name, arg, observation))
-  ep.transcript += completion[:end] + fmt.observation.format(observation=observation)
+  observation = " ".join(observation.split())
+  cut = len(observation) > fmt.max_observation_chars
+  return Round("action", end, step=Step(thought, name, arg,
+                                        observation[:fmt.max_observation_chars]),
+               observation_cut=cut)
+
+
+def _advance(ep: _Episode, completion: str, patterns: _Patterns, fmt: AgentFormat,
+             tools: dict[str, Tool]) -> None:
+  """Read one completion: finish the episode, or run the action and append its observation."""
+  r = read_round(completion, fmt, tools, patterns)
+  if r.kind == "none":
+    ep.transcript += completion
+    ep.stop_reason = "no_action"
+  elif r.kind == "final":
+    ep.transcript += completion[:r.end]
+    ep.final_answer = r.answer
+    ep.stop_reason = "final_answer"
+  else:
+    ep.steps.append(r.step)
+    ep.transcript += completion[:r.end] + fmt.observation.format(observation=r.step.observation)

@@ -268,6 +268,8 @@ def finetune_config(method: str = "lora") -> ConfigDict:
                               # (any local .jsonl/.json or hub dataset)
       path="",                # GSM8K directory (e.g. ../shared/data/gsm8k) or instruction data
       synthetic_problems=5000, synthetic_seed=0, synthetic_max_steps=4,   # source "synthetic"
+      synthetic_format="text",  # text | calculator (<<expr=value>>, evaluated with the hook)
+                                # | agent (Thought/Action/Observation traces, "react" prompts)
       config="main", split="train",
       template="qa",          # jaxslm.data.templates: qa, q_a, cot, answer-is, final-only, ...
       keep_annotations=True,  # keep GSM8K's <<expr=value>> calculator annotations
@@ -325,10 +327,18 @@ def grpo_config(method: str = "lora") -> ConfigDict:
       mu=1,                     # optimizer passes per batch of rollouts
       adv_norm="group",         # group | batch | none (Dr.GRPO)
       aggregation="sequence",   # sequence (GRPO) | token_sum (Dr.GRPO: sum / (N * norm_tokens))
+                                # | token_mean (DAPO: sum over the batch's tokens / their count)
+      kl_ratio_weighted=False,  # KL term per token weighted by the importance ratio r
       norm_tokens=0,            # token_sum's per-row constant; 0 = max_new_tokens
       eps0=0.2, eps_min=0.1, eps_tau=500.0,   # eps(t) = eps0*exp(-t/tau) + eps_min; tau 0: eps0
       beta=0.04, kl_target=0.02, beta_factor=1.5,   # kl_target 0: constant beta
       ref_update_every=100,     # refresh the reference every K steps (0: never)
+      # Tools inside the rollout: none | calculator (the sampler writes each <<expr= value)
+      # | agent (Thought / Action / Observation with the calculator; data.template=react and
+      # rewards.extractor=final-answer). Tool tokens are context, never learned.
+      tools="none",
+      agent_max_steps=8,        # agent rounds per episode; max_new_tokens covers the episode
+      max_tool_tokens=32,       # a tool output longer than this is cut (and counted)
   ))
   c.rewards = ConfigDict(dict(names=("format", "process", "accuracy"), weights=(0.2, 0.3, 0.5),
                               extractor="solution"))   # names: built-ins or "module:function"
@@ -337,8 +347,10 @@ def grpo_config(method: str = "lora") -> ConfigDict:
       weight_decay=0.1, grad_clip=1.0, log_every=1, checkpoint_every=50, keep_checkpoints=2))
   # Held-out problems scored greedily; with samples k > 0 also pass@1 at `temperature`,
   # averaged over k completions per problem (the same seeds at every evaluation).
+  # tools: the tool modes to evaluate in, comma-separated ("" = grpo.tools, and none too
+  # when that uses a tool); the first writes eval_accuracy, the others eval_<mode>_accuracy.
   c.eval = ConfigDict(dict(problems=200, every=50, max_new_tokens=256, batch_size=64,
-                           samples=0, temperature=1.0))
+                           samples=0, temperature=1.0, tools=""))
   c.mesh = ConfigDict(dict(data=-1, fsdp=1))   # as in fine-tuning
   # Optional mirrors of metrics.jsonl (jaxslm.train.tracking): TensorBoard event files in
   # <workdir>/tensorboard (tensorboardX), a Weights & Biases run (wandb installed).

@@ -59,7 +59,8 @@ def tiny(config, base, **train):
 
 def test_there_are_configs_for_every_method():
   assert {p.stem for p in SFT_CONFIGS} == {f"sft_gsm8k_{m}" for m in
-                                           ("lora", "qlora", "full", "stacked")} | {"sft_synthetic"}
+                                           ("lora", "qlora", "full", "stacked")} | {
+      "sft_synthetic", "sft_synthetic_calculator", "sft_synthetic_agent"}
   for p in SFT_CONFIGS:
     assert "launch/finetune.py" in p.read_text().split('"""')[1], p
 
@@ -97,12 +98,25 @@ def test_config_trains_two_steps(method, base, lora_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(now.b[0]), np.asarray(first.b[0]))
 
 
-def test_synthetic_config_trains_and_evaluates_on_held_out_problems(base, tmp_path):
+def context_base(root, docs) -> str:
+  """A tiny random base with a context of 256 and a tokenizer trained on `docs`
+  (the synthetic formats' examples are longer than the shared base's context)."""
+  tok = train_sentencepiece(docs, vocab_size=512)
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, max_seq_len=256, dtype="float32")
+  return save_params(str(root / "base"), init_params(cfg, jax.random.PRNGKey(0)),
+                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+
+
+def test_synthetic_config_trains_and_evaluates_on_held_out_problems(tmp_path):
   """configs/sft_synthetic.py: GRPO's warm start, from synthetic problems alone
   (no GSM8K directory); its evaluation scores held-out synthetic problems."""
-  c = tiny(load_config(ROOT / "configs/sft_synthetic.py"), base)
-  # Rows of the tiny base's 128-token context: one-step problems in the short layout.
-  c.data.update(path="", synthetic_problems=40, synthetic_max_steps=1, template="qa")
+  from jaxslm.data.templates import get_template
+  gen, tmpl = SyntheticMath(0, max_steps=2), get_template("structured")
+  docs = [tmpl.prompt(p.question) + tmpl.target(p.answer, str(p.final_answer))
+          for p in map(gen.problem, range(60))]
+  c = tiny(load_config(ROOT / "configs/sft_synthetic.py"), (context_base(tmp_path, docs), ""))
+  c.data.update(path="", synthetic_problems=40)
+  c.train.seq_len = 256   # the structured examples run to ~290 tokens with this tokenizer
   c.eval.problems = 3
   out = run(c, str(tmp_path / "w"))
   assert out["step"] == 2 and "synthetic problems" in out["data"]["source"]
@@ -112,6 +126,33 @@ def test_synthetic_config_trains_and_evaluates_on_held_out_problems(base, tmp_pa
   from jaxslm.train.finetune_data import _gsm8k_subset
   held = _gsm8k_subset(c)
   assert [e.index for e in held] == [HELDOUT_OFFSET + i for i in range(3)]
+
+
+def test_synthetic_agent_traces_train_and_evaluate_as_episodes(base, tmp_path):
+  """configs/sft_synthetic_agent.py: prompts in the "react" agent format, targets
+  the rest of each trace; evaluation runs agent episodes. Bad formats are refused."""
+  from jaxslm.config import finetune_config
+  from jaxslm.data.synthetic import to_react
+  from jaxslm.train import finetune_data
+  gen = SyntheticMath(0, max_steps=2)
+  ckpt = context_base(tmp_path, [to_react(gen.problem(i)) for i in range(60)])
+  c = tiny(load_config(ROOT / "configs/sft_synthetic_agent.py"), (ckpt, ""))
+  c.data.update(path="", synthetic_problems=30)
+  c.train.seq_len = 256
+  c.eval.update(problems=2, max_new_tokens=16)
+  examples = finetune_data.agent_examples(finetune_data.synthetic_examples(c.data, start=0, n=2))
+  assert examples[0].prompt.startswith("Question: ") and examples[0].prompt.endswith("\nThought:")
+  assert "\nAction: calculator[" in examples[0].target
+  assert examples[0].target.rstrip().rsplit("Final Answer: ", 1)[1].isdigit()
+  out = run(c, str(tmp_path / "w"))
+  assert out["step"] == 2 and "as agent" in out["data"]["source"]
+  assert 0.0 <= out["last"]["gsm8k_em"] <= 1.0
+  for field, value, match in (("synthetic_format", "json", "valid formats: text, calculator"),
+                              ("keep_annotations", False, "keep_annotations=False")):
+    d = finetune_config().data
+    d.update({"source": "synthetic", "synthetic_format": "calculator", field: value})
+    with pytest.raises(UserError, match=match):
+      finetune_data.synthetic_format(d)
 
 
 def test_lora_run_outputs_load_back_and_agree(lora_run, base):

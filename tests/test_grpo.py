@@ -235,12 +235,49 @@ def test_resume_continues_exactly(warm, tmp_path, monkeypatch):
     grpo.run(c, str(tmp_path / "a"))
 
 
-def test_full_parameter_grpo_with_dr_grpo_options(warm, tmp_path):
-  c = tiny(warm, "full", adv_norm="none", aggregation="token_sum", beta=0.0, kl_target=0.0)
+def test_agent_rollouts_resume_exactly_and_evaluate_with_and_without_tools(warm, tmp_path,
+                                                                           monkeypatch):
+  """grpo.tools=agent end to end: episodes as rollouts (the tiny model writes
+  few actions, so this is the plumbing; tests/test_grpo_tools.py checks the
+  episodes on scripted models), tool metrics logged, held-out evaluation as
+  agent episodes and without tools, and an interrupted run resumed exactly."""
+  c = tiny(warm, tools="agent", max_new_tokens=24, agent_max_steps=2,
+           aggregation="token_mean", kl_ratio_weighted=True)
+  c.data.template = "react"
+  c.rewards.update(names=("accuracy", "tool_format"), weights=(0.8, 0.2),
+                   extractor="final-answer")
+  c.eval.update(problems=2, every=0, max_new_tokens=24, batch_size=4)   # at step 0 only
+  straight = grpo.run(c, str(tmp_path / "a"))
+  first, last = straight["records"][0], straight["records"][-1]
+  for key in ("eval_accuracy", "eval_none_accuracy", "eval_none_reward"):
+    assert first[key] is not None and np.isfinite(first[key]), key
+  assert "eval_none_problems" not in first
+  for key in ("tool_calls", "tool_tokens", "tool_cut", "budget_cut", "sampler_logp_gap",
+              "reward_tool_format_mean", "completion_len"):
+    assert last[key] is not None and np.isfinite(last[key]), key
+  c.eval.problems = 0
+
+  class StopAfterOne(StopAfter):
+    n = 1
+  with monkeypatch.context() as m:
+    m.setattr(session, "StopRequest", StopAfterOne)
+    assert grpo.run(c, str(tmp_path / "b"))["step"] == 1
+  resumed = grpo.run(c, str(tmp_path / "b"), resume=True)
+  for x, y in zip(jax.tree.leaves(straight["trainable"]), jax.tree.leaves(resumed["trainable"])):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+  keep = ("reward_mean", "kl", "loss", "tool_tokens", "completion_len")
+  assert ([{k: r[k] for k in keep} for r in straight["records"] if r["step"] > 0]
+          == [{k: r[k] for k in keep} for r in resumed["records"]])
+
+
+def test_full_parameter_grpo_with_dr_grpo_options_and_the_calculator(warm, tmp_path):
+  c = tiny(warm, "full", adv_norm="none", aggregation="token_sum", beta=0.0, kl_target=0.0,
+           tools="calculator")
   c.train.lr = 1e-4
   out = grpo.run(c, str(tmp_path / "w"))
   assert out["counts"]["percent"] == pytest.approx(100.0)
   assert out["records"][-1]["kl"] is None        # no reference pass without a KL term
+  assert out["records"][-1]["sampler_logp_gap"] < 1e-4   # full, no dropout: the same numbers
   assert not (tmp_path / "w/adapters").exists()
 
 
@@ -251,6 +288,12 @@ def test_full_parameter_grpo_with_dr_grpo_options(warm, tmp_path):
     ("grpo.aggregation", "mean", "aggregation='mean'"),
     ("method", "qlora", "method='qlora'"),
     ("rewards.names", ("format", "nope"), "nope"),
+    ("grpo.tools", "search", "valid tool modes: none, calculator, agent"),
+    ("grpo.tools", "agent", "no agent format .*data.template to one of react"),
+    ("data.template", "react", "is an agent format; it needs grpo.tools=agent"),
+    ("eval.tools", "calculator,agent", "not an agent format"),
+    ("eval.tools", "none,bogus", "eval.tools='bogus'"),
+    ("grpo.max_tool_tokens", 0, "max_tool_tokens=0"),
 ])
 def test_bad_config_is_refused_with_the_field(warm, field, value, match):
   c = tiny(warm)
@@ -303,7 +346,8 @@ def test_launcher_help_and_bad_input(warm, tmp_path, capsys):
 
 
 def test_grpo_configs_validate():
-  for name in ("grpo_gsm8k", "grpo_synthetic"):
+  for name in ("grpo_gsm8k", "grpo_synthetic", "grpo_synthetic_calculator",
+               "grpo_synthetic_agent"):
     c = load_config(ROOT / "configs" / f"{name}.py")
     c.init_from = "somewhere"
     grpo.validate_config(c)

@@ -29,7 +29,8 @@ def ref_advantages(rewards, norm):
   return out
 
 
-def ref_loss(logp, old, ref, adv, mask, eps, beta, aggregation, norm_tokens):
+def ref_loss(logp, old, ref, adv, mask, eps, beta, aggregation, norm_tokens,
+             kl_ratio_weighted=False):
   per_row, total, count = [], 0.0, 0
   for i in range(len(logp)):
     row_sum, row_n = 0.0, 0
@@ -40,19 +41,22 @@ def ref_loss(logp, old, ref, adv, mask, eps, beta, aggregation, norm_tokens):
       lo, hi = 1 - eps, 1 + eps
       pg = -min(r * adv[i], min(max(r, lo), hi) * adv[i])
       kl = math.exp(ref[i][t] - logp[i][t]) - (ref[i][t] - logp[i][t]) - 1
-      row_sum += pg + beta * kl
+      row_sum += pg + beta * (r * kl if kl_ratio_weighted else kl)
       row_n += 1
     per_row.append(row_sum / max(row_n, 1))
     total += row_sum
     count += row_n
   if aggregation == "sequence":
     return sum(per_row) / len(per_row)
+  if aggregation == "token_mean":
+    return total / max(count, 1)
   return total / (len(logp) * norm_tokens)
 
 
-jitted_loss = jax.jit(lambda *a, aggregation, norm_tokens: grpo_loss(
-    *a[:5], eps=a[5], beta=a[6], aggregation=aggregation, norm_tokens=norm_tokens),
-    static_argnames=("aggregation", "norm_tokens"))
+jitted_loss = jax.jit(lambda *a, aggregation, norm_tokens, kl_ratio_weighted=False: grpo_loss(
+    *a[:5], eps=a[5], beta=a[6], aggregation=aggregation, norm_tokens=norm_tokens,
+    kl_ratio_weighted=kl_ratio_weighted),
+    static_argnames=("aggregation", "norm_tokens", "kl_ratio_weighted"))
 
 
 @pytest.fixture
@@ -68,14 +72,16 @@ def batch():
   return logp, old, ref, adv, mask
 
 
-@pytest.mark.parametrize("aggregation", ["sequence", "token_sum"])
-@pytest.mark.parametrize("eps,beta", [(0.2, 0.04), (0.05, 0.0), (0.3, 0.5)])
-def test_loss_matches_the_reference(batch, aggregation, eps, beta):
+@pytest.mark.parametrize("aggregation", ["sequence", "token_sum", "token_mean"])
+@pytest.mark.parametrize("eps,beta,kl_ratio_weighted", [(0.2, 0.04, False), (0.05, 0.0, False),
+                                                        (0.3, 0.5, False), (0.2, 0.3, True)])
+def test_loss_matches_the_reference(batch, aggregation, eps, beta, kl_ratio_weighted):
   logp, old, ref, adv, mask = batch
   loss, m = jitted_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32),
                         jnp.asarray(ref, jnp.float32), jnp.asarray(adv), jnp.asarray(mask),
-                        eps, beta, aggregation=aggregation, norm_tokens=10)
-  want = ref_loss(logp, old, ref, adv, mask, eps, beta, aggregation, 10)
+                        eps, beta, aggregation=aggregation, norm_tokens=10,
+                        kl_ratio_weighted=kl_ratio_weighted)
+  want = ref_loss(logp, old, ref, adv, mask, eps, beta, aggregation, 10, kl_ratio_weighted)
   assert float(loss) == pytest.approx(want, rel=1e-5, abs=1e-6)
   # both clip branches occur in this batch
   ratio = np.exp(logp - old)
@@ -86,6 +92,48 @@ def test_loss_matches_the_reference(batch, aggregation, eps, beta):
   assert float(m["clip_frac"]) == pytest.approx((upper | lower).sum() / mask.sum(), abs=1e-6)
   kl = np.exp(ref - logp) - (ref - logp) - 1
   assert float(m["kl"]) == pytest.approx((kl * mask).sum() / mask.sum(), rel=1e-5)
+
+
+def test_token_mean_is_one_mean_over_every_token_of_the_batch(batch):
+  """DAPO's aggregation: every model-written token weighs the same whatever its
+  row's length, unlike "sequence"; here checked against numpy on the ℓ values."""
+  logp, old, ref, adv, mask = batch
+  args = [jnp.asarray(x, jnp.float32) for x in (logp, old, ref, adv, mask)]
+  loss, _ = grpo_loss(*args, eps=0.2, beta=0.1, aggregation="token_mean")
+  r = np.exp(logp - old)
+  a = adv[:, None]
+  pg = -np.minimum(r * a, np.clip(r, 0.8, 1.2) * a)
+  d = ref - logp
+  per_token = pg + 0.1 * (np.exp(d) - d - 1)
+  assert float(loss) == pytest.approx((per_token * mask).sum() / mask.sum(), rel=1e-5)
+  seq, _ = grpo_loss(*args, eps=0.2, beta=0.1, aggregation="sequence")
+  assert float(seq) != pytest.approx(float(loss), rel=1e-3)   # the rows differ in length
+
+
+def test_ratio_weighted_kl_gradient_matches_numpy():
+  """With A = 0 only the KL term is left: per token, d(β·r·k3)/d logp =
+  β·r·(k3 + 1 − e^d) (r = exp(logp − old), d = ref − logp, k3 = e^d − d − 1),
+  against β·(1 − e^d) unweighted; token_mean divides both by the token count."""
+  rng = np.random.default_rng(3)
+  logp = -rng.uniform(0.1, 2.0, (3, 4))
+  old = logp + rng.normal(0, 0.3, (3, 4))
+  ref = logp + rng.normal(0, 0.3, (3, 4))
+  mask = np.ones((3, 4), np.float32)
+  mask[2, 3] = 0.0
+  adv = np.zeros(3)
+
+  def loss(lp, weighted):
+    return grpo_loss(lp, jnp.asarray(old, jnp.float32), jnp.asarray(ref, jnp.float32),
+                     jnp.asarray(adv, jnp.float32), jnp.asarray(mask), eps=0.2, beta=0.5,
+                     aggregation="token_mean", kl_ratio_weighted=weighted)[0]
+  lp = jnp.asarray(logp, jnp.float32)
+  r, d = np.exp(logp - old), ref - logp
+  k3 = np.exp(d) - d - 1
+  # d k3 / d logp = -e^d + 1;  d (r k3) / d logp = r k3 + r (1 - e^d)
+  want_w = 0.5 * (r * k3 + r * (1 - np.exp(d))) * mask / mask.sum()
+  want_p = 0.5 * (1 - np.exp(d)) * mask / mask.sum()
+  np.testing.assert_allclose(np.asarray(jax.grad(loss)(lp, True)), want_w, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(jax.grad(loss)(lp, False)), want_p, rtol=1e-4, atol=1e-7)
 
 
 def test_token_sum_default_constant_is_the_row_length(batch):

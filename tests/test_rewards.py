@@ -300,3 +300,35 @@ def test_resolve_names_and_modules():
 def test_resolve_errors(spec, pattern):
   with pytest.raises(RewardError, match=pattern):
     resolve(spec)
+
+
+# ---------------------------------------------------------------- tool format
+@pytest.mark.parametrize("text,good,total", [
+    ("3 bags of 12: <<3*12=36>>36 pens, then <<36-5=31>>31", 2, 2),
+    ("<<3*12=35>>35", 0, 1),                       # a value the calculator would not write
+    ("<<3*x=3>>3 and <<2+2=4", 0, 2),              # not arithmetic; never closed
+    ("<<<2+2=4>>", 0, 1),                          # "<<<" opens once
+    ("no tool at all", 0, 0),
+    ("Thought: t\nAction: calculator[3*12]\nObservation: 36\nThought: u\nAction: calc[2]\n"
+     "Observation: Error: unknown tool 'calc'; Write: Action: tool[input]\nFinal Answer: 36", 1, 2),
+    ("Action: calculator\nAction Input: 2+2\nObservation: 4", 1, 1),
+    ("Action: calculator[2+]\nAction: over there", 0, 2),
+])
+def test_tool_format_counts_well_formed_calls(text, good, total):
+  from jaxslm.train.tool_rewards import score_tool_format, tool_calls
+  assert tool_calls(text) == (good, total)
+  assert score_tool_format(text) == (3.0 * good / total if total else 0.0)
+
+
+def test_tool_format_is_a_named_reward():
+  out = rewards.resolve("tool_format")(["p"] * 2, ["<<1+1=2>>2", "Action: calculator[1/0]"],
+                                       ["2", "2"])
+  assert out == [3.0, 0.0]
+
+
+def test_accuracy_reward_reads_the_answer_with_the_named_extractor():
+  import functools
+  trace = "Thought: t\nAction: calculator[3*12]\nObservation: 36\nFinal Answer: 36"
+  assert rewards.accuracy_reward(["p"], [trace], ["36"]) == [-1.0]     # no <solution> tag
+  fn = functools.partial(rewards.accuracy_reward, extractor="final-answer")
+  assert rewards.compute({"accuracy": fn}, {"accuracy": 1.0}, ["p"], [trace], ["36"])[0] == [3.0]

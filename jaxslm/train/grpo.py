@@ -21,6 +21,15 @@ gradient) as the old ones, so the ratio is exactly 1 there; later passes use
 that first pass's values. Log-probabilities are at temperature 1 (the policy),
 whatever temperature sampled the tokens.
 
+Tools inside the rollout (`grpo.tools`, `jaxslm.train.grpo_rollouts`): with
+"calculator" the sampler writes the value of each `<<expr=` as forced tokens,
+with "agent" the ReAct loop appends each action's observation. A rollout row
+keeps the exact ids the policy conditioned on, a mask of the tokens the model
+wrote and the sampler's log-probabilities; the learning pass reads those ids
+as they are, and the loss, KL, entropy, clip fraction and lengths count the
+model's tokens only (tool tokens stay in the context). "sampler_logp_gap" logs
+the mean |log p| difference between the first pass and the sampler on them.
+
 Checkpoints (`workdir/checkpoints`) hold the trainable tree, the optimizer
 state with the reference snapshot, and in meta β, the step (which fixes ε, the
 prompts and every sampling seed) and the config: `--resume` continues exactly.
@@ -50,11 +59,12 @@ import numpy as np
 from jaxslm import lora
 from jaxslm.config import ConfigDict
 from jaxslm.errors import TrainingDiverged
-from jaxslm.train import grpo_data, parallel
+from jaxslm.train import grpo_data, grpo_rollouts, parallel
 from jaxslm.train.grpo_loss import adapt_beta, clip_epsilon, group_advantages
 # Re-exported: the run's setup and configuration checks.
-from jaxslm.train.grpo_setup import (METHODS, GRPORun, build_policy, reward_setup,  # noqa: F401
-                                     setup, temperatures, train_section, validate_config)
+from jaxslm.train.grpo_setup import (METHODS, GRPORun, build_policy, eval_modes,  # noqa: F401
+                                     reward_setup, setup, temperatures, train_section,
+                                     validate_config)
 # Re-exported: `grpo.policy_logprobs` and `grpo.grpo_step` are the documented names.
 from jaxslm.train.grpo_step import grpo_step, policy_logprobs, reference_logprobs  # noqa: F401
 from jaxslm.train.outputs import final_outputs
@@ -114,6 +124,7 @@ class Rollouts:
   """One step's sampled completions, their rewards (every process's) and the
   learning batch (this process's rows)."""
   rows: dict            # gathered over processes: total, comps, correct, format, lengths
+                        # (model-written, whole row), tool calls, tool cuts, budget cuts
   rewards_bg: np.ndarray
   adv_n: np.ndarray     # this process's advantages
   batch: dict           # this process's rollout rows (host arrays)
@@ -133,38 +144,49 @@ def sample_and_score(rl: GRPORun, step: int) -> Rollouts:
   # FSDP: a whole copy gathered on every device (a collective), freed by the `del`.
   policy = parallel.local_replica(parallel.gathered(lora.combine(rl.trainable, rl.frozen),
                                                     rl.mesh))
-  gen = grpo_data.generate_for(
-      rl.model_cfg, policy, rl.tok, rl.template, ids, max_new_tokens=g.max_new_tokens,
-      temperature=rl.temps, n=g.G, top_p=g.top_p,
-      seeds=[grpo_data.rollout_seed(t.seed, step, i) for i in rl.mine])
+  sampled = grpo_rollouts.sample(
+      g.tools, rl.model_cfg, policy, rl.tok, rl.template, ids, group=g.G,
+      max_new_tokens=g.max_new_tokens, temperatures=rl.temps, top_p=g.top_p,
+      seeds=[grpo_data.rollout_seed(t.seed, step, i) for i in rl.mine],
+      max_steps=g.agent_max_steps, max_tool_tokens=g.max_tool_tokens)
   # Unsharded, it shares buffers with `trainable`, which the update donates:
   # no reference may outlive this line.
   del policy
-  texts = [grpo_data.completion_text(c, rl.tok, rl.template) for c in gen.completions]
+  texts = [r.text for r in sampled.rows]
   prompts_rep = [rl.pool.texts[i] for i in idx for _ in range(g.G)]
   golds_rep = [rl.pool.golds[i] for i in idx for _ in range(g.G)]
   total, comps = rewards.compute(rl.fns, rl.weights, prompts_rep, texts, golds_rep)
   fmt = rl.template.answer_format
+  extractor = rl.config.rewards.extractor
   # Every process's rewards (in prompt order): advantages and logged means
   # are those of the whole step, as in a single-process run.
   rows = parallel.gather_rows({
       "total": total, "comps": comps,
-      "correct": np.asarray([rewards.is_correct(x, y, extractor=rl.config.rewards.extractor)
+      "correct": np.asarray([rewards.is_correct(x, y, extractor=extractor)
                              for x, y in zip(texts, golds_rep)], np.float64),
       "format": np.asarray([format_compliance(x, fmt).strict if fmt != "none" else False
                             for x in texts], np.float64),
-      "length": np.asarray([len(c.tokens) for c in gen.completions], np.float64),
-      "prompt_len": np.repeat(np.asarray([len(x) for x in gen.prompt_tokens], np.float64),
+      # lengths count the tokens the model wrote; tool tokens are counted apart
+      "length": np.asarray([r.model.sum() for r in sampled.rows], np.float64),
+      "row_len": np.asarray([len(r.tokens) for r in sampled.rows], np.float64),
+      "tool_calls": np.asarray([r.tool_calls for r in sampled.rows], np.float64),
+      "tool_cut": np.asarray([r.tool_cut for r in sampled.rows], np.float64),
+      "budget_cut": np.asarray([r.budget_cut for r in sampled.rows], np.float64),
+      "prompt_len": np.repeat(np.asarray([len(x) for x in sampled.prompt_ids], np.float64),
                               g.G)})
   rewards_bg = rows["total"].reshape(g.prompts_per_step, g.G)
   adv_n = group_advantages(rewards_bg, g.adv_norm).reshape(-1).astype(np.float32)
   adv_n = adv_n[rl.mine.start * g.G:rl.mine.stop * g.G]
   # Shapes from every process's lengths, so all build the same global arrays.
   slots = grpo_data.rollout_lengths(
-      rows["prompt_len"].astype(int).tolist(), rows["length"].astype(int).tolist(),
+      rows["prompt_len"].astype(int).tolist(), rows["row_len"].astype(int).tolist(),
       prompt_budget=d.prompt_budget, max_new_tokens=g.max_new_tokens)
-  batch = grpo_data.rollout_batch(gen.prompt_tokens, [c.tokens for c in gen.completions],
-                                  g.G, rl.tok.pad_id, *slots)
+  # The sampler's ids as they are (never decoded and encoded again), the
+  # model-written mask and the sampler's log-probabilities.
+  batch = grpo_data.rollout_batch(sampled.prompt_ids, [r.tokens for r in sampled.rows], g.G,
+                                  rl.tok.pad_id, *slots,
+                                  model_masks=[r.model for r in sampled.rows],
+                                  logprobs=[r.logprobs for r in sampled.rows])
   return Rollouts(rows, rewards_bg, adv_n, batch, time.perf_counter() - t0)
 
 
@@ -191,8 +213,8 @@ def learn(rl: GRPORun, ro: Rollouts, step: int) -> dict:
         rl.trainable, rl.opt_state, rl.frozen, batch, adv_j, old_logp, ref_logp,
         jnp.float32(eps), jnp.float32(rl.beta if rl.use_ref else 0.0), jax.random.fold_in(rng, k))
     if k == 0:
-      old_logp = logp
-  m = {k: float(v) for k, v in jax.device_get(m).items()}
+      old_logp, gap = logp, m["sampler_logp_gap"]
+  m = {k: float(v) for k, v in jax.device_get({**m, "sampler_logp_gap": gap}).items()}
   m["learn_s"] = time.perf_counter() - t1
   return m
 
@@ -214,6 +236,11 @@ def step_record(rl: GRPORun, ro: Rollouts, m: dict, step: int) -> dict:
       "clip_frac": m["clip_frac"], "loss": m["loss"], "pg_loss": m["pg_loss"],
       "grad_norm": m["grad_norm"], "entropy": m["entropy"],
       "completion_len": float(np.mean(ro.rows["length"])),
+      "tool_tokens": float(np.mean(ro.rows["row_len"] - ro.rows["length"])),
+      "tool_calls": float(np.mean(ro.rows["tool_calls"])),
+      "tool_cut": int(np.sum(ro.rows["tool_cut"])),
+      "budget_cut": int(np.sum(ro.rows["budget_cut"])),
+      "sampler_logp_gap": m["sampler_logp_gap"],
       "zero_signal_frac": float(np.mean(np.ptp(ro.rewards_bg, axis=1) == 0)),
       "sample_s": ro.sample_s, "learn_s": m["learn_s"],
       "completions_per_s": n / (ro.sample_s + m["learn_s"]), "lr": float(rl.schedule(step - 1))}
@@ -238,18 +265,25 @@ def saved_trees(rl: GRPORun, step: int) -> tuple:
 
 
 def evaluate(rl: GRPORun) -> dict:
-  """Held-out problems, greedy (and sampled pass@1 with eval.samples). Every
-  process evaluates the whole pool on its own copy of the params (the same
-  numbers everywhere, no communication)."""
+  """Held-out problems, greedy (and sampled pass@1 with eval.samples), in each
+  tool mode of eval.tools: the first writes "eval_accuracy" etc., every other
+  mode "eval_<mode>_accuracy" etc. Every process evaluates the whole pool on its
+  own copy of the params (the same numbers everywhere, no communication)."""
   if rl.eval_pool is None:
     return {}
-  e = rl.config.eval
+  e, g = rl.config.eval, rl.config.grpo
   params = parallel.local_replica(parallel.gathered(lora.combine(rl.trainable, rl.frozen), rl.mesh))
-  return grpo_data.evaluate_heldout(
-      rl.model_cfg, params, rl.tok, rl.template, rl.eval_pool, rl.fns, rl.weights,
-      max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-      extractor=rl.config.rewards.extractor, samples=e.get("samples", 0),
-      temperature=e.get("temperature", 1.0))
+  out = {}
+  for k, mode in enumerate(eval_modes(rl.config)):
+    res = grpo_data.evaluate_heldout(
+        rl.model_cfg, params, rl.tok, rl.template, rl.eval_pool, rl.fns, rl.weights,
+        max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+        extractor=rl.config.rewards.extractor, samples=e.get("samples", 0),
+        temperature=e.get("temperature", 1.0), tools=mode, max_steps=g.agent_max_steps,
+        max_tool_tokens=g.max_tool_tokens)
+    out.update(res if k == 0 else {"eval_" + f"{mode}_" + key[len("eval_"):]: v
+                                   for key, v in res.items() if key != "eval_problems"})
+  return out
 
 
 def finish(rl: GRPORun, run: Session, step: int, interrupted: bool) -> dict:

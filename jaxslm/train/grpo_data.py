@@ -128,7 +128,8 @@ def rollout_lengths(prompt_lens, completion_lens, *, prompt_budget: int,
 
 
 def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], group: int,
-                  pad_id: int, prefix_slots: int, suffix_slots: int) -> dict[str, np.ndarray]:
+                  pad_id: int, prefix_slots: int, suffix_slots: int, *, model_masks=None,
+                  logprobs=None) -> dict[str, np.ndarray]:
   """The rollouts laid out for the shared-prefix forward (`grpo_step.policy_logprobs`):
   each prompt's tokens run once, not once per completion of its group.
 
@@ -140,10 +141,19 @@ def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
     completion r without its last token, right-padded; "positions" [N, M] are
     their positions (prompt length - 1 + j), so the logits at suffix slot j
     predict completion token j, which is "targets" [N, M].
-  - "mask" [N, M]: 1.0 on real completion tokens (the only ones scored)."""
+  - "mask" [N, M]: 1.0 on the completion tokens the model wrote (the only ones
+    scored): every completion token, or where `model_masks[r]` is true (a
+    tool's output is 0: it stays in "suffix", as context, but is not learned).
+  - "sampler_logp" [N, M] (with `logprobs`): the sampler's log p of each token.
+  Rows end where their completions end: padding is never read off the ids, so
+  pad_id may equal EOS."""
   n, p = len(completion_ids), len(prompt_ids)
   if n != p * group:
     raise ValueError(f"{n} completions for {p} prompts x group {group}")
+  for name, per_row in (("model_masks", model_masks), ("logprobs", logprobs)):
+    if per_row is not None and (len(per_row) != n or any(
+        len(x) != len(c) for x, c in zip(per_row, completion_ids))):
+      raise ValueError(f"{name} must hold one value per completion token of each row")
   plens = [len(x) for x in prompt_ids]
   if min(plens) < 1 or max(plens) - 1 > prefix_slots or \
       max(len(c) for c in completion_ids) > suffix_slots:
@@ -164,11 +174,16 @@ def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
     row = [x[-1], *c][:suffix_slots]
     suffix[r, :len(row)] = row
     targets[r, :len(c)] = c
-    mask[r, :len(c)] = 1.0
+    mask[r, :len(c)] = 1.0 if model_masks is None else np.asarray(model_masks[r], np.float32)
   positions = (np.repeat(np.asarray(plens, np.int32) - 1, group)[:, None]
                + np.arange(suffix_slots, dtype=np.int32)[None, :])
-  return {"prefix": prefix, "prefix_mask": prefix_mask, "suffix": suffix,
-          "positions": positions, "targets": targets, "mask": mask}
+  out = {"prefix": prefix, "prefix_mask": prefix_mask, "suffix": suffix,
+         "positions": positions, "targets": targets, "mask": mask}
+  if logprobs is not None:
+    out["sampler_logp"] = np.zeros((n, suffix_slots), np.float32)
+    for r, x in enumerate(logprobs):
+      out["sampler_logp"][r, :len(x)] = x
+  return out
 
 
 def completion_text(c, tok, template) -> str:
@@ -190,25 +205,30 @@ def generate_for(model_cfg, params, tok, template, ids, *, max_new_tokens, tempe
 
 def evaluate_heldout(model_cfg, params, tok, template, pool: PromptPool, reward_fns, weights, *,
                      max_new_tokens: int, batch_size: int, extractor: str, samples: int = 0,
-                     temperature: float = 1.0) -> dict:
+                     temperature: float = 1.0, tools: str = "none", max_steps: int = 8,
+                     max_tool_tokens: int = 32) -> dict:
   """Greedy accuracy (mean ± stderr), mean reward and format compliance on `pool`;
   with `samples` k > 0 also pass@1 at `temperature` over k completions per
   problem ("eval_sampled_accuracy", stderr over problems, and its mean reward).
   Problem i's samples use seed 10**7 + i at every call, so two evaluations of a
-  run differ by the policy, not by the draw."""
+  run differ by the policy, not by the draw. `tools`: the tool mode the
+  completions are written in (`grpo_rollouts.sample`); the rewards read the
+  whole trajectory."""
   from jaxslm.evaluation.metrics import format_compliance
   from jaxslm.evaluation.stats import mean_stderr
   from jaxslm.train import rewards
+  from jaxslm.train.grpo_rollouts import sample
   t0 = time.perf_counter()
 
   def score(n: int, temp: float):
     texts = []
     per_batch = max(1, batch_size // n)
     for b in range(0, len(pool), per_batch):
-      out = generate_for(model_cfg, params, tok, template, pool.ids[b:b + per_batch],
-                         max_new_tokens=max_new_tokens, temperature=temp, n=n,
-                         seeds=[10**7 + i for i in range(b, min(b + per_batch, len(pool)))])
-      texts += [completion_text(c, tok, template) for c in out.completions]
+      out = sample(tools, model_cfg, params, tok, template, pool.ids[b:b + per_batch], group=n,
+                   max_new_tokens=max_new_tokens, temperatures=temp,
+                   seeds=[10**7 + i for i in range(b, min(b + per_batch, len(pool)))],
+                   max_steps=max_steps, max_tool_tokens=max_tool_tokens)
+      texts += [r.text for r in out.rows]
     prompts = [x for x in pool.texts for _ in range(n)]
     golds = [x for x in pool.golds for _ in range(n)]
     total, _ = rewards.compute(reward_fns, weights, prompts, texts, golds)

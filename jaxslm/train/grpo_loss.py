@@ -16,7 +16,17 @@ prompt and padding. Per token, with r = exp(logp − old_logp):
 Aggregation ("sequence", GRPO): the mean of ℓ over each row's tokens, then the
 mean over rows. ("token_sum", Dr.GRPO): the sum of ℓ over every token divided
 by a constant, N · `norm_tokens` (the generation budget by default), so a
-token's weight does not depend on its completion's length.
+token's weight does not depend on its completion's length. ("token_mean",
+DAPO): the sum of ℓ over every token of the batch divided by their number.
+
+`kl_ratio_weighted`: the KL term of each token is r·kl instead of kl. The
+tokens were drawn from the old policy, so the k3 estimate of KL(π ‖ π_ref)
+under the current policy needs the importance weight r (with the gradient
+through r as well); at the first pass r = 1 and only the gradient differs.
+
+`mask_bt` marks the tokens the model wrote: a tool's output (a calculator
+value, an agent's observation) stays in the context but is 0 here, so it
+takes no part in the loss, the KL, the clip fraction or the token counts.
 
 Advantages: A = (R − mean of the group) / (std + 1e-8) with std the group's
 ("group"), the whole batch's ("batch"), or no division at all ("none",
@@ -34,7 +44,7 @@ import jax.numpy as jnp
 from jaxslm.errors import UserError
 
 NORMALIZATIONS = ("group", "batch", "none")
-AGGREGATIONS = ("sequence", "token_sum")
+AGGREGATIONS = ("sequence", "token_sum", "token_mean")
 ADV_EPS = 1e-8
 
 
@@ -71,7 +81,8 @@ def token_logprobs(logits_btv, targets_bt):
 
 
 def grpo_loss(logp_bt, old_logp_bt, ref_logp_bt, adv_n, mask_bt, *, eps, beta,
-              aggregation: str = "sequence", norm_tokens: int = 0):
+              aggregation: str = "sequence", norm_tokens: int = 0,
+              kl_ratio_weighted: bool = False):
   """(loss, metrics) of one batch; see the module doc. `eps`, `beta` may be traced."""
   check_choice("grpo.aggregation", aggregation, AGGREGATIONS)
   mask = mask_bt.astype(jnp.float32)
@@ -82,12 +93,14 @@ def grpo_loss(logp_bt, old_logp_bt, ref_logp_bt, adv_n, mask_bt, *, eps, beta,
   pg_bt = -jnp.minimum(unclipped, clipped)
   d = ref_logp_bt - logp_bt
   kl_bt = jnp.exp(d) - d - 1.0
-  per_token = pg_bt + beta * kl_bt
+  per_token = pg_bt + beta * (ratio * kl_bt if kl_ratio_weighted else kl_bt)
   tokens_n = jnp.sum(mask, axis=1)
   n_tokens = jnp.maximum(jnp.sum(tokens_n), 1.0)
   if aggregation == "sequence":
     rows = jnp.sum(per_token * mask, axis=1) / jnp.maximum(tokens_n, 1.0)
     loss = jnp.mean(rows)
+  elif aggregation == "token_mean":
+    loss = jnp.sum(per_token * mask) / n_tokens
   else:
     const = mask.shape[0] * (norm_tokens if norm_tokens > 0 else mask.shape[1])
     loss = jnp.sum(per_token * mask) / const

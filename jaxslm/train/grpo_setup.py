@@ -17,7 +17,7 @@ from jaxslm import lora, paths
 from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.loading import build_params, load_base
-from jaxslm.train import grpo_data, memory, parallel
+from jaxslm.train import grpo_data, grpo_rollouts, memory, parallel
 from jaxslm.train.grpo_loss import AGGREGATIONS, NORMALIZATIONS, check_choice
 from jaxslm.train.grpo_step import _reference_jit, _step_jit
 from jaxslm.train.optim import make_optimizer
@@ -68,6 +68,24 @@ def reward_setup(config: ConfigDict):
   return fns, dict(zip(names, [float(w) for w in weights]))
 
 
+def eval_modes(config: ConfigDict) -> list[str]:
+  """The tool modes of the held-out evaluation: eval.tools (comma-separated), or
+  by default the rollouts' mode (grpo.tools) and, when that uses a tool, none."""
+  mode = config.grpo.tools
+  raw = config.eval.get("tools", "")
+  modes = [m.strip() for m in raw.split(",") if m.strip()] if raw else \
+      [mode] + (["none"] if mode != "none" else [])
+  for m in modes:
+    grpo_rollouts.check_mode("eval.tools", m)
+    if m == "agent" and mode != "agent":
+      raise UserError(f"eval.tools={raw!r} asks for agent episodes, but the prompts are "
+                      f"data.template={config.data.template!r}, not an agent format; drop "
+                      "'agent' from eval.tools or train with grpo.tools=agent.")
+  if len(set(modes)) != len(modes):
+    raise UserError(f"eval.tools={raw!r} names a mode twice; list each once.")
+  return modes
+
+
 def validate_config(config: ConfigDict) -> None:
   g, t = config.grpo, config.train
   if config.method not in METHODS:
@@ -85,6 +103,15 @@ def validate_config(config: ConfigDict) -> None:
       raise UserError(f"{section}.{name}={config[section][name]} must be a positive integer.")
   check_choice("grpo.adv_norm", g.adv_norm, NORMALIZATIONS)
   check_choice("grpo.aggregation", g.aggregation, AGGREGATIONS)
+  template = grpo_rollouts.prompt_template(config.data.template, g.tools)
+  eval_modes(config)
+  for name in ("agent_max_steps", "max_tool_tokens"):
+    if g[name] < 1:
+      raise UserError(f"grpo.{name}={g[name]} must be a positive integer.")
+  if g.tools == "agent" and config.rewards.extractor != template.extractor:
+    raise UserError(f"grpo.tools=agent with rewards.extractor={config.rewards.extractor!r}: "
+                    f"agent episodes end in 'Final Answer: N'; set rewards.extractor="
+                    f"{template.extractor}.")
   temperatures(g)
   if not 0 <= t.warmup_ratio <= 1:
     raise UserError(f"train.warmup_ratio={t.warmup_ratio} must lie in [0, 1].")
@@ -149,13 +176,12 @@ def build_policy(config: ConfigDict):
 def setup(config: ConfigDict, run: Session) -> GRPORun:
   """Policy, prompt pools, rewards, optimizer, mesh and shardings, jitted steps;
   restored on resume."""
-  from jaxslm.data.templates import get_template
   g, d = config.grpo, config.data
   config = ConfigDict(config.to_dict())
   if run.saved_meta is not None:
     config.init_from = run.saved_meta["finetune"]["init_from"]
   model_cfg, params, tok, base, kind = build_policy(config)
-  template = get_template(d.template)
+  template = grpo_rollouts.prompt_template(d.template, g.tools)
   trainable, frozen = lora.split(params, kind)
   counts = lora.count_params(params, kind)
   log(f"Policy: {base.path} + {config.method} ({counts['trainable']:,} trainable of "
@@ -164,7 +190,8 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
   problems, source = grpo_data.load_problems(d, heldout=False, limit=d.train_problems)
   pool = grpo_data.encode_pool(problems, tok, template, budget=d.prompt_budget,
                                too_long=d.too_long, source=source)
-  log(f"Prompts: {source}; {pool.truncated} truncated to {d.prompt_budget} tokens")
+  log(f"Prompts: {source}; {pool.truncated} truncated to {d.prompt_budget} tokens; "
+      f"tools: {g.tools}")
   eval_pool = None
   if config.eval.problems > 0:
     ep, esource = grpo_data.load_problems(d, heldout=True, limit=config.eval.problems)
@@ -208,7 +235,8 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
   step_fns = {first: functools.partial(
       _step_jit, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
       norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
-      use_ref=use_ref, shardings=parallel.Static((tr_sh, opt_sh))) for first in (True, False)}
+      use_ref=use_ref, shardings=parallel.Static((tr_sh, opt_sh)),
+      kl_ratio_weighted=bool(g.kl_ratio_weighted)) for first in (True, False)}
   meta_base = {"finetune": {"method": config.method, "trainable": kind,
                             "init_from": paths.resolve(base.path), "template": d.template},
                "config": json.loads(config.to_json_best_effort()), "model": model_cfg.to_dict(),

@@ -49,9 +49,12 @@ def reference_logprobs(ref_trainable, frozen, batch, *, model_cfg):
 
 def grpo_step(trainable, opt_state, frozen, batch, adv_n, old_logp_nt, ref_logp_nt,
               eps, beta, rng, *, model_cfg, optimizer, aggregation: str, norm_tokens: int,
-              first: bool, dropout: bool, use_ref: bool, shardings=None):
+              first: bool, dropout: bool, use_ref: bool, shardings=None,
+              kl_ratio_weighted: bool = False):
   """One optimizer update; returns (trainable, opt_state, metrics, log p [N, M]).
 
+  `batch["mask"]` marks the model-written completion tokens: the loss, the KL,
+  the entropy and the clip fraction count those only (tool tokens are context).
   `first`: old log-probs are the policy's own (stopped), so the ratio is exactly 1
   and `old_logp_nt` is not read. `use_ref` False: no KL term (`ref_logp_nt` unread).
   `shardings`: a `parallel.Static` of (trainable, opt_state) shardings the
@@ -66,8 +69,12 @@ def grpo_step(trainable, opt_state, frozen, batch, adv_n, old_logp_nt, ref_logp_
     old = jax.lax.stop_gradient(logp) if first else old_logp_nt
     ref = ref_logp_nt if use_ref else jax.lax.stop_gradient(logp)
     loss, m = grpo_loss(logp, old, ref, adv_n, mask_nt, eps=eps, beta=beta,
-                        aggregation=aggregation, norm_tokens=norm_tokens)
-    m["entropy"] = jnp.sum(entropy * mask_nt) / jnp.maximum(jnp.sum(mask_nt), 1.0)
+                        aggregation=aggregation, norm_tokens=norm_tokens,
+                        kl_ratio_weighted=kl_ratio_weighted)
+    count = jnp.maximum(jnp.sum(mask_nt), 1.0)
+    m["entropy"] = jnp.sum(entropy * mask_nt) / count
+    if "sampler_logp" in batch:   # how far the learning pass is from the sampler's numbers
+      m["sampler_logp_gap"] = jnp.sum(jnp.abs(logp - batch["sampler_logp"]) * mask_nt) / count
     return loss, (m, logp)
 
   (loss, (m, logp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
@@ -85,5 +92,5 @@ def grpo_step(trainable, opt_state, frozen, batch, adv_n, old_logp_nt, ref_logp_
 # with the same settings (a resume, a sweep in a notebook) compiles nothing.
 _step_jit = jax.jit(grpo_step, donate_argnums=(0, 1), static_argnames=(
     "model_cfg", "optimizer", "aggregation", "norm_tokens", "first", "dropout", "use_ref",
-    "shardings"))
+    "shardings", "kl_ratio_weighted"))
 _reference_jit = jax.jit(reference_logprobs, static_argnames=("model_cfg",))

@@ -13,7 +13,9 @@
 A reward function is a plain callable
 `fn(prompts: list[str], completions: list[str], answers: list[str]) -> list[float]`
 (decoded completions; gold final answers as strings such as "36" or "1,200").
-`REWARDS` holds the three below; `resolve` also imports "package.module:function".
+`REWARDS` holds the three below, `MORE_REWARDS` "tool_format" (well-formed
+calculator annotations or agent actions, `jaxslm.train.tool_rewards`);
+`resolve` knows both and also imports "package.module:function".
 Each scores on the same 0..3 scale (accuracy can go down to -1):
 
   * format    (the study's eq. 9)  3.0 when the stripped completion is exactly
@@ -55,6 +57,7 @@ import numpy as np
 from jaxslm.errors import UserError
 from jaxslm.evaluation.extract import get_extractor, normalize, to_number
 from jaxslm.evaluation.metrics import arithmetic_statements, format_compliance
+from jaxslm.train.tool_rewards import tool_format_reward
 
 RewardFn = Callable[[list, list, list], Sequence[float]]
 
@@ -210,14 +213,15 @@ def process_reward(prompts: list[str], completions: list[str],
   return [score_process(text) for text in completions]
 
 
-def accuracy_reward(prompts: list[str], completions: list[str],
-                    answers: list[str]) -> list[float]:
-  """`score_accuracy` of each completion against its gold answer ("solution")."""
+def accuracy_reward(prompts: list[str], completions: list[str], answers: list[str], *,
+                    extractor: str = "solution") -> list[float]:
+  """`score_accuracy` of each completion against its gold answer, read by
+  `extractor` ("solution"; "final-answer" for agent episodes)."""
   del prompts
   if len(completions) != len(answers):
     raise UserError(f"accuracy_reward got {len(completions)} completions but "
                     f"{len(answers)} answers; pass one gold answer per completion")
-  return [score_accuracy(text, gold) for text, gold in zip(completions, answers)]
+  return [score_accuracy(text, gold, extractor) for text, gold in zip(completions, answers)]
 
 
 REWARDS: dict[str, RewardFn] = {
@@ -225,6 +229,8 @@ REWARDS: dict[str, RewardFn] = {
     "process": process_reward,
     "accuracy": accuracy_reward,
 }
+# Named rewards beyond the study's three (`resolve` knows them too).
+MORE_REWARDS: dict[str, RewardFn] = {"tool_format": tool_format_reward}
 
 
 def resolve(spec: str | RewardFn) -> RewardFn:
@@ -233,14 +239,14 @@ def resolve(spec: str | RewardFn) -> RewardFn:
   returned as is."""
   if callable(spec):
     return spec
-  names = ", ".join(sorted(REWARDS))
+  names = ", ".join(sorted({**REWARDS, **MORE_REWARDS}))
   hint = f"use one of {names}, or 'package.module:function' for your own"
   if not isinstance(spec, str):
     raise RewardError(f"a reward must be named by a str, got {type(spec).__name__} "
                       f"{spec!r}; {hint}")
   if ":" not in spec:
-    if spec in REWARDS:
-      return REWARDS[spec]
+    if spec in REWARDS or spec in MORE_REWARDS:
+      return REWARDS.get(spec) or MORE_REWARDS[spec]
     raise RewardError(f"unknown reward {spec!r}; {hint}")
   module_name, _, attr = spec.partition(":")
   if not module_name or not attr:
