@@ -35,12 +35,15 @@ class Loaded:
     return iter((self.model_cfg, self.params, self.tokenizer))
 
 
-def load(path: str, device: jax.Device | None = None) -> Loaded:
+def load(path: str, device: jax.Device | None = None, quantize: str | None = None) -> Loaded:
   """Restore from a run's workdir (latest step), its checkpoints/ dir or a step dir.
 
   Params land on one `device` (default: the first), whatever mesh saved them,
-  so a checkpoint from a GPU pod opens on a laptop.
+  so a checkpoint from a GPU pod opens on a laptop. `quantize="int8"` stores the
+  projection kernels as int8 for inference (`jaxslm.quant.apply_quantize`).
   """
+  if quantize not in (None, "none"):
+    return quant.apply_quantize(load(path, device), quantize)
   step_dir = ckpt.resolve_step_dir(path)
   meta = ckpt.read_step_meta(step_dir)
   if "lora" in meta and "model" not in meta:

@@ -35,8 +35,10 @@ split), or, with `matmul="dequantize"`, as x @ dequantize(w).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+import warnings
 from statistics import NormalDist
 from typing import Any
 
@@ -374,14 +376,16 @@ def quantize_int8(w: jax.Array, channel_axis: int = 1, matmul: str = "int8_dot")
                     dtype_name=jnp.dtype(w.dtype).name, matmul=matmul)
 
 
-def quantize_int8_params(params, targets: str = INT8_TARGETS, embeddings: bool = False,
+def quantize_int8_params(params, targets: str = INT8_TARGETS, embeddings: bool = True,
                          matmul: str = "int8_dot", log=None):
   """`params` with every float 2-D leaf whose path matches `targets` as an Int8Weight.
 
-  embeddings=True also quantizes the embedding `embed` (per-row scales: they
-  serve the lookup and, when tied, the output head) and an untied `lm_head/kernel`.
-  Kernels with fewer than INT8_MIN_IN input rows stay in float; `log` (e.g.
-  print) hears how many, and `int8_report` lists them. An NF4 tree is refused:
+  embeddings=True (the default) also quantizes the embedding `embed` (per-row
+  scales: they serve the lookup and, when tied, the output head) and an untied
+  `lm_head/kernel`: in a small model the head is a large share of the bytes a
+  decode step reads.
+  Kernels with fewer than INT8_MIN_IN input rows stay in float; `log` (default:
+  a warning) hears how many, and `int8_report` lists them. An NF4 tree is refused:
   quantize the float checkpoint instead.
   """
   leaves = _leaves_with_paths(params)
@@ -410,8 +414,8 @@ def quantize_int8_params(params, targets: str = INT8_TARGETS, embeddings: bool =
                     f"{INT8_MIN_IN} input rows; 2-D paths: "
                     f"{', '.join(p for p, l in leaves if getattr(l, 'ndim', 0) == 2) or '(none)'}.")
   small = [p for p, k in kinds.items() if k == "small"]
-  if small and log is not None:
-    log(f"int8: kept {len(small)} kernel(s) with fewer than {INT8_MIN_IN} input rows in float "
+  if small:
+    (log or (lambda m: warnings.warn(m, stacklevel=3)))(f"int8: kept {len(small)} kernel(s) with fewer than {INT8_MIN_IN} input rows in float "
         f"({', '.join(small[:4])}{', ...' if len(small) > 4 else ''})")
 
   def convert(path, leaf):
@@ -440,10 +444,19 @@ def int8_report(params, targets: str = INT8_TARGETS) -> dict:
           "other_bytes": total, "kept_in_float": kept}
 
 
-def apply_quantize(params, quantize: str | None, log=None):
-  """params transformed for `quantize` (one of QUANTIZE_CHOICES; None = "none")."""
+def apply_quantize(model, quantize: str | None, log=None):
+  """`model` transformed for `quantize` (one of QUANTIZE_CHOICES; None = "none").
+
+  `model` is a params tree, or a loaded model (a dataclass with `params` and
+  `meta`, as `jaxslm.load` returns: the copy's meta gains "quantize").
+  """
   value = "none" if quantize is None else str(quantize).strip().lower()
   if value not in QUANTIZE_CHOICES:
     raise UserError(f"quantize={quantize!r} is not supported; valid values: "
                     f"{', '.join(QUANTIZE_CHOICES)}.")
-  return params if value == "none" else quantize_int8_params(params, log=log)
+  if value == "none":
+    return model
+  if dataclasses.is_dataclass(model) and hasattr(model, "params"):
+    return dataclasses.replace(model, params=quantize_int8_params(model.params, log=log),
+                               meta={**getattr(model, "meta", {}), "quantize": value})
+  return quantize_int8_params(model, log=log)

@@ -5,6 +5,7 @@ Answer:"
   python launch/sample.py --checkpoint runs/default --prompt "Question: ..." --temperature 0.8 --top-p 0.95 --seed 1
   python launch/sample.py --checkpoint runs/default --prompt "..." --calculator --stop "Question:"
   python launch/sample.py --checkpoint runs/default --prompt "A" --prompt "B" --n 2   # several: printed at the end
+  python launch/sample.py --checkpoint runs/default --prompt "..." --quantize int8    # int8 kernels
 
 --checkpoint takes a run's workdir (latest step), its checkpoints/ dir or one
 step's directory. With one prompt and --n 1 the text streams; otherwise every
@@ -37,6 +38,8 @@ def parse(argv):
   ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
   ap.add_argument("--calculator", action="store_true", help="fill in <<expr= with its value")
   ap.add_argument("--truncate", action="store_true", help="keep a long prompt's last tokens")
+  ap.add_argument("--quantize", choices=("none", "int8"), default="none",
+                  help="int8: projection kernels as int8 (per-channel scales) for faster decode")
   ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
                   help="BOS before the prompt; auto: the tokenizer's add_bos_default (true "
                        "for models converted from Llama 3 / Gemma / Mistral)")
@@ -46,7 +49,7 @@ def parse(argv):
 def main(argv: list[str]) -> int:
   args = parse(argv)
   try:
-    model = jaxslm.load(args.checkpoint)
+    model = jaxslm.load(args.checkpoint, quantize=args.quantize)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, min_p=args.min_p, n=args.n, seed=args.seed, stop=args.stop,
               calculator=args.calculator, truncate=args.truncate,

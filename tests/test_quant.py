@@ -376,7 +376,7 @@ def test_int8_errors_and_small_kernels():
   with pytest.raises(UserError, match="NF4"):
     quant.apply_quantize(nf4, "int8")
   with pytest.raises(UserError, match="matches no float 2-D"):
-    quant.quantize_int8_params(params, targets=r"nothing$")
+    quant.quantize_int8_params(params, targets=r"nothing$", embeddings=False)
   small = {"a_proj": {"kernel": jnp.ones((8, 64))}, "b_proj": {"kernel": jnp.ones((64, 8))}}
   msgs = []
   out = quant.quantize_int8_params(small, log=msgs.append)
@@ -386,3 +386,22 @@ def test_int8_errors_and_small_kernels():
   assert quant.int8_report(out)["kept_in_float"] == ["a_proj/kernel"]
   with pytest.raises(UserError, match="2-D float"):
     quant.quantize_int8(jnp.ones((4, 4), jnp.int32))
+
+
+def test_load_with_quantize_int8(tmp_path):
+  """jaxslm.load(path, quantize="int8"): the loaded tree holds int8 kernels and
+  samples; an unknown value names the valid ones."""
+  import jaxslm
+  from jaxslm.checkpoint import save_params
+  from jaxslm.tokenizers import get_tokenizer
+  tok = get_tokenizer("gpt2")
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(2))
+  out = save_params(str(tmp_path / "m"), params, {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  loaded = jaxslm.load(out, quantize="int8")
+  assert loaded.meta["quantize"] == "int8"
+  # the projections, the embedding and the untied head
+  assert quant.int8_report(loaded.params)["int8_matrices"] == 7 * cfg.n_layers + 2
+  assert isinstance(jaxslm.sample(loaded, "Ava has", max_new_tokens=3), str)
+  with pytest.raises(UserError, match="valid values: none, int8"):
+    jaxslm.load(out, quantize="fp8")
