@@ -415,7 +415,7 @@ class JaxslmLM(TemplateLM):
                      temperature=temperature, top_p=top_p, top_k=top_k,
                      seed=[seeds[i] for i in chunk],
                      eos_id=self.tok.eos_id, stop_token_ids=self.tok.eos_ids,
-                     stop_strings=stops, tokenizer=self.tok)
+                     stop_strings=stops, tokenizer=self.tok, logprobs=False)
       for i, c in zip(chunk, gen.completions):
         texts[i] = _model_utils.postprocess_generated_text(c.text or "", until, None)
     return texts
