@@ -64,3 +64,23 @@ def test_eval_gsm8k_smoke(tmp_path):
   r = json.loads(out.read_text())
   assert r["problems"] == 4 and r["new_tokens"] == 32 and r["wall_s"] > 0
   assert r["generate_s"] > 0 and r["metrics_s"] > 0 and r["jax"]
+
+
+def test_gpu_suite_smoke(tmp_path):
+  """benchmarks/gpu_suite.py --smoke: every command's flags exist in its script; the
+  jaxslm parts run at tiny sizes on CPU and land in one JSON and one table."""
+  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke",
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+  assert res.returncode == 0, res.stdout + res.stderr
+  suite = json.loads((tmp_path / "suite.json").read_text())
+  parts = {p["part"]: p for p in suite["parts"]}
+  assert list(parts) == ["pretrain_jax", "pretrain_torch", "decode", "eval", "grpo"]
+  for p in parts.values():
+    assert p["ok"], p
+    assert all(c["unknown_flags"] == [] for c in p["commands"]), p
+  assert len(parts["grpo"]["commands"]) == 3
+  decode = json.loads((tmp_path / "decode.json").read_text())
+  assert {r["framework"] for r in decode["results"]} == {"jaxslm", "jaxslm-int8"}
+  table = (tmp_path / "suite.md").read_text()
+  assert "| pretrain tiny B2×32 | jaxslm |" in table
