@@ -9,7 +9,8 @@ shape scaled up to be larger than the caches), median of --repeats calls each:
   dequantize   (x @ q.astype(float32)) * s_o            (weight-only int8)
   int8_dot     (int8(x / s_m) @ q in int32) * s_m * s_o (activations per row too)
 
-Each form's result is checked against float64 numpy of its own math first.
+max_rel_error: max |y - y64| / max |y64|, y64 = float64 x @ w with the float
+weights (so the int8 forms include their weight and activation rounding).
 """
 
 from __future__ import annotations
