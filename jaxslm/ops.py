@@ -73,9 +73,8 @@ def _is_int8(leaf) -> bool:
 
 
 def int8_matmul(x_bti: jax.Array, w, out_dtype) -> jax.Array:
-  """x @ W for an Int8Weight W: a kernel [in, out] (channel_axis 1), or a tied
-  embedding [V, D] used as the head (channel_axis 0: x @ W^T), scales s_o on
-  the output channels.
+  """x @ q * s_o for an Int8Weight (q [in, out]; for a tied embedding [V, D],
+  stored as q [D, V], this is the head x @ E^T), scales s_o on the output channels.
 
   "int8_dot": each token's activations become int8 codes with their own
   absmax scale s_bt, and y = (xq @ q in int32) * s_bt * s_o: on XLA:CPU this
@@ -83,7 +82,7 @@ def int8_matmul(x_bti: jax.Array, w, out_dtype) -> jax.Array:
   (BENCHMARKS.md, "int8"). "dequantize": y = (x @ q in the compute dtype) * s_o,
   activations exact.
   """
-  contract = (((x_bti.ndim - 1,), (1 - w.channel_axis,)), ((), ()))
+  contract = (((x_bti.ndim - 1,), (0,)), ((), ()))
   if w.matmul == "dequantize":
     y = jax.lax.dot_general(x_bti, w.q.astype(x_bti.dtype), contract,
                             preferred_element_type=jnp.float32)
@@ -99,8 +98,9 @@ def int8_matmul(x_bti: jax.Array, w, out_dtype) -> jax.Array:
 def embed(embedding_vd, tokens_bt: jax.Array) -> jax.Array:
   """Rows of the embedding for `tokens_bt` (an Int8Weight's rows times their scales)."""
   if _is_int8(embedding_vd):
-    rows = jnp.take(embedding_vd.q, tokens_bt, axis=0).astype(jnp.float32)
-    return (rows * jnp.take(embedding_vd.scale, tokens_bt)[..., None]).astype(embedding_vd.dtype)
+    cols_dbt = jnp.take(embedding_vd.q, tokens_bt, axis=1).astype(jnp.float32)   # q is [D, V]
+    rows = jnp.moveaxis(cols_dbt, 0, -1) * jnp.take(embedding_vd.scale, tokens_bt)[..., None]
+    return rows.astype(embedding_vd.dtype)
   return jnp.take(embedding_vd, tokens_bt, axis=0)
 
 

@@ -147,9 +147,12 @@ class NF4Weight:
 class Int8Weight:
   """A 2-D matrix as int8 codes times one float32 scale per output channel.
 
-  q: int8, the matrix's own shape; scale: float32 [shape[channel_axis]]
-  (absmax / 127 of that channel). A kernel [in, out] has channel_axis=1; an
-  embedding [V, D] used as the tied output head has channel_axis=0.
+  q: int8 [in, out]; scale: float32 [out] (absmax / 127 of each output
+  channel). A kernel [in, out] has channel_axis=1 and q is the kernel. An
+  embedding [V, D] (the tied output head: V output channels) has
+  channel_axis=0 and q is stored transposed, [D, V], so the head is the same
+  int8 matmul as any kernel (XLA:CPU's int8 dot is slow on the other layout);
+  `shape` is always the logical one.
   Static: dtype_name (dequantize's default dtype), matmul ("int8_dot": int8
   codes of the activations too, per token; "dequantize": x @ (q * scale)).
   """
@@ -161,7 +164,7 @@ class Int8Weight:
 
   @property
   def shape(self) -> tuple:
-    return tuple(self.q.shape)
+    return tuple(self.q.shape[::-1] if self.channel_axis == 0 else self.q.shape)
 
   @property
   def ndim(self) -> int:
@@ -177,7 +180,7 @@ class Int8Weight:
 
   @property
   def nbytes(self) -> int:
-    return self.size + 4 * self.shape[self.channel_axis]
+    return self.size + 4 * self.q.shape[1]
 
 
 def is_quantized(leaf: Any) -> bool:
@@ -267,8 +270,8 @@ def dequantize(w: NF4Weight, dtype: Any = None) -> jax.Array:
   block scale, computed in float32 and cast once.
   """
   if isinstance(w, Int8Weight):
-    scale = w.scale[:, None] if w.channel_axis == 0 else w.scale[None, :]
-    return (w.q.astype(jnp.float32) * scale).astype(w.dtype if dtype is None else dtype)
+    x_io = w.q.astype(jnp.float32) * w.scale[None, :]
+    return (x_io.T if w.channel_axis == 0 else x_io).astype(w.dtype if dtype is None else dtype)
   if not is_quantized(w):
     raise UserError(f"dequantize takes an NF4Weight or Int8Weight, got {type(w).__name__}; "
                     "quantize it with quantize_nf4 / quantize_params first.")
@@ -372,6 +375,8 @@ def quantize_int8(w: jax.Array, channel_axis: int = 1, matmul: str = "int8_dot")
   scale = jnp.where(absmax > 0, absmax, 1.0) / _INT8_MAX
   expanded = scale[:, None] if channel_axis == 0 else scale[None, :]
   q = jnp.clip(jnp.round(w32 / expanded), -_INT8_MAX, _INT8_MAX).astype(jnp.int8)
+  if channel_axis == 0:
+    q = q.T          # stored [D, V]: the head's x @ E^T is then a plain [in, out] matmul
   return Int8Weight(q=q, scale=scale.astype(jnp.float32), channel_axis=channel_axis,
                     dtype_name=jnp.dtype(w.dtype).name, matmul=matmul)
 
