@@ -77,9 +77,9 @@ def int8_matmul(x_bti: jax.Array, w, out_dtype) -> jax.Array:
   stored as q [D, V], this is the head x @ E^T), scales s_o on the output channels.
 
   "int8_dot": each token's activations become int8 codes with their own
-  absmax scale s_bt, and y = (xq @ q in int32) * s_bt * s_o: on XLA:CPU this
-  int8 dot beats both the float matmul and the "dequantize" form
-  (BENCHMARKS.md, "int8"). "dequantize": y = (x @ q in the compute dtype) * s_o,
+  absmax scale s_bt, and y = (xq @ q in int32) * s_bt * s_o; the faster form on
+  XLA:CPU (which converts q to int32 first: BENCHMARKS.md, "int8"), native
+  int8 GEMMs on GPUs. "dequantize": y = (x @ q in the compute dtype) * s_o,
   activations exact.
   """
   contract = (((x_bti.ndim - 1,), (0,)), ((), ()))

@@ -26,8 +26,8 @@ Example::
   print(quant.quantized_bytes_report(qparams))
 
 int8 for inference: `quantize_int8_params` stores each projection kernel as
-int8 with one float32 absmax scale per output channel (`Int8Weight`); decode
-then reads a quarter of the float32 bytes. `jaxslm.ops.dense` runs such a
+int8 with one float32 absmax scale per output channel (`Int8Weight`), a
+quarter of the float32 bytes (docs/inference.md: what that buys on CPUs and GPUs). `jaxslm.ops.dense` runs such a
 kernel as an int8 x int8 dot on activations quantized per token (absmax, the
 "vector-wise" scheme of LLM.int8(), Dettmers et al. 2022, without its outlier
 split), or, with `matmul="dequantize"`, as x @ dequantize(w).
