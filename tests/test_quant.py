@@ -405,3 +405,25 @@ def test_load_with_quantize_int8(tmp_path):
   assert isinstance(jaxslm.sample(loaded, "Ava has", max_new_tokens=3), str)
   with pytest.raises(UserError, match="valid values: none, int8"):
     jaxslm.load(out, quantize="fp8")
+
+
+def test_lm_eval_backend_quantize_int8():
+  """The lm-eval backend's quantize= model arg: int8 kernels, scores and generations."""
+  pytest.importorskip("lm_eval", reason="lm-eval is an optional extra")
+  from lm_eval.api.instance import Instance
+  from jaxslm.evaluation.lm_eval_backend import JaxslmLM
+  from jaxslm.tokenizers import get_tokenizer
+  tok = get_tokenizer("gpt2")
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(3))
+  lm = JaxslmLM(model=(cfg, params, tok), quantize="int8", batch_size=2)
+  assert quant.int8_report(lm.params)["int8_matrices"] == 7 * cfg.n_layers + 2
+  ref = JaxslmLM(model=(cfg, params, tok), batch_size=2)
+  pair = [Instance("loglikelihood", {}, ("Ava has 3", " pens"), 0)]
+  (got, _), (want, _) = lm.loglikelihood(pair)[0], ref.loglikelihood(pair)[0]
+  assert got != want and abs(got - want) < 0.05 * abs(want)
+  gen = [Instance("generate_until", {}, ("Ava has", {"until": ["\n"], "max_gen_toks": 4,
+                                                    "do_sample": False}), 0)]
+  assert isinstance(lm.generate_until(gen)[0], str)
+  with pytest.raises(UserError, match="valid values: none, int8"):
+    JaxslmLM(model=(cfg, params, tok), quantize="int4")
