@@ -427,3 +427,29 @@ def test_lm_eval_backend_quantize_int8():
   assert isinstance(lm.generate_until(gen)[0], str)
   with pytest.raises(UserError, match="valid values: none, int8"):
     JaxslmLM(model=(cfg, params, tok), quantize="int4")
+
+
+def test_eval_launcher_quantize_int8(tmp_path):
+  """launch/eval.py --quantize int8 (in process): evaluates the int8 tree."""
+  import json
+  from jaxslm.checkpoint import save_params
+  from jaxslm.evaluation import cli
+  from jaxslm.tokenizers import get_tokenizer
+  tok = get_tokenizer("gpt2")
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  ckpt = save_params(str(tmp_path / "m"), init_params(cfg, jax.random.PRNGKey(2)),
+                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  data = tmp_path / "gsm8k"
+  data.mkdir()
+  (data / "test.jsonl").write_text("".join(
+      json.dumps({"question": f"Tom has {i} apples and buys 2. How many?",
+                  "answer": f"{i}+2=<<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}"}) + "\n"
+      for i in range(2)))
+  args = cli.parse(["--checkpoint", ckpt, "--data", str(data), "--max-new-tokens", "4",
+                    "--batch-size", "2", "--out", str(tmp_path / "eval"), "--quantize", "int8",
+                    "--no-perplexity", "--no-rouge", "--similarity-model", "off"])
+  summary = cli.run(args, log=lambda s: None)
+  (s,) = summary.values()
+  assert s["accuracy"]["n"] == 2
+  with pytest.raises(SystemExit):   # argparse's choices refuse it before any work
+    cli.parse(["--checkpoint", ckpt, "--quantize", "int4"])
