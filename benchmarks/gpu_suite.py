@@ -19,8 +19,8 @@ timeout (a failure or timeout is recorded and the suite goes on):
   grpo            grpo_model.py, then one GRPO step of grpo_throughput.py (jaxslm) and
                   grpo_trl.py (TRL) on the same model and settings
 
-`--smoke` checks that every flag each command passes is one its script
-accepts, and runs pretrain_jax and decode (jaxslm, fp32 and int8) at tiny
+`--smoke` checks that every flag the smoke and the full commands pass is one
+its script accepts, and runs pretrain_jax and decode (jaxslm, fp32 and int8) at tiny
 sizes; the other parts are only flag-checked there (tests/test_benchmarks.py
 runs eval_gsm8k.py at tiny size on its own; the PyTorch, transformers and TRL
 imports alone take longer than a test should). `--budget-s` stops starting parts once the suite has run that long.
@@ -113,23 +113,32 @@ def _smoke_data(out: str) -> str:
   return d
 
 
-def flags_accepted(cmd: list[str], env) -> list[str]:
-  """The flags in `cmd` that its script's --help does not list (empty: all known)."""
-  res = subprocess.run([sys.executable, os.path.join(HERE, cmd[0]), "--help"], env=env,
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-  text = res.stdout + res.stderr
-  return [a for a in cmd[1:] if a.startswith("--") and a not in text] or (
-      [] if res.returncode == 0 else [f"--help exited {res.returncode}: {text[-300:]}"])
+def unknown_flags(all_plans: list[dict], env) -> dict[str, list[str]]:
+  """script -> the flags some command passes it that its --help does not list
+  (one --help per script, over the smoke and the full plans alike)."""
+  flags: dict[str, set] = {}
+  for plan in all_plans:
+    for steps in plan.values():
+      for cmd, _ in steps:
+        flags.setdefault(cmd[0], set()).update(a for a in cmd[1:] if a.startswith("--"))
+  out = {}
+  for script, wanted in flags.items():
+    res = subprocess.run([sys.executable, os.path.join(HERE, script), "--help"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    text = res.stdout + res.stderr
+    out[script] = sorted(f for f in wanted if f not in text) if res.returncode == 0 else [
+        f"--help exited {res.returncode}: {text[-300:]}"]
+  return out
 
 
-def run_part(name, steps, args, env, t_start) -> dict:
+def run_part(name, steps, args, env, t_start, unknown=None) -> dict:
   rec = {"part": name, "commands": [], "ok": True}
   for cmd, timeout in steps:
     entry = {"command": " ".join(["python", f"benchmarks/{cmd[0]}", *cmd[1:]])}
     rec["commands"].append(entry)
     left = args.budget_s - (time.perf_counter() - t_start)
     if args.smoke:
-      entry["unknown_flags"] = flags_accepted(cmd, env)
+      entry["unknown_flags"] = unknown[cmd[0]]
       rec["ok"] &= not entry["unknown_flags"]
       if not timeout:
         continue
@@ -208,8 +217,12 @@ def main(argv=None) -> dict:
             "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
             "jax": jax.__version__, "python": platform.python_version(), "parts": []}
   t_start = time.perf_counter()
+  unknown = None
+  if args.smoke:   # the full run's command lines are checked too, so they cannot rot
+    unknown = unknown_flags([all_plans, plans(argparse.Namespace(**{**vars(args), "smoke": False}))],
+                            env)
   for name in parts:
-    rec = run_part(name, all_plans[name], args, env, t_start)
+    rec = run_part(name, all_plans[name], args, env, t_start, unknown)
     result["parts"].append(rec)
     print(f"{name}: {'ok' if rec['ok'] else 'FAILED'} "
           f"({sum(c.get('wall_s', 0) for c in rec['commands']):.0f} s)", flush=True)
