@@ -152,3 +152,25 @@ def test_prompt_buckets_are_fine_and_few():
   for n in range(1, 5000, 7):
     assert n <= prompt_bucket(n) and (n <= 256 or prompt_bucket(n) < 1.25 * n + 1)
   assert len(prompt_buckets(2048)) == 18 and len(prompt_buckets(8192)) == 26   # 4 per doubling
+
+
+def test_chunked_prefill_memory_grows_linearly_with_the_prompt():
+  """XLA's own count of the prefill's scratch memory (compiled, not run): in chunks
+  of 64 queries it doubles when the prompt doubles; in one shot it quadruples."""
+  from jaxslm.sampling import engine
+  cfg = ModelConfig.preset("tiny", dtype="float32", max_seq_len=2048)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+
+  def scratch(p, chunk):
+    spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)
+    compiled = engine.prefill.lower(
+        params, spec((8, p), jnp.int32), spec((8,), jnp.int32), spec((8, 2), jnp.uint32),
+        model_cfg=cfg, n=1, max_new=8, queue_len=1, chunk=chunk).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+  chunked = scratch(1024, 64) / scratch(512, 64)
+  one_shot = scratch(1024, 1024) / scratch(512, 512)
+  assert 1.5 < chunked < 2.3 and one_shot > 3.5, (chunked, one_shot)
+  # The default picks chunks once the scores of the whole prompt pass the budget.
+  big = ModelConfig.preset("llama135m")
+  assert engine.prefill_chunk(64, 2048, 2048 + 1 + 256, big) == 32
+  assert 64 * big.n_heads * 32 * (2048 + 257) * 4 <= engine.PREFILL_SCORE_BYTES
