@@ -39,7 +39,8 @@ def parse(argv):
   ap.add_argument("--calculator", action="store_true", help="fill in <<expr= with its value")
   ap.add_argument("--truncate", action="store_true", help="keep a long prompt's last tokens")
   ap.add_argument("--quantize", choices=("none", "int8"), default="none",
-                  help="int8: projection kernels as int8 (per-channel scales) for faster decode")
+                  help="int8: kernels and head as int8 with per-channel scales "
+                       "(docs/inference.md)")
   ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
                   help="BOS before the prompt; auto: the tokenizer's add_bos_default (true "
                        "for models converted from Llama 3 / Gemma / Mistral)")
