@@ -9,8 +9,9 @@
 What happens: validate; left-truncate (only if asked); bucket the batch and
 the token budget to powers of two and the prompt length with
 `engine.prompt_bucket` (so a new prompt length rarely recompiles);
-`engine.prefill`; then `engine.decode` in chunks. Without stop strings, the calculator or a stream callback the whole
-budget is one call (the loop never leaves the device). Otherwise the host
+`engine.prefill`; then `engine.decode` in chunks. Without stop strings, the
+calculator or a stream callback the whole budget is one call (the loop never
+leaves the device). Otherwise the host
 looks after each chunk (or pause): it cuts rows at stop strings and, for the
 calculator hook, queues the value of a just-written `<<expr=` as forced tokens.
 
