@@ -34,6 +34,12 @@ do_sample=False, use_cache=True, pad_token_id=0)` in eval mode under
 Each shape (B, N) is warmed up once per framework before timing (jaxslm
 compiles there); then the N=1 and N=N calls alternate `--repeats` times and
 every sample is recorded.
+
+--quantize none,int8 adds jaxslm rows with int8 kernels (`jaxslm.quant`,
+framework "jaxslm-int8"). Every row gets the bandwidth bound (benchmarks/
+bandwidth.py): the bytes a decode step reads (weights, plus the KV cache of
+the call's mean context, prompt + N/2) over the read bandwidth (measured under
+jit on a CPU, the spec on an H100/H200), divided by the measured step time.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ def parse_args(argv):
   p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype (jaxslm) / weight dtype (transformers)")
+  p.add_argument("--quantize", default="none", help="comma-separated jaxslm weight formats: "
+                 "none (the compute dtype), int8")
+  p.add_argument("--bandwidth-mib", type=int, default=512,
+                 help="array size of the read-bandwidth measurement (CPU)")
   p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                  help="comma-separated subset of jaxslm,hf")
   p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -83,7 +93,7 @@ def parse_args(argv):
   args = p.parse_args(argv)
   if args.smoke:
     args.presets, args.batches, args.prompt_len = "tiny", "1,2", 16
-    args.new_tokens, args.repeats = 4, 1
+    args.new_tokens, args.repeats, args.bandwidth_mib = 4, 1, 64
   return args
 
 
@@ -103,6 +113,9 @@ def check_args(args) -> tuple[list[str], list[int], list[str]]:
   frameworks = [x.strip() for x in args.frameworks.split(",") if x.strip()]
   if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
     raise SystemExit(f"--frameworks {args.frameworks!r}: expected a subset of {FRAMEWORKS}.")
+  args.quantize_list = [x.strip() for x in args.quantize.split(",") if x.strip()]
+  if not args.quantize_list or any(q not in ("none", "int8") for q in args.quantize_list):
+    raise SystemExit(f"--quantize {args.quantize!r}: expected a comma-separated subset of none,int8.")
   if args.new_tokens < 2:
     raise SystemExit(f"--new-tokens={args.new_tokens}: at least 2 are needed (decode tok/s "
                      "divides by N - 1).")
@@ -281,7 +294,7 @@ def summarise(framework, preset, batch, args, t1, tn, other_cores, first_s) -> d
   }
 
 
-def bench_jaxslm(cfg, params, prompts, batch, args, preset) -> tuple[dict, list]:
+def bench_jaxslm(cfg, params, prompts, batch, args, preset, name="jaxslm") -> tuple[dict, list]:
   from jaxslm.sampling import generate
 
   def call(n):
@@ -293,7 +306,7 @@ def bench_jaxslm(cfg, params, prompts, batch, args, preset) -> tuple[dict, list]
   if lengths != {args.new_tokens} or out_n.timing["steps"] != args.new_tokens:
     raise RuntimeError(f"jaxslm generated {sorted(lengths)} tokens per row in "
                        f"{out_n.timing['steps']} steps, not {args.new_tokens}.")
-  record = summarise("jaxslm", preset, batch, args, t1, tn, busy, first)
+  record = summarise(name, preset, batch, args, t1, tn, busy, first)
   # generate's own split of the last timed N-token call (prefill incl. host prep; the loop).
   record["jaxslm_timing_last_call"] = {k: (round(v, 6) if isinstance(v, float) else v)
                                        for k, v in out_n.timing.items()}
@@ -346,20 +359,28 @@ def fmt_tps(x):
 
 
 def markdown_table(result: dict) -> str:
-  rows = {(r["preset"], r["batch"], r["framework"]): r for r in result["results"]
-          if "error" not in r}
-  keys = sorted({(r["preset"], r["batch"]) for r in result["results"]},
-                key=lambda k: (result["presets"].index(k[0]), k[1]))
-  lines = ["| model | B | jaxslm TTFT | HF TTFT | jaxslm decode tok/s | HF decode tok/s "
-           "| jaxslm / HF decode |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-  for preset, b in keys:
-    j, h = rows.get((preset, b, "jaxslm")), rows.get((preset, b, "hf"))
-    jt, ht = (j or {}).get("decode_tok_s"), (h or {}).get("decode_tok_s")
-    ratio = f"{jt / ht:.2f}×" if jt and ht else "—"
-    lines.append(f"| {preset} | {b} | {fmt_s(j and j['ttft_s'])} | {fmt_s(h and h['ttft_s'])} "
-                 f"| {fmt_tps(jt)} | {fmt_tps(ht)} | {ratio} |")
+  rows = [r for r in result["results"] if "error" not in r]
+  hf = {(r["preset"], r["batch"]): r["decode_tok_s"] for r in rows if r["framework"] == "hf"}
+  lines = ["| model | B | framework | TTFT | decode tok/s | vs HF decode | step / bandwidth bound |",
+           "|---|---:|---|---:|---:|---:|---:|"]
+  for r in sorted(rows, key=lambda r: (result["presets"].index(r["preset"]), r["batch"],
+                                       r["framework"])):
+    ref = hf.get((r["preset"], r["batch"]))
+    ratio = f"{r['decode_tok_s'] / ref:.2f}×" if ref and r["decode_tok_s"] else "—"
+    bound = r.get("bound_fraction")
+    lines.append(f"| {r['preset']} | {r['batch']} | {r['framework']} | {fmt_s(r['ttft_s'])} "
+                 f"| {fmt_tps(r['decode_tok_s'])} | {ratio} "
+                 f"| {'—' if bound is None else f'{100 * bound:.0f}%'} |")
   return "\n".join(lines)
+
+
+def add_bound(record: dict, params, cfg, args, bandwidth: float) -> None:
+  """The step's bytes (weights + KV of the mean context) / bandwidth / step time."""
+  import bandwidth as bw  # benchmarks/bandwidth.py
+  b = bw.step_bytes(params, cfg, record["batch"], args.prompt_len + args.new_tokens / 2)
+  step = record.get("decode_step_s")   # None / <= 0: too noisy to time (e.g. --smoke)
+  record.update(b, bound_s=b["total_bytes"] / bandwidth,
+                bound_fraction=b["total_bytes"] / bandwidth / step if step and step > 0 else None)
 
 
 def header(args, argv, frameworks) -> dict:
@@ -376,6 +397,7 @@ def header(args, argv, frameworks) -> dict:
       "host": {"cpu_count": os.cpu_count(), "processor": common._cpu_name(),
                "loadavg_1min_at_start": common.loadavg()},
       "method": METHOD,
+      "quantize": args.quantize_list,
       "settings": {"batches": args.batches, "prompt_len": args.prompt_len,
                    "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": args.dtype,
                    "frameworks": frameworks, "smoke": args.smoke},
@@ -401,6 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
 
   import jax
   import numpy as np
+  from jaxslm import quant
   from jaxslm.models import ModelConfig, count_params, init_params
 
   if "hf" in frameworks:
@@ -408,6 +431,10 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_error()
   result = header(args, argv, frameworks)
   result.update(presets=presets, models={}, results=[], comparisons=[])
+  import bandwidth as bw  # benchmarks/bandwidth.py
+  band, band_src = bw.device_bandwidth(args.bandwidth_mib)
+  result["bandwidth"] = {"bytes_per_s": band, "source": band_src}
+  print(f"read bandwidth: {band / 1e9:.1f} GB/s ({band_src})", flush=True)
   print(f"jaxslm (JAX {jax.__version__}, {jax.default_backend()})"
         + (f" vs transformers {result['transformers_version']} (torch {result['torch_version']}, "
            f"{result['torch_threads']} threads)" if "hf" in frameworks else "")
@@ -448,29 +475,35 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
     for batch in batches:
       prompts = rng.integers(0, cfg.vocab_size, (batch, args.prompt_len)).tolist()
-      tokens = {}
-      for fw in frameworks:
+      tokens, records = {}, {}
+      runs = [(f"jaxslm-{q}" if q != "none" else "jaxslm", q) for q in args.quantize_list
+              if "jaxslm" in frameworks] + [("hf", "none")] * ("hf" in frameworks)
+      for fw, q in runs:
         try:
-          if fw == "jaxslm":
-            record, tokens[fw] = bench_jaxslm(cfg, params, prompts, batch, args, preset)
+          if fw.startswith("jaxslm"):
+            run_params = params if q == "none" else quant.apply_quantize(params, q)
+            record, tokens[fw] = bench_jaxslm(cfg, run_params, prompts, batch, args, preset, fw)
           else:
+            run_params = params
             record, tokens[fw] = bench_hf(model, prompts, batch, args, preset)
+          add_bound(record, run_params, cfg, args, band)
         except Exception as e:  # record it and go on (e.g. out of memory)
           record = {"preset": preset, "framework": fw, "batch": batch,
                     "error": f"{type(e).__name__}: {e}"[:4000]}
         result["results"].append(record)
+        records[fw] = record
         print_record(record)
         common.write_json(result, args.out)
-      if len(tokens) == 2:
-        j, h = (next(r for r in result["results"][-2:] if r["framework"] == f)
-                for f in ("jaxslm", "hf"))
+      for fw in [f for f in tokens if f != "hf" and "hf" in tokens]:
+        j, h = records[fw], records["hf"]
         ratio = (j["decode_tok_s"] / h["decode_tok_s"]
                  if j["decode_tok_s"] and h["decode_tok_s"] else None)
-        comp = {"preset": preset, "batch": batch, "decode_tok_s_ratio_jaxslm_over_hf": ratio,
+        comp = {"preset": preset, "batch": batch, "framework": fw,
+                "decode_tok_s_ratio_jaxslm_over_hf": ratio,
                 "ttft_ratio_hf_over_jaxslm": h["ttft_s"] / j["ttft_s"],
-                "greedy_token_agreement": agreement(tokens["jaxslm"], tokens["hf"])}
+                "greedy_token_agreement": agreement(tokens[fw], tokens["hf"])}
         result["comparisons"].append(comp)
-        print(f"{'':>10}jaxslm / HF decode tok/s: "
+        print(f"{'':>10}{fw} / HF decode tok/s: "
               f"{'—' if ratio is None else f'{ratio:.2f}x'}; greedy tokens agree: first "
               f"{comp['greedy_token_agreement']['first_token']:.0%}, whole rows "
               f"{comp['greedy_token_agreement']['whole_rows']:.0%}", flush=True)
@@ -489,7 +522,9 @@ def print_record(r: dict) -> None:
     return
   print(f"{tag}: TTFT {fmt_s(r['ttft_s'])}, generate({r['new_tokens']}) {fmt_s(r['generate_s'])}"
         f", decode {1e3 * r['decode_step_s']:.1f} ms/step = {fmt_tps(r['decode_tok_s'])} tok/s"
-        f" (warm-up {r['first_calls_s']:.1f} s)", flush=True)
+        f" (warm-up {r['first_calls_s']:.1f} s)"
+        + (f", {100 * r['bound_fraction']:.0f}% of the bandwidth bound" if r.get("bound_fraction")
+           else ""), flush=True)
   busy = r.get("other_processes_cpu_cores")
   if busy is not None and busy > 0.2:
     print(f"{'':>10}warning: other processes kept {busy:.2f} CPU cores busy meanwhile; "

@@ -47,14 +47,18 @@ class Loaded:
             + (f"; step {step}" if step is not None else "") + f"; path {self.path!r})")
 
 
-def load(path: str, device: jax.Device | None = None) -> Loaded:
+def load(path: str, device: jax.Device | None = None, quantize: str | None = None) -> Loaded:
   """Restore from a run's workdir (latest step), its checkpoints/ dir or a step dir.
 
   Params land on one `device` (default: the first), whatever mesh saved them,
   so a checkpoint from a GPU pod opens on a laptop. What is read is verified
   against the checksums saved with it: a damaged step raises one
   `DamagedCheckpoint` line naming it and the newest intact step beside it.
+  `quantize="int8"` stores the projection kernels as int8 for inference
+  (`jaxslm.quant.apply_quantize`).
   """
+  if quantize not in (None, "none"):
+    return quant.apply_quantize(load(path, device), quantize)
   step_dir = ckpt.resolve_step_dir(path)
   try:
     return _load_step(path, step_dir, device)

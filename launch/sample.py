@@ -5,6 +5,7 @@ Answer:"
   python launch/sample.py --checkpoint runs/default --prompt "Question: ..." --temperature 0.8 --top-p 0.95 --seed 1
   python launch/sample.py --checkpoint runs/default --prompt "..." --calculator --stop "Question:"
   python launch/sample.py --checkpoint runs/default --prompt "A" --prompt "B" --n 2   # several: printed at the end
+  python launch/sample.py --checkpoint runs/default --prompt "..." --quantize int8    # int8 kernels
 
 --checkpoint takes a run's workdir (latest step), its checkpoints/ dir or one
 step's directory. With one prompt and --n 1 the text streams; otherwise every
@@ -39,6 +40,9 @@ def parse(argv):
   ap.add_argument("--truncate", action="store_true",
                   help="keep the last tokens of a prompt that leaves fewer than 16 tokens of "
                   "the context (the budget is otherwise the rest of the context)")
+  ap.add_argument("--quantize", choices=("none", "int8"), default="none",
+                  help="int8: kernels and head as int8 with per-channel scales "
+                       "(docs/inference.md)")
   ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
                   help="BOS before the prompt; auto: the tokenizer's add_bos_default (true "
                        "for models converted from Llama 3 / Gemma / Mistral)")
@@ -49,7 +53,7 @@ def main(argv: list[str]) -> int:
   args = parse(argv)
   midline = False   # the streamed prompt is on the terminal, its line not yet ended
   try:
-    model = jaxslm.load(args.checkpoint)
+    model = jaxslm.load(args.checkpoint, quantize=args.quantize)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, min_p=args.min_p, n=args.n, seed=args.seed, stop=args.stop,
               calculator=args.calculator, truncate=args.truncate,

@@ -25,20 +25,26 @@ def test_sample_throughput_smoke(tmp_path):
   """jaxslm's sampler (and transformers', when torch and transformers import) on `tiny`."""
   out = tmp_path / "s.json"
   res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_throughput.py"),
-                        "--smoke", "--out", str(out)],
+                        "--smoke", "--quantize", "none,int8", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=180)
   assert res.returncode == 0, res.stdout + res.stderr
   data = json.loads(out.read_text())
   assert data["models"]["tiny"]["params_jaxslm"] > 0
-  rows = [r for r in data["results"] if r["framework"] == "jaxslm"]
-  assert [r["batch"] for r in rows] == [1, 2]
+  for fw in ("jaxslm", "jaxslm-int8"):
+    rows = [r for r in data["results"] if r["framework"] == fw]
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert all(r["bound_s"] > 0 and r["weight_bytes"] > 0 for r in rows), rows
+  int8, fp = ([r["weight_bytes"] for r in data["results"] if r["framework"] == fw]
+              for fw in ("jaxslm-int8", "jaxslm"))
+  assert all(a < 0.4 * b for a, b in zip(int8, fp))        # int8 reads under 40% of fp32
+  assert data["bandwidth"]["bytes_per_s"] > 0
   for r in data["results"]:
     assert "error" not in r, r
     assert r["ttft_s"] > 0 and len(r["generate_samples_s"]) == 1, r
   if "hf" in data["settings"]["frameworks"]:
     assert data["models"]["tiny"]["params_hf"] == data["models"]["tiny"]["params_jaxslm"]
     assert data["models"]["tiny"]["logits_max_rel_error"] < 1e-4
-    assert len(data["comparisons"]) == 2
+    assert len(data["comparisons"]) == 4
   assert "| model | B |" in data["markdown_table"]
 
 
@@ -58,3 +64,23 @@ def test_eval_gsm8k_smoke(tmp_path):
   r = json.loads(out.read_text())
   assert r["problems"] == 4 and r["new_tokens"] == 32 and r["wall_s"] > 0
   assert r["generate_s"] > 0 and r["metrics_s"] > 0 and r["jax"]
+
+
+def test_gpu_suite_smoke(tmp_path):
+  """benchmarks/gpu_suite.py --smoke: every command's flags exist in its script; the
+  jaxslm parts run at tiny sizes on CPU and land in one JSON and one table."""
+  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke",
+                        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+  assert res.returncode == 0, res.stdout + res.stderr
+  suite = json.loads((tmp_path / "suite.json").read_text())
+  parts = {p["part"]: p for p in suite["parts"]}
+  assert list(parts) == ["pretrain_jax", "pretrain_torch", "decode", "eval", "grpo"]
+  for p in parts.values():
+    assert p["ok"], p
+    assert all(c["unknown_flags"] == [] for c in p["commands"]), p
+  assert len(parts["grpo"]["commands"]) == 3
+  decode = json.loads((tmp_path / "decode.json").read_text())
+  assert {r["framework"] for r in decode["results"]} == {"jaxslm", "jaxslm-int8"}
+  table = (tmp_path / "suite.md").read_text()
+  assert "| pretrain tiny B2×32 | jaxslm |" in table

@@ -86,3 +86,91 @@ def test_a_cache_needs_its_mask():
   params = init_params(cfg, jax.random.PRNGKey(2))
   with pytest.raises(ValueError, match="kv_mask_bs"):
     Decoder(cfg).apply({"params": params}, jnp.ones((1, 4), jnp.int32), cache=init_cache(cfg, 1, 8))
+
+
+def _prefill_case(cfg, lengths, p, max_new):
+  rng = np.random.RandomState(3)
+  tokens = np.zeros((len(lengths), p), np.int32)
+  for b, n in enumerate(lengths):
+    tokens[b, p - n:] = rng.randint(1, cfg.vocab_size, n)
+  return jnp.asarray(tokens), jnp.asarray(np.array(lengths, np.int32))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(sliding_window=5, global_layers=(1,))])
+def test_chunked_prefill_equals_one_shot_prefill(kw):
+  """The prefill in chunks of 16 queries (traced cache index, attention over all
+  slots) leaves the same cache and decodes the same logits as the one-shot
+  prefill; and both equal the full forward."""
+  from jaxslm.sampling import engine
+  from jaxslm.sampling.filters import Filters
+  cfg = ModelConfig.preset("tiny", dtype="float32", **kw)
+  params = init_params(cfg, jax.random.PRNGKey(4))
+  tokens, lengths = _prefill_case(cfg, [64, 37, 1], p=64, max_new=8)
+  seeds = jnp.zeros((3, 2), jnp.uint32)
+  run = lambda chunk: engine.prefill(params, tokens, lengths, seeds, model_cfg=cfg, n=1,
+                                     max_new=8, queue_len=1, chunk=chunk)
+  one, chunked = run(None), run(16)
+  assert engine.prefill_chunk(3, 64, 73, cfg) == 64       # small: one shot by default
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(chunked)):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=TOL)
+  # Logits: the first decode step's (it feeds the prompt's last token), and the
+  # full forward over each prompt.
+  model = Decoder(cfg)
+  mask = chunked.kv_mask_bs.at[:, 64].set(True)
+  step = jax.jit(lambda c, t: model.apply({"params": params}, t[:, None], (lengths - 1)[:, None],
+                                          cache=c, cache_index=64, kv_mask_bs=mask)[0][:, 0])
+  right = np.zeros((3, 64), np.int32)        # the prompts right-aligned at 0: one forward
+  for b, n in enumerate([64, 37, 1]):
+    right[b, :n] = tokens[b, 64 - n:]
+  full = jax.jit(lambda t: model.apply({"params": params}, t))(jnp.asarray(right))
+  want = full[jnp.arange(3), lengths - 1]
+  for state in (one, chunked):
+    np.testing.assert_allclose(step(state.cache, state.next_b), want, atol=TOL)
+
+
+def test_fused_prefill_attention_equals_masked_attention(monkeypatch):
+  """The GPU path (jax.nn.dot_product_attention with the cache mask) run on CPU."""
+  from jaxslm.models import layers
+  cfg = ModelConfig.preset("tiny", dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(5))
+  tokens, _ = _prefill_case(cfg, [20, 7], p=24, max_new=0)
+  mask = jnp.asarray(np.arange(30)[None] >= np.array([[4], [17]])) & (jnp.arange(30) < 24)
+  pos = jnp.maximum(jnp.arange(24)[None] - jnp.array([[4], [17]]), 0)
+  outs = []
+  for fused in (False, True):
+    monkeypatch.setattr(layers, "FUSED_PREFILL_ATTENTION", fused)
+    outs.append(Decoder(cfg).apply({"params": params}, tokens, pos, cache=init_cache(cfg, 2, 30),
+                                   cache_index=0, kv_mask_bs=mask))
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+    np.testing.assert_allclose(a, b, atol=TOL)
+
+
+def test_prompt_buckets_are_fine_and_few():
+  from jaxslm.sampling.engine import prompt_bucket, prompt_buckets
+  assert [prompt_bucket(n) for n in (1, 9, 200, 256, 257, 300, 1322, 2048, 2049)] == \
+      [8, 16, 256, 256, 320, 320, 1536, 2048, 2560]
+  for n in range(1, 5000, 7):
+    assert n <= prompt_bucket(n) and (n <= 256 or prompt_bucket(n) < 1.25 * n + 1)
+  assert len(prompt_buckets(2048)) == 18 and len(prompt_buckets(8192)) == 26   # 4 per doubling
+
+
+def test_chunked_prefill_memory_grows_linearly_with_the_prompt():
+  """XLA's own count of the prefill's scratch memory (compiled, not run): in chunks
+  of 64 queries it doubles when the prompt doubles; in one shot it quadruples."""
+  from jaxslm.sampling import engine
+  cfg = ModelConfig.preset("tiny", dtype="float32", max_seq_len=2048)
+  params = init_params(cfg, jax.random.PRNGKey(0))
+
+  def scratch(p, chunk):
+    spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)
+    compiled = engine.prefill.lower(
+        params, spec((8, p), jnp.int32), spec((8,), jnp.int32), spec((8, 2), jnp.uint32),
+        model_cfg=cfg, n=1, max_new=8, queue_len=1, chunk=chunk).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+  chunked = scratch(1024, 64) / scratch(512, 64)
+  one_shot = scratch(1024, 1024) / scratch(512, 512)
+  assert 1.5 < chunked < 2.3 and one_shot > 3.5, (chunked, one_shot)
+  # The default picks chunks once the scores of the whole prompt pass the budget.
+  big = ModelConfig.preset("llama135m")
+  assert engine.prefill_chunk(64, 2048, 2048 + 1 + 256, big) == 32
+  assert 64 * big.n_heads * 32 * (2048 + 257) * 4 <= engine.PREFILL_SCORE_BYTES

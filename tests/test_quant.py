@@ -284,3 +284,172 @@ def test_bad_inputs_raise_user_error():
     quantize_nf4(jnp.ones((4, 4)), scale_block_size=0)
   with pytest.raises(UserError, match="NF4Weight"):
     dequantize(jnp.ones((4, 4)))
+
+
+# --- int8 weight-only inference ---------------------------------------------------------------
+
+from jaxslm import ops  # noqa: E402
+from jaxslm.models import Decoder, ModelConfig, init_params  # noqa: E402
+
+
+def _int8_model(**kw):
+  cfg = ModelConfig.preset("tiny", **kw)
+  return cfg, init_params(cfg, jax.random.PRNGKey(0))
+
+
+def test_int8_round_trip_error_is_half_a_step_per_channel():
+  w = gaussian((96, 40), seed=3)
+  w[:, 5] = 0.0                                    # an all-zero channel stays exact
+  q = quant.quantize_int8(jnp.asarray(w))
+  assert q.q.dtype == jnp.int8 and q.scale.shape == (40,) and q.nbytes == 96 * 40 + 4 * 40
+  back = np.asarray(quant.dequantize(q, jnp.float32))
+  step = np.abs(w).max(axis=0) / 127
+  assert np.all(np.abs(back - w) <= step / 2 + 1e-8)
+  assert np.all(back[:, 5] == 0) and np.abs(np.asarray(q.q)).max() == 127
+  rows = quant.quantize_int8(jnp.asarray(w), channel_axis=0)      # per-row (embedding)
+  assert rows.scale.shape == (96,)
+  assert np.all(np.abs(np.asarray(quant.dequantize(rows)) - w)
+                <= np.abs(w).max(axis=1, keepdims=True) / 254 + 1e-8)
+
+
+@pytest.mark.parametrize("matmul", ["int8_dot", "dequantize"])
+def test_int8_matmul_matches_float_reference(matmul):
+  """Both matmul forms against x @ dequantize(w) in float64 (numpy), error bounded
+  by the activation rounding (int8_dot) or float32 rounding (dequantize)."""
+  x = np.random.default_rng(1).standard_normal((3, 5, 96)).astype(np.float32)
+  q = quant.quantize_int8(jnp.asarray(gaussian((96, 40), seed=4)), matmul=matmul)
+  ref = x.astype(np.float64) @ np.asarray(quant.dequantize(q), np.float64)
+  got = np.asarray(ops.dense(jnp.asarray(x), q, jnp.float32))
+  if matmul == "dequantize":
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+  else:   # each activation moves at most half its token's step: |dy| <= step/2 * sum|w|
+    bound = (np.abs(x).max(-1, keepdims=True) / 254) * np.abs(
+        np.asarray(quant.dequantize(q))).sum(0)
+    assert np.all(np.abs(got - ref) <= bound + 1e-5)
+    assert np.abs(got - ref).max() > 0                       # activations really were rounded
+  tied = quant.quantize_int8(jnp.asarray(gaussian((40, 96), seed=5)), 0, matmul)
+  ref_t = x.astype(np.float64) @ np.asarray(quant.dequantize(tied), np.float64).T
+  got_t = np.asarray(ops.unembed(jnp.asarray(x), tied, jnp.float32))
+  assert np.abs(got_t - ref_t).max() < 0.02 * np.abs(ref_t).max()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=True)])
+def test_int8_forward_close_to_float32(kw):
+  cfg, params = _int8_model(**kw)
+  msgs = []
+  q = quant.quantize_int8_params(params, embeddings=True, log=msgs.append)
+  report = quant.int8_report(q)
+  # 7 projections per layer, the embedding, and an untied head
+  assert report["int8_matrices"] == 7 * cfg.n_layers + 1 + (0 if cfg.tie_embeddings else 1)
+  assert report["kept_in_float"] == [] and msgs == []
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 24), 0, cfg.vocab_size)
+  apply = jax.jit(lambda p, t: Decoder(cfg).apply({"params": p}, t))
+  ref, got = apply(params, tokens), apply(q, tokens)
+  err = float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref)))
+  assert 0 < err < 0.05, err
+  # The most likely next token agrees almost everywhere.
+  assert float(jnp.mean(jnp.argmax(got, -1) == jnp.argmax(ref, -1))) > 0.9
+
+
+def test_int8_decode_through_generate_equals_int8_full_forward():
+  """Greedy KV-cache decode of an int8 tree picks each token the full int8
+  forward over the same prefix ranks first."""
+  from jaxslm.sampling.generate import generate
+  cfg, params = _int8_model()
+  q = quant.quantize_int8_params(params, matmul="dequantize")
+  prompt = [1, 2, 3, 4, 5]
+  out = generate(cfg, q, [prompt], max_new_tokens=6).completions[0]
+  assert len(out.tokens) == 6 and np.all(np.isfinite(out.logprobs))
+  logits = jax.jit(Decoder(cfg).apply)({"params": q}, jnp.asarray([prompt + out.tokens]))[0]
+  want = np.asarray(jnp.argmax(logits[len(prompt) - 1:-1], -1))
+  assert out.tokens == want.tolist()
+  logp = jax.nn.log_softmax(logits[len(prompt) - 1:-1], -1)[jnp.arange(6), want]
+  np.testing.assert_allclose(out.logprobs, logp, atol=2e-3)   # fusion order differs
+
+
+def test_int8_errors_and_small_kernels():
+  cfg, params = _int8_model()
+  with pytest.raises(UserError, match="valid values: none, int8"):
+    quant.apply_quantize(params, "int4")
+  assert quant.apply_quantize(params, None) is params
+  nf4 = quant.quantize_params(params)
+  with pytest.raises(UserError, match="NF4"):
+    quant.apply_quantize(nf4, "int8")
+  with pytest.raises(UserError, match="matches no float 2-D"):
+    quant.quantize_int8_params(params, targets=r"nothing$", embeddings=False)
+  small = {"a_proj": {"kernel": jnp.ones((8, 64))}, "b_proj": {"kernel": jnp.ones((64, 8))}}
+  msgs = []
+  out = quant.quantize_int8_params(small, log=msgs.append)
+  assert isinstance(out["b_proj"]["kernel"], quant.Int8Weight)
+  assert out["a_proj"]["kernel"] is small["a_proj"]["kernel"]
+  assert "kept 1 kernel" in msgs[0] and "a_proj/kernel" in msgs[0]
+  assert quant.int8_report(out)["kept_in_float"] == ["a_proj/kernel"]
+  with pytest.raises(UserError, match="2-D float"):
+    quant.quantize_int8(jnp.ones((4, 4), jnp.int32))
+
+
+def test_load_with_quantize_int8(tmp_path):
+  """jaxslm.load(path, quantize="int8"): the loaded tree holds int8 kernels and
+  samples; an unknown value names the valid ones."""
+  import jaxslm
+  from jaxslm.checkpoint import save_params
+  from jaxslm.tokenizers import get_tokenizer
+  tok = get_tokenizer("gpt2")
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(2))
+  out = save_params(str(tmp_path / "m"), params, {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  loaded = jaxslm.load(out, quantize="int8")
+  assert loaded.meta["quantize"] == "int8"
+  # the projections, the embedding and the untied head
+  assert quant.int8_report(loaded.params)["int8_matrices"] == 7 * cfg.n_layers + 2
+  assert isinstance(jaxslm.sample(loaded, "Ava has", max_new_tokens=3), str)
+  with pytest.raises(UserError, match="valid values: none, int8"):
+    jaxslm.load(out, quantize="fp8")
+
+
+def test_lm_eval_backend_quantize_int8():
+  """The lm-eval backend's quantize= model arg: int8 kernels, scores and generations."""
+  pytest.importorskip("lm_eval", reason="lm-eval is an optional extra")
+  from lm_eval.api.instance import Instance
+  from jaxslm.evaluation.lm_eval_backend import JaxslmLM
+  from jaxslm.tokenizers import get_tokenizer
+  tok = get_tokenizer("gpt2")
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(3))
+  lm = JaxslmLM(model=(cfg, params, tok), quantize="int8", batch_size=2)
+  assert quant.int8_report(lm.params)["int8_matrices"] == 7 * cfg.n_layers + 2
+  ref = JaxslmLM(model=(cfg, params, tok), batch_size=2)
+  pair = [Instance("loglikelihood", {}, ("Ava has 3", " pens"), 0)]
+  (got, _), (want, _) = lm.loglikelihood(pair)[0], ref.loglikelihood(pair)[0]
+  assert got != want and abs(got - want) < 0.05 * abs(want)
+  gen = [Instance("generate_until", {}, ("Ava has", {"until": ["\n"], "max_gen_toks": 4,
+                                                    "do_sample": False}), 0)]
+  assert isinstance(lm.generate_until(gen)[0], str)
+  with pytest.raises(UserError, match="valid values: none, int8"):
+    JaxslmLM(model=(cfg, params, tok), quantize="int4")
+
+
+def test_eval_launcher_quantize_int8(tmp_path):
+  """launch/eval.py --quantize int8 (in process): evaluates the int8 tree."""
+  import json
+  from jaxslm.checkpoint import save_params
+  from jaxslm.evaluation import cli
+  from jaxslm.tokenizers import get_tokenizer
+  tok = get_tokenizer("gpt2")
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
+  ckpt = save_params(str(tmp_path / "m"), init_params(cfg, jax.random.PRNGKey(2)),
+                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  data = tmp_path / "gsm8k"
+  data.mkdir()
+  (data / "test.jsonl").write_text("".join(
+      json.dumps({"question": f"Tom has {i} apples and buys 2. How many?",
+                  "answer": f"{i}+2=<<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}"}) + "\n"
+      for i in range(2)))
+  args = cli.parse(["--checkpoint", ckpt, "--data", str(data), "--max-new-tokens", "4",
+                    "--batch-size", "2", "--out", str(tmp_path / "eval"), "--quantize", "int8",
+                    "--no-perplexity", "--no-rouge", "--similarity-model", "off"])
+  summary = cli.run(args, log=lambda s: None)
+  (s,) = summary.values()
+  assert s["accuracy"]["n"] == 2
+  with pytest.raises(SystemExit):   # argparse's choices refuse it before any work
+    cli.parse(["--checkpoint", ckpt, "--quantize", "int4"])

@@ -21,6 +21,7 @@ from jaxslm.errors import UserError, report
 from jaxslm.evaluation import budget, extract
 from jaxslm.evaluation.gsm8k import MODES, EvalOptions, evaluate_gsm8k
 from jaxslm.evaluation.report import write_report
+from jaxslm.loading import load
 
 EXAMPLES = """examples:
   python launch/eval.py --checkpoint runs/default --data ../shared/data/gsm8k --limit 200
@@ -86,6 +87,8 @@ def parse(argv):
   ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
                   help="BOS before each prompt; auto: the tokenizer's add_bos_default (true "
                        "for models converted from Llama 3 / Gemma / Mistral)")
+  ap.add_argument("--quantize", choices=("none", "int8"), default="none",
+                  help="int8: evaluate with int8 projection kernels (jaxslm.quant)")
   ap.add_argument("--no-perplexity", action="store_true")
   ap.add_argument("--no-rouge", action="store_true")
   ap.add_argument("--similarity-model", default="auto",
@@ -290,6 +293,7 @@ def run(args, log=print) -> dict:
   entries, summaries = [], {}
   for label, ckpt in zip(labels, args.checkpoint):
     log(f"{label}: evaluating {ckpt} on {len(problems)} problems")
+    ckpt = ckpt if args.quantize == "none" else load(ckpt, quantize=args.quantize)
     result = evaluate_gsm8k(ckpt, problems, opts, train_pool=train, log=log)
     s = result.summary
     s.update(label=label, dataset=dataset, notes=list(notes) + s.get("notes", []))

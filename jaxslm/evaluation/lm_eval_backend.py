@@ -2,7 +2,7 @@
 
     python -m jaxslm.evaluation.harness --model jaxslm \\
         --model_args checkpoint=runs/sft,dtype=bfloat16,batch_size=32 --tasks arc_easy,hellaswag
-    # the same arguments as `lm_eval`; `jaxslm-lm-eval` is the installed script
+    # quantize=int8 in --model_args runs int8 projection kernels; the same arguments as `lm_eval`; `jaxslm-lm-eval` is the installed script
 
     import lm_eval
     from jaxslm.evaluation.lm_eval_backend import JaxslmLM
@@ -48,6 +48,7 @@ except ImportError as e:   # pragma: no cover - exercised only without the extra
                     "pip install 'jaxslm[lm-eval]' (or pip install lm-eval).") from e
 
 from jaxslm.models import Decoder, ModelConfig, init_cache
+from jaxslm.quant import apply_quantize
 from jaxslm.sampling.engine import compute_params
 from jaxslm.sampling.generate import bucket, generate
 
@@ -139,13 +140,14 @@ class JaxslmLM(TemplateLM):
   that prepend BOS, as Llama 3/Mistral/Gemma ones do and GPT-2/Qwen/Phi-2 ones
   do not; false for jaxslm's own), seed (sampling seed for do_sample requests),
   share_prefixes (default true: a batch whose requests share contexts, such as a
-  multiple-choice question's choices, runs each context once through a KV cache).
+  multiple-choice question's choices, runs each context once through a KV cache),
+  quantize (none | int8: projection kernels as int8, `jaxslm.quant`).
   """
 
   def __init__(self, checkpoint: str | None = None, model=None, dtype: str | None = None,
                batch_size: int | str = 32, max_length: int | None = None,
                max_gen_toks: int | str = 256, add_bos_token=None, seed: int | str = 0,
-               share_prefixes=True,
+               share_prefixes=True, quantize: str | None = None,
                pretrained: str | None = None, device=None, max_batch_size=None, **unused):
     super().__init__()
     from jaxslm.api import resolve_model
@@ -155,7 +157,7 @@ class JaxslmLM(TemplateLM):
     if source is None:
       raise UserError("The jaxslm lm-eval backend needs a model: --model_args checkpoint=DIR "
                       "(a jaxslm run workdir, checkpoints/ dir or step dir).")
-    loaded = resolve_model(source)
+    loaded = apply_quantize(resolve_model(source), quantize)
     cfg = loaded.model_cfg
     if dtype not in (None, "auto"):
       if str(dtype) not in DTYPES:
@@ -413,7 +415,7 @@ class JaxslmLM(TemplateLM):
                      temperature=temperature, top_p=top_p, top_k=top_k,
                      seed=[seeds[i] for i in chunk],
                      eos_id=self.tok.eos_id, stop_token_ids=self.tok.eos_ids,
-                     stop_strings=stops, tokenizer=self.tok)
+                     stop_strings=stops, tokenizer=self.tok, logprobs=False)
       for i, c in zip(chunk, gen.completions):
         texts[i] = _model_utils.postprocess_generated_text(c.text or "", until, None)
     return texts

@@ -239,6 +239,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                       d_ff=1536, max_seq_len=8192, norm="rmsnorm", mlp="swiglu",
                       position="rope", rope_theta=100000.0, tie_embeddings=True,
                       use_bias=False),
+    # Qwen2.5-0.5B's widths as a plain Llama (no q/k/v biases) with 25 layers instead
+    # of 24: 509M parameters, the GPU decode benchmark's model of at least 0.5B.
+    "llama500m": dict(vocab_size=151936, d_model=896, n_layers=25, n_heads=14, n_kv_heads=2,
+                      d_ff=4864, max_seq_len=32768, norm="rmsnorm", mlp="swiglu",
+                      position="rope", rope_theta=1000000.0, tie_embeddings=True,
+                      use_bias=False, norm_eps=1e-6),
     # The offline default run: small enough to learn synthetic math on a laptop CPU.
     "small": dict(vocab_size=1024, d_model=128, n_layers=4, n_heads=4, d_ff=512,
                   max_seq_len=256, norm="layernorm", mlp="gelu", position="rope",

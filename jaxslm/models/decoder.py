@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxslm import ops
 from jaxslm.models.config import ModelConfig
 from jaxslm.models.layers import Block, Linear, Norm
 
@@ -42,10 +43,14 @@ class Decoder(nn.Module):
     if positions_bt is None:
       positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     pdt, cdt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)
-    embedding_vd = self.param("embed", nn.initializers.normal(cfg.init_std),
-                              (cfg.vocab_size, cfg.d_model), pdt)
+    if self.has_variable("params", "embed") and ops.is_quantized(
+        self.get_variable("params", "embed")):
+      embedding_vd = self.get_variable("params", "embed")   # int8 (jaxslm.quant)
+    else:
+      embedding_vd = self.param("embed", nn.initializers.normal(cfg.init_std),
+                                (cfg.vocab_size, cfg.d_model), pdt)
     if embeds_btd is None:
-      embeds_btd = jnp.take(embedding_vd, tokens_bt, axis=0)
+      embeds_btd = ops.embed(embedding_vd, tokens_bt)
     if cfg.embed_scale:   # sqrt(D) rounded to float32, then to the embedding dtype (as HF)
       scale = jnp.asarray(cfg.d_model ** 0.5, jnp.float32).astype(embeds_btd.dtype)
       embeds_btd = embeds_btd * scale
@@ -73,8 +78,7 @@ class Decoder(nn.Module):
       x_btd = jnp.take_along_axis(x_btd, logit_index_bk[..., None], axis=1)
     x_btd = Norm(cfg, name="final_norm")(x_btd)
     if cfg.tie_embeddings:
-      logits_btv = jnp.einsum("btd,vd->btv", x_btd, embedding_vd.astype(cdt),
-                              preferred_element_type=jnp.float32)
+      logits_btv = ops.unembed(x_btd, embedding_vd, cdt)
       if cfg.lm_head_bias:
         logits_btv = HeadBias(cfg.vocab_size, pdt, name="lm_head")(logits_btv)
     else:

@@ -112,6 +112,17 @@ def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float, scaling=(),
   return jnp.concatenate(parts, axis=-1).astype(x_btnh.dtype)
 
 
+# Prefill chunks (T > 1 queries against the cache) use jax.nn.dot_product_attention:
+# None = on GPUs (cuDNN's fused kernel where it applies), True/False = always/never.
+FUSED_PREFILL_ATTENTION: bool | None = None
+
+
+def _fused_prefill() -> bool:
+  if FUSED_PREFILL_ATTENTION is None:
+    return jax.default_backend() == "gpu"
+  return FUSED_PREFILL_ATTENTION
+
+
 def masked_attention(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array,
                      mask_bts: jax.Array, scale: float | None = None) -> jax.Array:
   """Softmax(q k^T * scale) v over the keys `mask_bts` allows, GQA by grouping
@@ -178,8 +189,14 @@ class Attention(nn.Module):
                    cache[name], new_btkh.transpose(0, 2, 1, 3).astype(cache[name].dtype), start)
                for name, new_btkh in (("k", k_btkh), ("v", v_btkh))}
       s = mask_bts.shape[-1]  # the caller may restrict attention to the first S slots
-      o_btnh = masked_attention(q_btnh, cache["k"][:, :, :s].astype(q_btnh.dtype),
-                                cache["v"][:, :, :s].astype(q_btnh.dtype), mask_bts, scale)
+      k_bksh = cache["k"][:, :, :s].astype(q_btnh.dtype)
+      v_bksh = cache["v"][:, :, :s].astype(q_btnh.dtype)
+      if t > 1 and _fused_prefill():   # a prefill chunk: cuDNN where it applies
+        o_btnh = jax.nn.dot_product_attention(
+            q_btnh, k_bksh.transpose(0, 2, 1, 3), v_bksh.transpose(0, 2, 1, 3),
+            mask=mask_bts[:, None], scale=scale)
+      else:
+        o_btnh = masked_attention(q_btnh, k_bksh, v_bksh, mask_bts, scale)
     # Residual-branch output projections get the GPT-2 scaled init.
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
     out_btd = Linear(cfg.d_model, cfg, cfg.has_o_bias, std=out_std, name="o_proj")(

@@ -1,22 +1,28 @@
 """The jitted core of the sampler: prefill, then decode with a KV cache.
 
-Layout. Prompts are left-padded to a common bucket length P, so every row's
-last prompt token sits in slot P - 1 and all rows decode in lockstep, writing
-slot P + step. Each row keeps its own positions (0 at its first real token)
-and `kv_mask_bs` hides its padding, so a row computes what it would compute
-alone. The cache holds S = P + M slots (M the bucketed token budget).
+Layout. Prompts are left-padded to a common bucket length P (`prompt_bucket`)
+and the cache gets one more slot in front, so every row's last prompt token
+sits in slot P and all rows decode in lockstep. Each row keeps its own
+positions (0 at its first real token) and `kv_mask_bs` hides its padding, so a
+row computes what it would compute alone. The cache holds S = P + 1 + M slots
+(M the bucketed token budget).
 
-`prefill` runs the prompts once (logits for the last position only),
-replicates the cache for n completions per prompt, and returns a
-`DecodeState`. `decode` runs the token loop inside `lax.while_loop` until
-every row is done, `limit` tokens exist, or a row wrote a "pause" token the
-host must look at (the calculator hook); the state is donated, so the cache is
-updated in place call after call.
+`prefill` runs every prompt token but the last into the cache (slots [0, P)),
+in chunks of queries whose attention scores fit a fixed budget, so its memory
+grows linearly with the prompt (`prefill_chunk`); the last prompt token is the
+state's pending token. It replicates the cache for n completions per prompt
+and returns a `DecodeState`. `decode` runs the token loop inside
+`lax.while_loop` until every row is done, `limit` tokens exist, or a row wrote
+a "pause" token the host must look at (the calculator hook); the state is
+donated, so the cache is updated in place call after call.
 
-A decode step: pick each row's token (a queued forced token if the host put
-one there, else `filters.choose`), record it with its log-probability under
-the model (log-softmax of the raw logits, temperature 1), decide whether the
-row is done, and run the model on it to get the next logits.
+A decode step runs the model on each row's pending token (writing its keys and
+values), then picks the next token (a queued forced token if the host put one
+there, else `filters.choose`), records it (with its log-probability under the
+model, log-softmax of the raw logits at temperature 1, when asked for), decides
+whether the row is done, and makes it the pending token. So a call never runs
+the model on a token whose logits nobody reads: the last token a call picks is
+fed by the next call, if one comes.
 """
 
 from __future__ import annotations
@@ -40,9 +46,9 @@ RUNNING, EOS, STOP_TOKEN, STOP_STRING, LENGTH, CONTEXT = range(len(REASONS))
 class DecodeState:
   cache: dict            # per layer {"k", "v"}: [B, K, S, H]
   kv_mask_bs: jax.Array  # bool: slot holds a real token
-  pos_b: jax.Array       # int32: position of the next token fed (= tokens so far)
-  index: jax.Array       # int32 []: slot of the next token fed
-  logits_bv: jax.Array   # float32: logits of the next token
+  pos_b: jax.Array       # int32: tokens so far (prompt + generated); pending token at pos_b - 1
+  index: jax.Array       # int32 []: slot of the pending token
+  next_b: jax.Array      # int32: the pending token: picked (or the prompt's last), not yet fed
   tokens_bm: jax.Array   # int32: generated tokens (pad after a row is done)
   logprobs_bm: jax.Array  # float32: their log-probabilities
   forced_bm: jax.Array   # bool: the token came from the queue, not the model
@@ -77,23 +83,85 @@ def compute_params(params, model_cfg: ModelConfig):
   return jax.tree.map(cast, params, is_leaf=ops.is_quantized)
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "n", "max_new", "queue_len"))
+# Attention scores of one prefill chunk ([B, N, C, S] float32) stay under this.
+PREFILL_SCORE_BYTES = 256 * 2**20
+_MIN_BUCKET, _FINE_FROM = 8, 256
+
+
+def prompt_bucket(n: int, minimum: int = _MIN_BUCKET) -> int:
+  """Padded prompt length for n tokens: powers of two up to 256, then multiples
+  of a quarter of the enclosing power of two (320, 384, ..., 640, 768, 896,
+  1024, 1280, ...): padding wastes under 25% of a long prompt and each
+  doubling of the length adds at most 4 shapes to compile."""
+  n = max(int(n), minimum, 1)
+  p = 1 << (n - 1).bit_length()
+  if p <= _FINE_FROM:
+    return p
+  step = p // 8          # n is in (p/2, p]: steps of a quarter of p/2
+  return -(-n // step) * step
+
+
+def prompt_buckets(limit: int, minimum: int = _MIN_BUCKET) -> list[int]:
+  """Every prompt bucket up to `limit` tokens: the shapes prefill compiles for."""
+  return sorted({prompt_bucket(n, minimum) for n in range(1, limit + 1)})
+
+
+def prefill_chunk(b: int, p: int, s: int, model_cfg: ModelConfig) -> int:
+  """Queries per prefill chunk: the largest power of two (16 to 512) whose
+  [B, N, C, S] float32 attention scores fit PREFILL_SCORE_BYTES and that divides
+  P; P itself when the whole prompt fits."""
+  per_query = b * model_cfg.n_heads * s * 4
+  if p * per_query <= PREFILL_SCORE_BYTES:
+    return p
+  c = 512
+  while c > 16 and (c * per_query > PREFILL_SCORE_BYTES or p % c):
+    c //= 2
+  return c if p % c == 0 else p
+
+
+def _prefill_cache(params, tokens_bp, positions_bp, kv_mask_bs, cache, model_cfg, chunk):
+  """Slots [0, P) of the cache from left-padded tokens, `chunk` queries at a time."""
+  model = _model(model_cfg)
+  b, p = tokens_bp.shape
+  no_logits = jnp.zeros((b, 0), jnp.int32)
+  if chunk >= p:   # one call; a static index lets attention see slots [0, P) only
+    return model.apply({"params": params}, tokens_bp, positions_bp, cache=cache, cache_index=0,
+                       kv_mask_bs=kv_mask_bs, logit_index_bk=no_logits)[1]
+  mask_chunks = kv_mask_bs
+
+  def step(cache, xs):
+    i, tok_bc, pos_bc = xs
+    _, cache = model.apply({"params": params}, tok_bc, pos_bc, cache=cache,
+                           cache_index=i * chunk, kv_mask_bs=mask_chunks,
+                           logit_index_bk=no_logits)
+    return cache, None
+  split = lambda x_bp: x_bp.reshape(b, p // chunk, chunk).swapaxes(0, 1)
+  cache, _ = jax.lax.scan(step, cache, (jnp.arange(p // chunk, dtype=jnp.int32),
+                                        split(tokens_bp), split(positions_bp)))
+  return cache
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "n", "max_new", "queue_len", "chunk"))
 def prefill(params, tokens_bp, lengths_b, seeds_b2, *, model_cfg: ModelConfig, n: int,
-            max_new: int, queue_len: int) -> DecodeState:
+            max_new: int, queue_len: int, chunk: int | None = None) -> DecodeState:
   """Run left-padded prompts [B, P]; a state for B * n rows (prompt i's
   completion j is row i * n + j) with room for `max_new` tokens each.
+  `chunk`: queries per prefill step (None: `prefill_chunk`'s choice).
 
   Row keys: fold_in(fold_in(PRNGKey(seeds_b2[i, 0]), seeds_b2[i, 1]), j).
   """
   b, p = tokens_bp.shape
-  s = p + max_new
-  pad_b = p - lengths_b
+  s = p + 1 + max_new
+  # Slot 0 is always padding; slots 1..P hold the prompt, its last token in slot P.
+  tokens_bp = jnp.concatenate([jnp.zeros((b, 1), tokens_bp.dtype), tokens_bp], axis=1)
+  pad_b = p + 1 - lengths_b
   slot_s = jnp.arange(s, dtype=jnp.int32)
   kv_mask_bs = (slot_s[None] >= pad_b[:, None]) & (slot_s[None] < p)
   positions_bp = jnp.maximum(slot_s[None, :p] - pad_b[:, None], 0)
-  logits_b1v, cache = _model(model_cfg).apply(
-      {"params": params}, tokens_bp, positions_bp, cache=init_cache(model_cfg, b, s),
-      cache_index=0, kv_mask_bs=kv_mask_bs, last_only=True)
+  chunk = prefill_chunk(b, p, s, model_cfg) if chunk is None else min(chunk, p)
+  params = compute_params(params, model_cfg)
+  cache = _prefill_cache(params, tokens_bp[:, :p], positions_bp, kv_mask_bs,
+                         init_cache(model_cfg, b, s), model_cfg, chunk)
 
   def rep(x):
     return jnp.repeat(x, n, axis=0)
@@ -104,7 +172,7 @@ def prefill(params, tokens_bp, lengths_b, seeds_b2, *, model_cfg: ModelConfig, n
   zeros_i = jnp.zeros((rows,), jnp.int32)
   return DecodeState(
       cache=jax.tree.map(rep, cache), kv_mask_bs=rep(kv_mask_bs), pos_b=rep(lengths_b),
-      index=jnp.int32(p), logits_bv=rep(logits_b1v[:, 0]),
+      index=jnp.int32(p), next_b=rep(tokens_bp[:, p]),
       tokens_bm=jnp.zeros((rows, max_new), jnp.int32),
       logprobs_bm=jnp.zeros((rows, max_new), jnp.float32),
       forced_bm=jnp.zeros((rows, max_new), bool), step=jnp.int32(0),
@@ -113,11 +181,12 @@ def prefill(params, tokens_bp, lengths_b, seeds_b2, *, model_cfg: ModelConfig, n
       queue_pos_b=zeros_i, paused=jnp.bool_(False))
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "filters", "pause"),
+@functools.partial(jax.jit, static_argnames=("model_cfg", "filters", "pause", "logprobs"),
                    donate_argnames=("state",))
 def decode(params, state: DecodeState, settings: dict, limit, *, model_cfg: ModelConfig,
-           filters: Filters, pause: bool) -> DecodeState:
+           filters: Filters, pause: bool, logprobs: bool = True) -> DecodeState:
   """Generate until every row is done, `state.step == limit`, or a pause.
+  `logprobs=False` skips the log-softmax over the vocabulary (logprobs_bm stays NaN).
 
   `settings`: temperature_b, top_k_b, top_p_b, min_p_b (per row), stop_ids_k
   (int32, -1 padded; `eos_id` is -1 for none), pad_id, max_new (the request's
@@ -131,15 +200,24 @@ def decode(params, state: DecodeState, settings: dict, limit, *, model_cfg: Mode
     return (st.step < limit) & ~jnp.all(st.done_b) & ~st.paused
 
   def body(st: DecodeState) -> DecodeState:
+    kv_mask_bs = jax.lax.dynamic_update_slice(
+        st.kv_mask_bs, jnp.ones((rows, 1), bool), (0, st.index))
+    positions_b1 = jnp.clip(st.pos_b - 1, 0, model_cfg.max_seq_len - 1)[:, None]
+    logits_b1v, cache = model.apply({"params": params}, st.next_b[:, None], positions_b1,
+                                    cache=st.cache, cache_index=st.index, kv_mask_bs=kv_mask_bs)
+    logits_bv = logits_b1v[:, 0]
     keys_b = jax.vmap(jax.random.fold_in, in_axes=(0, None))(st.keys_b, st.step)
-    tok_b = choose(st.logits_bv, keys_b, settings["temperature_b"], settings["top_k_b"],
+    tok_b = choose(logits_bv, keys_b, settings["temperature_b"], settings["top_k_b"],
                    settings["top_p_b"], settings["min_p_b"], filters)
     queued_b = st.queue_pos_b < st.queue_len_b
     q_tok_b = jnp.take_along_axis(
         st.queue_bq, jnp.minimum(st.queue_pos_b, st.queue_bq.shape[1] - 1)[:, None], axis=1)[:, 0]
     tok_b = jnp.where(queued_b, q_tok_b, tok_b)
-    logprob_b = jnp.take_along_axis(jax.nn.log_softmax(st.logits_bv, axis=-1),
-                                    tok_b[:, None], axis=1)[:, 0]
+    if logprobs:   # logits[tok] - logsumexp(logits): no [B, V] log-softmax written
+      logprob_b = (jnp.take_along_axis(logits_bv, tok_b[:, None], axis=1)[:, 0]
+                   - jax.nn.logsumexp(logits_bv, axis=-1))
+    else:
+      logprob_b = jnp.full((rows,), jnp.nan, jnp.float32)
     live_b = ~st.done_b
     tok_b = jnp.where(live_b, tok_b, settings["pad_id"])
     reason_b = jnp.select(
@@ -155,22 +233,9 @@ def decode(params, state: DecodeState, settings: dict, limit, *, model_cfg: Mode
     def put(buf_bm, col_b):
       return jax.lax.dynamic_update_slice(buf_bm, col_b[:, None].astype(buf_bm.dtype),
                                           (0, st.step))
-    kv_mask_bs = jax.lax.dynamic_update_slice(
-        st.kv_mask_bs, jnp.ones((rows, 1), bool), (0, st.index))
-    positions_b1 = jnp.minimum(st.pos_b, model_cfg.max_seq_len - 1)[:, None]
-
-    def forward(cache):
-      logits_b1v, cache = model.apply({"params": params}, tok_b[:, None], positions_b1,
-                                      cache=cache, cache_index=st.index, kv_mask_bs=kv_mask_bs)
-      return logits_b1v[:, 0], cache
-
-    # Runs even on a call's last step, whose logits nobody reads: skipping it
-    # with lax.cond made a decode step 41% longer (28.7 vs 20.3 ms, slm26m, B=16, CPU),
-    # most likely because the conditional copies the cache.
-    logits_bv, cache = forward(st.cache)
     return st.replace(
         cache=cache, kv_mask_bs=kv_mask_bs, pos_b=st.pos_b + live_b, index=st.index + 1,
-        logits_bv=logits_bv, tokens_bm=put(st.tokens_bm, tok_b),
+        next_b=tok_b, tokens_bm=put(st.tokens_bm, tok_b),
         logprobs_bm=put(st.logprobs_bm, jnp.where(live_b, logprob_b, 0.0)),
         forced_bm=put(st.forced_bm, live_b & queued_b), step=st.step + 1, done_b=done_b,
         reason_b=reason_b, queue_pos_b=st.queue_pos_b + (live_b & queued_b), paused=paused)

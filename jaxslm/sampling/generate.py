@@ -7,10 +7,10 @@
     out.completions[0].tokens, .logprobs, .finish_reason
 
 What happens: validate; left-truncate (only if asked, and only a prompt that
-leaves too little of the context to write in); bucket the batch to a
-power of two and the prompt length / token budget to powers of two (so a new
-prompt length rarely recompiles); `engine.prefill`; then `engine.decode` in
-chunks. Without stop strings, the calculator or a stream callback the whole
+leaves too little of the context to write in); bucket the batch and the token
+budget to powers of two and the prompt length with `engine.prompt_bucket` (so
+a new prompt length rarely recompiles); `engine.prefill`; then `engine.decode`
+in chunks. Without stop strings, the calculator or a stream callback the whole
 budget is one call (the loop never leaves the device). Otherwise the host
 looks after each chunk (or pause): it cuts rows at stop strings and, for the
 calculator hook, queues the value of a just-written `<<expr=` as forced tokens.
@@ -128,7 +128,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
              stop_strings: Sequence[str] = (), tokenizer=None, calculator: bool = False,
              truncate: bool = False, min_budget: int = 16, pad_id: int = 0,
              chunk_size: int | None = None,
-             on_tokens: Callable[[int, list[int]], None] | None = None) -> Generation:
+             on_tokens: Callable[[int, list[int]], None] | None = None,
+             logprobs: bool = True) -> Generation:
   """Sample `n` completions for each prompt (lists of token ids); see the module doc.
 
   temperature: one value, one per completion index (n values, e.g. GRPO's
@@ -146,6 +147,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   prompt that fills the context raises; with `truncate=True` a prompt that
   leaves fewer than min(max_new_tokens, min_budget) tokens is cut to its
   last tokens instead, with a warning, and listed in `Generation.truncated`.
+  `logprobs=False` skips computing Completion.logprobs (NaN then).
   """
   if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
     raise UserError(f"n={n!r} is invalid: expected the number of completions per prompt, >= 1.")
@@ -172,7 +174,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
 
   # Buckets: batch, prompt length, token budget.
   b = bucket(len(prompts), 1)
-  p = bucket(max(len(x) for x in prompts))
+  p = engine.prompt_bucket(max(len(x) for x in prompts))
   # No row can outlive the context, so the budget bucket never exceeds what is left of it.
   m = bucket(min(max_new_tokens, model_cfg.max_seq_len - min(len(x) for x in prompts)))
   tokens_bp = np.full((b, p), pad_id, np.int32)
@@ -209,7 +211,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
                          queue_len=_QUEUE_LEN)
   if rows > real_rows:  # batch padding: done from the start, so it never holds the loop up
     state = state.replace(done_b=state.done_b.at[real_rows:].set(True))
-  jax.block_until_ready(state.logits_bv)
+  jax.block_until_ready(state.cache)
   t_prefill = time.perf_counter() - t0
 
   host_work = bool(stop_strings) or calculator or on_tokens is not None
@@ -222,7 +224,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   while True:
     limit = min(max_new_tokens, step + chunk, 2**31 - 1)
     state = engine.decode(params, state, settings, jnp.int32(limit), model_cfg=model_cfg,
-                          filters=filters, pause=calculator)
+                          filters=filters, pause=calculator, logprobs=logprobs)
     step, done = int(state.step), np.asarray(state.done_b)[:real_rows]
     if not host_work and (done.all() or step >= max_new_tokens):
       break
