@@ -208,12 +208,25 @@ def adapters(tmp_path_factory):
   return out, base
 
 
-def _edit_record(directory, edit):
+def _edit_record(directory, edit, resign=True):
+  """Edit the adapter record. `resign`: update the meta's checksum to match, as a
+  record forged elsewhere would be; the record's own checks must still catch it."""
+  from jaxslm import checksums
   path = os.path.join(directory, "meta", "metadata")
   meta = json.loads(open(path).read())
   edit(meta["lora"])
+  if resign:
+    meta[checksums.KEY]["meta"] = checksums.meta_digest(meta)
   with open(path, "w") as f:
     json.dump(meta, f)
+
+
+def test_an_edited_record_without_its_checksum_is_damaged(adapters, tmp_path):
+  directory, base = adapters
+  d = shutil.copytree(directory, tmp_path / "ad")
+  _edit_record(str(d), lambda r: _first(r).update(ranks=[1]), resign=False)
+  with pytest.raises(UserError, match=r"does not match its checksum"):
+    lora.load_adapters(str(d), base)
 
 
 def _first(rec):
@@ -246,7 +259,8 @@ def test_damaged_adapter_files(adapters, tmp_path):
     lora.load_adapters(str(d), base)
   d = shutil.copytree(directory, tmp_path / "ad2")
   shutil.rmtree(d / "params")
-  with pytest.raises(UserError, match=r"adapter arrays .*params cannot be read"):
+  # The checkpoint layout check (every item present) finds it before the arrays are read.
+  with pytest.raises(UserError, match=r"adapter record .*its params item is missing"):
     lora.load_adapters(str(d), base)
   os.symlink("loop", tmp_path / "loop")
   with pytest.raises(UserError, match=r"adapter directory .*loop is a symbolic link loop"):
