@@ -190,3 +190,13 @@ def test_evaluation_summaries_go_to_tensorboard(tmp_path):
   assert base["accuracy"] == [(500, 0.25)] and base["rouge1"] == [(500, 0.5)]
   assert base["n"] == [(500, 4.0)]
   assert read_events(tmp_path / "sft" / "tensorboard")["accuracy"] == [(100, 0.5)]
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_before_writing(tmp_path):
+  from jaxslm.workdir_lock import WorkdirLock, WorkdirLocked
+  workdir = tmp_path / "w"
+  with WorkdirLock(str(workdir)):
+    with pytest.raises(WorkdirLocked) as e:
+      pretrain.run(tiny_pretrain(steps=1), str(workdir))
+  assert "\n" not in str(e.value) and str(workdir) in str(e.value)
+  assert sorted(p.name for p in workdir.iterdir()) == []   # the lock is gone, nothing was written
