@@ -225,7 +225,7 @@ def test_an_edited_record_without_its_checksum_is_damaged(adapters, tmp_path):
   directory, base = adapters
   d = shutil.copytree(directory, tmp_path / "ad")
   _edit_record(str(d), lambda r: _first(r).update(ranks=[1]), resign=False)
-  with pytest.raises(UserError, match=r"does not match its checksum"):
+  with pytest.raises(UserError, match=r"adapter record .*cannot be read \(DamagedCheckpoint"):
     lora.load_adapters(str(d), base)
 
 
