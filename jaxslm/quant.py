@@ -82,8 +82,26 @@ _NF4_MIDPOINTS = ((NF4_CODEBOOK[1:] + NF4_CODEBOOK[:-1]) / 2).astype(np.float32)
 _INT8_MAX = 127.0
 
 
+class _QuantizedMatrix:
+  """What a quantized 2-D weight answers like an array: its logical `shape`
+  (each class defines it), `ndim`, `size` and `dtype` (the dtype the weight
+  had before quantization, dequantize's default)."""
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.shape)
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype_name)
+
+
 @flax.struct.dataclass
-class NF4Weight:
+class NF4Weight(_QuantizedMatrix):
   """A 2-D kernel [in, out] in NF4 with per-block absmax scales.
 
   Arrays (pytree children):
@@ -106,19 +124,6 @@ class NF4Weight:
   dtype_name: str = flax.struct.field(pytree_node=False, default="float32")
   block_size: int = flax.struct.field(pytree_node=False, default=64)
   scale_block_size: int = flax.struct.field(pytree_node=False, default=256)
-
-  @property
-  def ndim(self) -> int:
-    return len(self.shape)
-
-  @property
-  def size(self) -> int:
-    return math.prod(self.shape)
-
-  @property
-  def dtype(self) -> jnp.dtype:
-    """The dtype the weight had before quantization (dequantize's default)."""
-    return jnp.dtype(self.dtype_name)
 
   @property
   def double_quant(self) -> bool:
@@ -144,7 +149,7 @@ class NF4Weight:
 
 
 @flax.struct.dataclass
-class Int8Weight:
+class Int8Weight(_QuantizedMatrix):
   """A 2-D matrix as int8 codes times one float32 scale per output channel.
 
   q: int8 [in, out]; scale: float32 [out] (absmax / 127 of each output
@@ -165,18 +170,6 @@ class Int8Weight:
   @property
   def shape(self) -> tuple:
     return tuple(self.q.shape[::-1] if self.channel_axis == 0 else self.q.shape)
-
-  @property
-  def ndim(self) -> int:
-    return 2
-
-  @property
-  def size(self) -> int:
-    return math.prod(self.shape)
-
-  @property
-  def dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype_name)
 
   @property
   def nbytes(self) -> int:
