@@ -35,8 +35,9 @@ Each shape (B, N) is warmed up once per framework before timing (jaxslm
 compiles there); then the N=1 and N=N calls alternate `--repeats` times and
 every sample is recorded.
 
---quantize none,int8 adds jaxslm rows with int8 kernels (`jaxslm.quant`,
-framework "jaxslm-int8"). Every row gets the bandwidth bound (benchmarks/
+--quantize none,int8,int8-dynamic adds jaxslm rows with int8 kernels
+(`jaxslm.quant`; frameworks "jaxslm-int8", weight-only, and
+"jaxslm-int8-dynamic", activations and head too). Every row gets the bandwidth bound (benchmarks/
 bandwidth.py): the bytes a decode step reads (weights, plus the KV cache of
 the call's mean context, prompt + N/2) over the read bandwidth (measured under
 jit on a CPU, the spec on an H100/H200), divided by the measured step time.
@@ -76,7 +77,7 @@ def parse_args(argv):
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype (jaxslm) / weight dtype (transformers)")
   p.add_argument("--quantize", default="none", help="comma-separated jaxslm weight formats: "
-                 "none (the compute dtype), int8")
+                 "none (the compute dtype), int8 (weight-only), int8-dynamic")
   p.add_argument("--bandwidth-mib", type=int, default=512,
                  help="array size of the read-bandwidth measurement (CPU)")
   p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -114,8 +115,10 @@ def check_args(args) -> tuple[list[str], list[int], list[str]]:
   if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
     raise SystemExit(f"--frameworks {args.frameworks!r}: expected a subset of {FRAMEWORKS}.")
   args.quantize_list = [x.strip() for x in args.quantize.split(",") if x.strip()]
-  if not args.quantize_list or any(q not in ("none", "int8") for q in args.quantize_list):
-    raise SystemExit(f"--quantize {args.quantize!r}: expected a comma-separated subset of none,int8.")
+  from jaxslm.quant import QUANTIZE_CHOICES
+  if not args.quantize_list or any(q not in QUANTIZE_CHOICES for q in args.quantize_list):
+    raise SystemExit(f"--quantize {args.quantize!r}: expected a comma-separated subset of "
+                     f"{','.join(QUANTIZE_CHOICES)}.")
   if args.new_tokens < 2:
     raise SystemExit(f"--new-tokens={args.new_tokens}: at least 2 are needed (decode tok/s "
                      "divides by N - 1).")

@@ -55,7 +55,8 @@ def load(path: str, device: jax.Device | None = None, quantize: str | None = Non
   against the checksums saved with it: a damaged step raises one
   `DamagedCheckpoint` line naming it and the newest intact step beside it.
   `quantize="int8"` stores the projection kernels as int8 for inference
-  (`jaxslm.quant.apply_quantize`).
+  (weight-only; "int8-dynamic" quantizes activations and the head too:
+  `jaxslm.quant.apply_quantize`).
   """
   if quantize not in (None, "none"):
     return quant.apply_quantize(load(path, device), quantize)

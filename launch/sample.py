@@ -40,9 +40,10 @@ def parse(argv):
   ap.add_argument("--truncate", action="store_true",
                   help="keep the last tokens of a prompt that leaves fewer than 16 tokens of "
                   "the context (the budget is otherwise the rest of the context)")
-  ap.add_argument("--quantize", choices=("none", "int8"), default="none",
-                  help="int8: kernels and head as int8 with per-channel scales "
-                       "(docs/inference.md)")
+  ap.add_argument("--quantize", choices=("none", "int8", "int8-dynamic"), default="none",
+                  help="int8: projection kernels as int8 with per-channel scales (weight-only); "
+                       "int8-dynamic: activations per token and the head too, faster at batch on "
+                       "CPUs (docs/inference.md)")
   ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
                   help="BOS before the prompt; auto: the tokenizer's add_bos_default (true "
                        "for models converted from Llama 3 / Gemma / Mistral)")

@@ -25,18 +25,19 @@ def test_sample_throughput_smoke(tmp_path):
   """jaxslm's sampler (and transformers', when torch and transformers import) on `tiny`."""
   out = tmp_path / "s.json"
   res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_throughput.py"),
-                        "--smoke", "--quantize", "none,int8", "--out", str(out)],
+                        "--smoke", "--quantize", "none,int8,int8-dynamic", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=180)
   assert res.returncode == 0, res.stdout + res.stderr
   data = json.loads(out.read_text())
   assert data["models"]["tiny"]["params_jaxslm"] > 0
-  for fw in ("jaxslm", "jaxslm-int8"):
+  for fw in ("jaxslm", "jaxslm-int8", "jaxslm-int8-dynamic"):
     rows = [r for r in data["results"] if r["framework"] == fw]
     assert [r["batch"] for r in rows] == [1, 2]
     assert all(r["bound_s"] > 0 and r["weight_bytes"] > 0 for r in rows), rows
-  int8, fp = ([r["weight_bytes"] for r in data["results"] if r["framework"] == fw]
-              for fw in ("jaxslm-int8", "jaxslm"))
-  assert all(a < 0.4 * b for a, b in zip(int8, fp))        # int8 reads under 40% of fp32
+  dyn, int8, fp = ([r["weight_bytes"] for r in data["results"] if r["framework"] == fw]
+                   for fw in ("jaxslm-int8-dynamic", "jaxslm-int8", "jaxslm"))
+  assert all(a < 0.4 * b for a, b in zip(dyn, fp))         # every matrix int8: under 40% of fp32
+  assert all(a < b for a, b in zip(int8, fp))              # weight-only: the projections only
   assert data["bandwidth"]["bytes_per_s"] > 0
   for r in data["results"]:
     assert "error" not in r, r
@@ -81,6 +82,7 @@ def test_gpu_suite_smoke(tmp_path):
     assert all(c["unknown_flags"] == [] for c in p["commands"]), p
   assert len(parts["grpo"]["commands"]) == 3
   decode = json.loads((tmp_path / "decode.json").read_text())
-  assert {r["framework"] for r in decode["results"]} == {"jaxslm", "jaxslm-int8"}
+  assert {r["framework"] for r in decode["results"]} == {"jaxslm", "jaxslm-int8",
+                                                        "jaxslm-int8-dynamic"}
   table = (tmp_path / "suite.md").read_text()
   assert "| pretrain tiny B2×32 | jaxslm |" in table

@@ -1,4 +1,4 @@
-"""NF4 quantization (jaxslm/quant.py): codebook, round trips, bounds, bytes, pytrees.
+"""NF4 quantization (jaxslm/quant/): codebook, round trips, bounds, bytes, pytrees.
 
 Run: python -m pytest -q tests/test_quant.py   (add -s to see measured numbers)
 """
@@ -14,7 +14,7 @@ import pytest
 
 from jaxslm import quant
 from jaxslm.errors import UserError
-from jaxslm.quant import NF4_CODEBOOK, NF4Weight, dequantize, quantize_nf4, quantize_params
+from jaxslm.quant import NF4_CODEBOOK, NF4Weight, dequantize, nf4, quantize_nf4, quantize_params
 
 # The 16 NF4 levels as published with QLoRA (Dettmers et al. 2023, appendix E):
 # the reference only, the library computes its codebook from the construction.
@@ -72,7 +72,7 @@ def test_exact_codebook_values_round_trip_exactly():
   w = np.stack([levels * 0.5, levels[::-1] * 3.0]).astype(np.float32)   # [2, 64]
   q = quantize_nf4(jnp.asarray(w), double_quant=False)
   np.testing.assert_array_equal(deq(q), w)
-  codes = np.asarray(quant._unpack_codes(q))
+  codes = np.asarray(nf4._unpack_codes(q))
   np.testing.assert_array_equal(codes[:16], np.arange(16))
   assert int(q.codes_n[0]) == 0x01                        # high nibble first
 
@@ -369,7 +369,7 @@ def test_int8_decode_through_generate_equals_int8_full_forward():
 
 def test_int8_errors_and_small_kernels():
   cfg, params = _int8_model()
-  with pytest.raises(UserError, match="valid values: none, int8"):
+  with pytest.raises(UserError, match="valid values: none, int8, int8-dynamic"):
     quant.apply_quantize(params, "int4")
   assert quant.apply_quantize(params, None) is params
   nf4 = quant.quantize_params(params)
@@ -400,9 +400,18 @@ def test_load_with_quantize_int8(tmp_path):
   out = save_params(str(tmp_path / "m"), params, {"model": cfg.to_dict(), "tokenizer": tok.spec()})
   loaded = jaxslm.load(out, quantize="int8")
   assert loaded.meta["quantize"] == "int8"
-  # the projections, the embedding and the untied head
-  assert quant.int8_report(loaded.params)["int8_matrices"] == 7 * cfg.n_layers + 2
+  # weight-only: the projections, multiplied as x @ q; the embedding and head stay float
+  assert quant.int8_report(loaded.params)["int8_matrices"] == 7 * cfg.n_layers
+  kernels = [w for w in jax.tree_util.tree_leaves(loaded.params, is_leaf=quant.is_quantized)
+             if isinstance(w, quant.Int8Weight)]
+  assert {w.matmul for w in kernels} == {"dequantize"}
+  assert not quant.is_quantized(loaded.params["embed"])
   assert isinstance(jaxslm.sample(loaded, "Ava has", max_new_tokens=3), str)
+  dynamic = jaxslm.load(out, quantize="int8-dynamic")
+  # the projections, the embedding and the untied head, activations quantized per token
+  assert quant.int8_report(dynamic.params)["int8_matrices"] == 7 * cfg.n_layers + 2
+  assert dynamic.params["embed"].matmul == "int8_dot"
+  assert isinstance(jaxslm.sample(dynamic, "Ava has", max_new_tokens=3), str)
   with pytest.raises(UserError, match="valid values: none, int8"):
     jaxslm.load(out, quantize="fp8")
 
@@ -416,7 +425,7 @@ def test_lm_eval_backend_quantize_int8():
   tok = get_tokenizer("gpt2")
   cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32")
   params = init_params(cfg, jax.random.PRNGKey(3))
-  lm = JaxslmLM(model=(cfg, params, tok), quantize="int8", batch_size=2)
+  lm = JaxslmLM(model=(cfg, params, tok), quantize="int8-dynamic", batch_size=2)
   assert quant.int8_report(lm.params)["int8_matrices"] == 7 * cfg.n_layers + 2
   ref = JaxslmLM(model=(cfg, params, tok), batch_size=2)
   pair = [Instance("loglikelihood", {}, ("Ava has 3", " pens"), 0)]

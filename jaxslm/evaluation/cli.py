@@ -87,8 +87,9 @@ def parse(argv):
   ap.add_argument("--add-bos", choices=("auto", "true", "false"), default="auto",
                   help="BOS before each prompt; auto: the tokenizer's add_bos_default (true "
                        "for models converted from Llama 3 / Gemma / Mistral)")
-  ap.add_argument("--quantize", choices=("none", "int8"), default="none",
-                  help="int8: evaluate with int8 projection kernels (jaxslm.quant)")
+  ap.add_argument("--quantize", choices=("none", "int8", "int8-dynamic"), default="none",
+                  help="int8: evaluate with int8 projection kernels (weight-only); int8-dynamic: "
+                       "activations and head in int8 too (docs/inference.md)")
   ap.add_argument("--no-perplexity", action="store_true")
   ap.add_argument("--no-rouge", action="store_true")
   ap.add_argument("--similarity-model", default="auto",

@@ -141,7 +141,8 @@ class JaxslmLM(TemplateLM):
   do not; false for jaxslm's own), seed (sampling seed for do_sample requests),
   share_prefixes (default true: a batch whose requests share contexts, such as a
   multiple-choice question's choices, runs each context once through a KV cache),
-  quantize (none | int8: projection kernels as int8, `jaxslm.quant`).
+  quantize (none | int8: projection kernels as int8, weight-only | int8-dynamic:
+  activations and head too; `jaxslm.quant`).
   """
 
   def __init__(self, checkpoint: str | None = None, model=None, dtype: str | None = None,
