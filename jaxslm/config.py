@@ -339,6 +339,11 @@ def grpo_config(method: str = "lora") -> ConfigDict:
       tools="none",
       agent_max_steps=8,        # agent rounds per episode; max_new_tokens covers the episode
       max_tool_tokens=32,       # a tool output longer than this is cut (and counted)
+      # Rollouts from an int8 copy of the policy (adapters merged first): none | int8 |
+      # int8-dynamic (jaxslm.quant). The learning pass stays in float; its first pass takes
+      # the sampler's log-probabilities as the old policy's, so the importance ratio
+      # corrects for the difference.
+      rollout_quantize="none",
   ))
   c.rewards = ConfigDict(dict(names=("format", "process", "accuracy"), weights=(0.2, 0.3, 0.5),
                               extractor="solution"))   # names: built-ins or "module:function"

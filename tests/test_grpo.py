@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxslm import lora
+from jaxslm import lora, quant
 from jaxslm.checkpoint import save_params
 from jaxslm.config import grpo_config, load_config
 from jaxslm.data.synthetic import SyntheticMath
@@ -124,6 +124,25 @@ def test_shared_prefix_logprobs_and_grads_match_one_forward_per_row(variant):
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_fast), jax.tree.leaves(g_slow)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def test_rollouts_from_an_int8_copy_take_the_ratio_against_the_samplers_logprobs(warm, tmp_path):
+  """grpo.rollout_quantize: the rollouts come from an int8 copy of the policy, so
+  the sampler's log-probabilities differ from the float learning pass's, and the
+  first pass's ratio is taken against them (not the exact 1 of float rollouts)."""
+  plain = grpo.run(tiny(warm, rollout_quantize="none"), str(tmp_path / "f"))["records"]
+  assert all(r["ratio_mean"] == 1.0 for r in plain)          # mu = 1: the ratio is exactly 1
+  assert all(r["sampler_logp_gap"] < 1e-4 for r in plain)
+  out = grpo.run(tiny(warm, rollout_quantize="int8-dynamic"), str(tmp_path / "q"))
+  for r in out["records"]:
+    assert 1e-4 < r["sampler_logp_gap"] < 0.5, r          # a copy, close but not equal
+    assert r["ratio_mean"] != 1.0 and abs(r["ratio_mean"] - 1.0) < 0.5, r
+    assert np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"])
+  # the learned tree is float: adapters over the unquantized base
+  assert not any(quant.is_quantized(x) for x in
+                 jax.tree_util.tree_leaves(out["params"], is_leaf=quant.is_quantized))
+  with pytest.raises(UserError, match="grpo.rollout_quantize='int4'; valid values: none, int8"):
+    grpo.run(tiny(warm, rollout_quantize="int4"), str(tmp_path / "bad"))
 
 
 def test_rollout_lengths_round_up_and_fit_the_budgets():

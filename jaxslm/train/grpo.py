@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxslm import lora
+from jaxslm import lora, quant
 from jaxslm.config import ConfigDict
 from jaxslm.errors import TrainingDiverged
 from jaxslm.train import grpo_data, grpo_rollouts, parallel
@@ -144,6 +144,8 @@ def sample_and_score(rl: GRPORun, step: int) -> Rollouts:
   # FSDP: a whole copy gathered on every device (a collective), freed by the `del`.
   policy = parallel.local_replica(parallel.gathered(lora.combine(rl.trainable, rl.frozen),
                                                     rl.mesh))
+  if rollout_quantized(g):   # an int8 copy (adapters folded in); the float policy learns
+    policy = quant.apply_quantize(lora.merge(policy), g.rollout_quantize, log=_quiet)
   sampled = grpo_rollouts.sample(
       g.tools, rl.model_cfg, policy, rl.tok, rl.template, ids, group=g.G,
       max_new_tokens=g.max_new_tokens, temperatures=rl.temps, top_p=g.top_p,
@@ -190,6 +192,15 @@ def sample_and_score(rl: GRPORun, step: int) -> Rollouts:
   return Rollouts(rows, rewards_bg, adv_n, batch, time.perf_counter() - t0)
 
 
+def rollout_quantized(g: ConfigDict) -> bool:
+  """Whether rollouts come from a quantized copy of the policy (grpo.rollout_quantize)."""
+  return g.get("rollout_quantize", "none") not in ("none", None, "")
+
+
+def _quiet(message: str) -> None:
+  """Rollout quantization's notes (kernels kept in float) are said once, at setup."""
+
+
 def learn(rl: GRPORun, ro: Rollouts, step: int) -> dict:
   """μ optimizer passes over the step's rollouts; every process's rows form one
   global batch. Returns the last pass's metrics on the host, with its time."""
@@ -205,11 +216,15 @@ def learn(rl: GRPORun, ro: Rollouts, step: int) -> dict:
       for k, v in batch.items()}
   adv_j = parallel.global_array(ro.adv_n, parallel.batch_sharding(rl.mesh, ndim=1), (n,))
   ref_logp = rl.ref_fn(rl.ref_trainable, rl.frozen, batch) if rl.use_ref else batch["mask"]
-  old_logp = batch["mask"]   # not read by the first pass
+  # The old policy of the ratio: at the first pass the policy itself (the ratio is
+  # exactly 1, `old_logp` unread), unless the rollouts came from a quantized copy:
+  # then the sampler's log-probabilities, so the ratio corrects for the copy.
+  quantized = rollout_quantized(g)
+  old_logp = batch["sampler_logp"] if quantized else batch["mask"]
   eps = clip_epsilon(step, g.eps0, g.eps_min, g.eps_tau)
   rng = jax.random.fold_in(jax.random.PRNGKey(t.seed + 1), step)
   for k in range(g.mu):
-    rl.trainable, rl.opt_state, m, logp = rl.step_fns[k == 0](
+    rl.trainable, rl.opt_state, m, logp = rl.step_fns[k == 0 and not quantized](
         rl.trainable, rl.opt_state, rl.frozen, batch, adv_j, old_logp, ref_logp,
         jnp.float32(eps), jnp.float32(rl.beta if rl.use_ref else 0.0), jax.random.fold_in(rng, k))
     if k == 0:
@@ -233,7 +248,8 @@ def step_record(rl: GRPORun, ro: Rollouts, m: dict, step: int) -> dict:
       "format": float(np.mean(ro.rows["format"])),
       "kl": m["kl"] if rl.use_ref else None, "beta": rl.beta,
       "eps": clip_epsilon(step - 1, g.eps0, g.eps_min, g.eps_tau),
-      "clip_frac": m["clip_frac"], "loss": m["loss"], "pg_loss": m["pg_loss"],
+      "clip_frac": m["clip_frac"], "ratio_mean": m["ratio_mean"], "loss": m["loss"],
+      "pg_loss": m["pg_loss"],
       "grad_norm": m["grad_norm"], "entropy": m["entropy"],
       "completion_len": float(np.mean(ro.rows["length"])),
       "tool_tokens": float(np.mean(ro.rows["row_len"] - ro.rows["length"])),
