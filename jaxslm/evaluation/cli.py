@@ -75,7 +75,10 @@ def parse(argv):
   ap.add_argument("--long-prompts", choices=budget.LONG_PROMPTS, default="skip",
                   help="a prompt too long for the context: skip (scored wrong, counted), "
                   "truncate (keep its last tokens, counted) or error")
-  ap.add_argument("--batch-size", type=int, default=64)
+  ap.add_argument("--batch-size", type=int, default=64, help="rows per generate call, at most")
+  ap.add_argument("--token-budget", default="auto",
+                  help="rows x KV-cache slots per generate call, at most: long prompts get "
+                       "smaller batches; auto: from the device's free memory; 0: rows only")
   ap.add_argument("--n", type=int, default=1, help="samples per problem")
   ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--top-p", type=float, default=1.0)
@@ -144,12 +147,26 @@ def _options(args) -> EvalOptions:
       mode=args.mode, template=args.template, num_fewshot=args.num_fewshot,
       fewshot_sampler=args.fewshot_sampler, max_new_tokens=args.max_new_tokens,
       min_budget=args.min_budget, long_prompts=args.long_prompts,
-      batch_size=args.batch_size, n=args.n, temperature=args.temperature, top_p=args.top_p,
+      batch_size=args.batch_size, token_budget=_token_budget(args.token_budget), n=args.n, temperature=args.temperature, top_p=args.top_p,
       seed=args.sample_seed, pass_k=ks, extractors=extractors, calculator=args.calculator,
       rouge=not args.no_rouge, perplexity=not args.no_perplexity,
       similarity=args.similarity_model,
       agent_max_steps=args.agent_max_steps,
       add_bos={"auto": None, "true": True, "false": False}[args.add_bos])
+
+
+def _token_budget(value) -> int | None:
+  """--token-budget: "auto" (None: from the device's memory) or a count >= 0."""
+  if str(value).strip().lower() == "auto":
+    return None
+  try:
+    n = int(value)
+  except ValueError:
+    n = -1
+  if n < 0:
+    raise UserError(f"--token-budget {value!r}: expected auto, 0 (rows only) or a positive "
+                    "number of cache slots (rows x tokens), e.g. 131072.")
+  return n
 
 
 def _synthetic_problems(args, log):

@@ -46,6 +46,7 @@ from jaxslm.data.templates import Template, fewshot_prompt, get_template
 from jaxslm.errors import UserError
 from jaxslm.evaluation import budget, extract, metrics, similarity, stats
 from jaxslm.evaluation.perplexity import perplexity
+from jaxslm.sampling import batching
 
 MODES = ("zero-shot", "few-shot", "agent")
 _COUNTS = ("prompts_truncated", "prompts_skipped", "budget_cut")   # see `budget.Plan`
@@ -70,7 +71,9 @@ class EvalOptions:
   max_new_tokens: int = 256           # at most; never more than the context left after the prompt
   min_budget: int = 16            # a prompt must leave this much room, else `long_prompts`
   long_prompts: str = "skip"          # "skip" (scored wrong), "truncate" or "error"; see budget.py
-  batch_size: int = 64
+  batch_size: int = 64                # rows per generate call, at most
+  token_budget: int | None = None     # rows x cache slots per call, at most (None: from the
+                                      # device's free memory, `sampling.batching`; 0: rows only)
   n: int = 1                          # samples per problem
   temperature: float = 0.0
   top_p: float = 1.0
@@ -195,9 +198,17 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
                                if i in skipped else [] for i in range(len(prompts))]
   times = [0.0] * len(prompts)
   info = Counter()
-  t0 = time.perf_counter()
-  for b in range(0, len(order), opts.batch_size):
-    chunk = order[b:b + opts.batch_size]
+  token_budget = (batching.default_token_budget(cfg) if opts.token_budget is None
+                  else opts.token_budget)
+  batches = batching.plan([len(ids[i]) for i in order], max_new_tokens=opts.max_new_tokens,
+                          max_rows=opts.batch_size, token_budget=token_budget, n=opts.n,
+                          context=cfg.max_seq_len)
+  if len(batches) > -(-len(order) // opts.batch_size):
+    log(f"  note: {len(batches)} batches of at most {opts.batch_size} rows under a budget of "
+        f"{token_budget:,} cache slots per call (--token-budget)")
+  t0, done = time.perf_counter(), 0
+  for rows in batches:
+    chunk = [order[j] for j in rows]
     tb = time.perf_counter()
     # Rows stop at the end of the context, so a long prompt's budget is what is left of it.
     out = generate(cfg, loaded.params, [ids[i] for i in chunk],
@@ -215,8 +226,10 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
       times[i] = dt / len(chunk)
       samples[i] = [{"completion": _with_kept_stop(c, tok, tmpl), "tokens": len(c.tokens),
                      "finish_reason": c.finish_reason} for c in group]
-    log(f"  generated {min(b + opts.batch_size, len(order))}/{len(order)} problems "
-        f"({time.perf_counter() - t0:.1f} s)")
+    done += len(chunk)
+    log(f"  generated {done}/{len(order)} problems ({time.perf_counter() - t0:.1f} s)")
+  info["batches"] = len(batches)
+  info["token_budget"] = token_budget
   info["prompts_truncated"] = len(fit.truncated)
   info["prompts_skipped"] = len(fit.skipped)
   info["budget_cut"] = len(fit.budget_cut)

@@ -49,6 +49,7 @@ except ImportError as e:   # pragma: no cover - exercised only without the extra
 
 from jaxslm.models import Decoder, ModelConfig, init_cache
 from jaxslm.quant import apply_quantize
+from jaxslm.sampling import batching
 from jaxslm.sampling.engine import compute_params
 from jaxslm.sampling.generate import bucket, generate
 
@@ -142,13 +143,16 @@ class JaxslmLM(TemplateLM):
   share_prefixes (default true: a batch whose requests share contexts, such as a
   multiple-choice question's choices, runs each context once through a KV cache),
   quantize (none | int8: projection kernels as int8, weight-only | int8-dynamic:
-  activations and head too; `jaxslm.quant`).
+  activations and head too; `jaxslm.quant`), token_budget (generation batches
+  hold at most this many rows x KV-cache slots, so long prompts run in smaller
+  batches; default auto: from the device's free memory, `sampling.batching`;
+  0: batch_size rows).
   """
 
   def __init__(self, checkpoint: str | None = None, model=None, dtype: str | None = None,
                batch_size: int | str = 32, max_length: int | None = None,
                max_gen_toks: int | str = 256, add_bos_token=None, seed: int | str = 0,
-               share_prefixes=True, quantize: str | None = None,
+               share_prefixes=True, quantize: str | None = None, token_budget="auto",
                pretrained: str | None = None, device=None, max_batch_size=None, **unused):
     super().__init__()
     from jaxslm.api import resolve_model
@@ -182,6 +186,8 @@ class JaxslmLM(TemplateLM):
     if self.add_bos_token and bos is None:
       raise UserError(f"add_bos_token=true but tokenizer {self.tok.name!r} has no BOS token.")
     self.seed = _parse_int("seed", seed, 0)
+    self.token_budget = (batching.default_token_budget(cfg) if str(token_budget) == "auto"
+                         else _parse_int("token_budget", token_budget, 0))
     self.share_prefixes = bool(_parse_bool("share_prefixes", share_prefixes))
     self.truncated = {"loglikelihood": 0, "loglikelihood_rolling": 0, "generate_until": 0}
 
@@ -409,10 +415,13 @@ class JaxslmLM(TemplateLM):
     stops = [s for s in until if s and s != self.tok.token_text(self.tok.eos_id)]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     texts: list[str | None] = [None] * len(prompts)
-    for start in range(0, len(order), self.batch_size):
-      chunk = order[start:start + self.batch_size]
+    new_tokens = min(max_new, self.model_cfg.max_seq_len)
+    for rows in batching.plan([len(prompts[i]) for i in order], max_new_tokens=new_tokens,
+                              max_rows=self.batch_size, token_budget=self.token_budget,
+                              context=self.model_cfg.max_seq_len):
+      chunk = [order[j] for j in rows]
       gen = generate(self.model_cfg, self.params, [prompts[i] for i in chunk],
-                     max_new_tokens=min(max_new, self.model_cfg.max_seq_len),
+                     max_new_tokens=new_tokens,
                      temperature=temperature, top_p=top_p, top_k=top_k,
                      seed=[seeds[i] for i in chunk],
                      eos_id=self.tok.eos_id, stop_token_ids=self.tok.eos_ids,
