@@ -344,6 +344,10 @@ def grpo_config(method: str = "lora") -> ConfigDict:
       # the sampler's log-probabilities as the old policy's, so the importance ratio
       # corrects for the difference.
       rollout_quantize="none",
+      # KV-cache slots (rows x length) per sampler call: a step's rollouts that would
+      # need more run in several calls. -1: a quarter of the device's free memory
+      # (jaxslm.sampling.batching); 0: one call.
+      rollout_token_budget=-1,
   ))
   c.rewards = ConfigDict(dict(names=("format", "process", "accuracy"), weights=(0.2, 0.3, 0.5),
                               extractor="solution"))   # names: built-ins or "module:function"

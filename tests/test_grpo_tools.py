@@ -216,6 +216,37 @@ def test_a_rollout_where_the_tool_never_fires_equals_tools_none(model):
     assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.parametrize("mode", ["calculator", "agent"])
+def test_a_small_token_budget_splits_the_sampler_calls_without_changing_a_draw(model, mode):
+  """grpo.rollout_token_budget: rows whose KV cache would pass the budget run in
+  several sampler calls; each prompt's seed goes with it, so ids, masks and
+  log-probabilities are the same as in one call."""
+  from jaxslm.sampling import generate as generate_fn
+  from jaxslm.train import grpo_rollouts as ro
+  cfg, params = model
+  prompts = [ids(p) for p in ("Q?", "Q!", "Q#", "Q%", "Qab")]
+  template = TEMPLATE if mode == "agent" else dataclasses.replace(TEMPLATE, stop=())
+  calls = []
+
+  def counting(*a, **k):
+    calls.append(len(a[2]))
+    return generate_fn(*a, **k)
+  outs = {}
+  for budget in (0, 150):
+    calls.clear()
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr("jaxslm.sampling.generate", counting)
+      outs[budget] = ro.sample(mode, cfg, params, TOK, template, prompts, group=2,
+                               max_new_tokens=24, temperatures=[1.0, 0.7], seeds=[3, 4, 5, 6, 7],
+                               token_budget=budget)
+    outs[budget].calls = list(calls)
+  assert outs[0].calls[0] == 5 and max(outs[150].calls) < 5     # rows split under the budget
+  for a, b in zip(outs[0].rows, outs[150].rows):
+    assert a.tokens == b.tokens and np.array_equal(a.model, b.model)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  assert outs[0].prompt_ids == outs[150].prompt_ids
+
+
 def test_bad_tool_modes_and_templates_are_refused():
   with pytest.raises(UserError, match="valid tool modes: none, calculator, agent"):
     grpo_rollouts.prompt_template("structured", "search")

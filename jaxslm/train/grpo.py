@@ -150,7 +150,8 @@ def sample_and_score(rl: GRPORun, step: int) -> Rollouts:
       g.tools, rl.model_cfg, policy, rl.tok, rl.template, ids, group=g.G,
       max_new_tokens=g.max_new_tokens, temperatures=rl.temps, top_p=g.top_p,
       seeds=[grpo_data.rollout_seed(t.seed, step, i) for i in rl.mine],
-      max_steps=g.agent_max_steps, max_tool_tokens=g.max_tool_tokens)
+      max_steps=g.agent_max_steps, max_tool_tokens=g.max_tool_tokens,
+      token_budget=rollout_token_budget(g))
   # Unsharded, it shares buffers with `trainable`, which the update donates:
   # no reference may outlive this line.
   del policy
@@ -195,6 +196,12 @@ def sample_and_score(rl: GRPORun, step: int) -> Rollouts:
 def rollout_quantized(g: ConfigDict) -> bool:
   """Whether rollouts come from a quantized copy of the policy (grpo.rollout_quantize)."""
   return g.get("rollout_quantize", "none") not in ("none", None, "")
+
+
+def rollout_token_budget(g: ConfigDict) -> int | None:
+  """grpo.rollout_token_budget for the sampler: None (-1: from the device's memory) or >= 0."""
+  value = g.get("rollout_token_budget", -1)
+  return None if value == -1 else int(value)
 
 
 def _quiet(message: str) -> None:

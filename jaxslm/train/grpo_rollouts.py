@@ -112,9 +112,11 @@ def prompt_template(name: str, mode: str):
 
 def sample(mode: str, model_cfg, params, tok, template, prompt_ids, *, group: int,
            max_new_tokens: int, temperatures, seeds, top_p: float = 1.0, max_steps: int = 8,
-           max_tool_tokens: int = 32) -> Sampled:
+           max_tool_tokens: int = 32, token_budget: int | None = None) -> Sampled:
   """`group` rollouts of each prompt in tool mode `mode`; see the module doc.
-  `temperatures`: one value or one per completion index; `seeds`: one per prompt."""
+  `temperatures`: one value or one per completion index; `seeds`: one per prompt.
+  `token_budget`: KV-cache slots (rows x length) per sampler call, at most; more
+  rows run in several calls (None: from the device's free memory; 0: one call)."""
   check_mode("tools", mode)
   temps = [float(temperatures)] * group if np.ndim(temperatures) == 0 else \
       [float(x) for x in temperatures]
@@ -128,24 +130,49 @@ def sample(mode: str, model_cfg, params, tok, template, prompt_ids, *, group: in
                       "(grpo_rollouts.prompt_template(name, 'agent')).")
     rows, prompts = _agent(model_cfg, params, tok, template, prompt_ids, group=group,
                            budget=max_new_tokens, temps=temps, seeds=list(seeds), top_p=top_p,
-                           max_steps=max_steps, max_tool_tokens=max_tool_tokens)
+                           max_steps=max_steps, max_tool_tokens=max_tool_tokens,
+                           token_budget=token_budget)
   else:
     gen = _generate(model_cfg, params, tok, prompt_ids, stops=template.stop,
                     max_new_tokens=max_new_tokens, temperature=temps, n=group, seeds=list(seeds),
-                    top_p=top_p, calculator=mode == "calculator", truncate=True)
+                    top_p=top_p, calculator=mode == "calculator", truncate=True,
+                    token_budget=token_budget)
     rows = [_plain_row(c, tok, template) for c in gen.completions]
     prompts = gen.prompt_tokens
   return Sampled(prompts, rows, group, time.perf_counter() - t0)
 
 
 def _generate(model_cfg, params, tok, prompts, *, stops, max_new_tokens, temperature, n, seeds,
-              top_p, calculator=False, truncate=False):
-  from jaxslm.sampling import generate
-  return generate(model_cfg, params, prompts, max_new_tokens=max_new_tokens,
-                  temperature=temperature, top_p=top_p, n=n, seed=seeds, eos_id=tok.eos_id,
-                  stop_token_ids=[i for i in tok.eos_ids if i != tok.eos_id],
-                  stop_strings=list(stops), tokenizer=tok, calculator=calculator,
-                  truncate=truncate, pad_id=tok.pad_id)
+              top_p, calculator=False, truncate=False, token_budget=None):
+  """One sampler call, or several when the KV cache of all the rows would pass
+  `token_budget` slots (None: from the device's free memory, `sampling.batching`;
+  0: one call). Each prompt's seed goes with it, so the split changes no draw."""
+  from jaxslm.sampling import batching, generate
+  budget = batching.default_token_budget(model_cfg) if token_budget is None else token_budget
+  calls = batching.plan([len(p) for p in prompts], max_new_tokens=max_new_tokens,
+                        max_rows=max(len(prompts), 1), token_budget=budget, n=n,
+                        context=model_cfg.max_seq_len)
+  per_row = np.ndim(temperature) > 0 and len(temperature) == len(prompts) * n != n
+  outs = []
+  for rows in calls:
+    temp = ([temperature[i * n + j] for i in rows for j in range(n)] if per_row
+            else temperature)
+    outs.append(generate(model_cfg, params, [prompts[i] for i in rows],
+                         max_new_tokens=max_new_tokens, temperature=temp, top_p=top_p, n=n,
+                         seed=[seeds[i] for i in rows], eos_id=tok.eos_id,
+                         stop_token_ids=[i for i in tok.eos_ids if i != tok.eos_id],
+                         stop_strings=list(stops), tokenizer=tok, calculator=calculator,
+                         truncate=truncate, pad_id=tok.pad_id))
+  if len(outs) == 1:
+    return outs[0]
+  return _Calls([c for o in outs for c in o.completions], [p for o in outs for p in o.prompt_tokens])
+
+
+@dataclasses.dataclass
+class _Calls:
+  """The completions and prompts of several sampler calls, in prompt order."""
+  completions: list
+  prompt_tokens: list
 
 
 def _plain_row(c, tok, template) -> Row:
@@ -182,7 +209,7 @@ def agent_seed(seed: int, j: int, round_: int) -> int:
 
 
 def _agent(model_cfg, params, tok, template, prompt_ids, *, group, budget, temps, seeds, top_p,
-           max_steps, max_tool_tokens):
+           max_steps, max_tool_tokens, token_budget=None):
   from jaxslm.agent import read_round, tools_by_name
   fmt, tools = template.fmt, tools_by_name(template.tools)
   stops = list(fmt.stop) + [s for s in template.stop if s not in fmt.stop]
@@ -203,12 +230,14 @@ def _agent(model_cfg, params, tok, template, prompt_ids, *, group, budget, temps
       break
     if k == 0:
       gen = _generate(model_cfg, params, tok, prompts, stops=stops, max_new_tokens=budget,
-                      temperature=temps, n=group, seeds=seeds, top_p=top_p)
+                      temperature=temps, n=group, seeds=seeds, top_p=top_p,
+                      token_budget=token_budget)
     else:
       gen = _generate(model_cfg, params, tok, [prompts[e.prompt] + e.tokens for e in active],
                       stops=stops, max_new_tokens=max(budget - len(e.tokens) for e in active),
                       temperature=[temps[e.index] for e in active], n=1, top_p=top_p,
-                      seeds=[agent_seed(seeds[e.prompt], e.index, k) for e in active])
+                      seeds=[agent_seed(seeds[e.prompt], e.index, k) for e in active],
+                      token_budget=token_budget)
     for e, c in zip(active, gen.completions):
       _round(e, c, tok, fmt, tools, stops, read_round, budget=budget,
              last=k == max_steps - 1, max_tool_tokens=max_tool_tokens)

@@ -108,6 +108,10 @@ def validate_config(config: ConfigDict) -> None:
   check_choice("grpo.rollout_quantize", g.get("rollout_quantize", "none"), QUANTIZE_CHOICES)
   template = grpo_rollouts.prompt_template(config.data.template, g.tools)
   eval_modes(config)
+  budget = g.get("rollout_token_budget", -1)
+  if isinstance(budget, bool) or not isinstance(budget, int) or budget < -1:
+    raise UserError(f"grpo.rollout_token_budget={budget!r}: expected -1 (from the device's "
+                    "memory), 0 (one sampler call per step) or a positive number of cache slots.")
   for name in ("agent_max_steps", "max_tool_tokens"):
     if g[name] < 1:
       raise UserError(f"grpo.{name}={g[name]} must be a positive integer.")
