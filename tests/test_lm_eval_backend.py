@@ -79,6 +79,25 @@ def test_shared_prefixes_match_separate_forwards_and_hf(models):
   assert [x[1] for x in shared] == [x[1] for x in plain] == [x[1] for x in theirs]
 
 
+def test_shared_prefixes_in_chunks_equal_one_shot(models, monkeypatch):
+  """The shared contexts go into the KV cache 16 queries at a time (the sampler's
+  chunked prefill, memory linear in the context) with the same scores."""
+  from jaxslm.evaluation import lm_eval_backend
+  _, ours, _ = models
+  contexts = ("Weng earns $12 an hour. " * 2, "Question: 2+2 is what number?\nAnswer:")
+  pairs = [(c, ch) for c in contexts for ch in (" 4", " five", " 22 apples", "?")]
+  reqs = _reqs("loglikelihood", pairs)
+  one_shot = ours.loglikelihood(reqs)
+  chunks = []
+  monkeypatch.setattr(lm_eval_backend, "prefill_chunk",
+                      lambda b, p, s, cfg: chunks.append(p) or 16)
+  chunked = ours.loglikelihood(reqs)
+  assert chunks and max(chunks) > 16                    # several chunks per prefix
+  np.testing.assert_allclose([x[0] for x in chunked], [x[0] for x in one_shot], atol=1e-4,
+                             rtol=0)
+  assert [x[1] for x in chunked] == [x[1] for x in one_shot]
+
+
 def test_is_greedy_true_for_the_greedy_continuation(models):
   hf, ours, _ = models
   gen = ours.generate_until(_reqs("generate_until", [

@@ -50,6 +50,7 @@ except ImportError as e:   # pragma: no cover - exercised only without the extra
 from jaxslm.models import Decoder, ModelConfig, init_cache
 from jaxslm.quant import apply_quantize
 from jaxslm.sampling import batching
+from jaxslm.sampling.engine import prefill_cache, prefill_chunk
 from jaxslm.sampling.engine import compute_params
 from jaxslm.sampling.generate import bucket, generate
 
@@ -73,11 +74,12 @@ def _sums(logits_bkv, targets_bk, mask_bk):
           jnp.all(jnp.where(mask_bk, greedy_bk, True), axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg",))
+@functools.partial(jax.jit, static_argnames=("model_cfg", "chunk"))
 def _score_shared(params, prefix_up, prefix_len_u, owner_b, suffix_bm, targets_bm, mask_bm, *,
-                  model_cfg: ModelConfig):
+                  model_cfg: ModelConfig, chunk: int):
   """`_score` with each distinct prefix run once: multiple-choice requests share
-  their context. Prefixes [U, P] are left-padded into a KV cache; request b
+  their context. Prefixes [U, P] are left-padded into a KV cache, `chunk`
+  queries at a time (the sampler's prefill: memory linear in P); request b
   continues prefix owner_b[b] with its suffix [M] (the last context token and
   the continuation but its last token), whose logits score the continuation."""
   (u, p), m = prefix_up.shape, suffix_bm.shape[1]
@@ -86,9 +88,8 @@ def _score_shared(params, prefix_up, prefix_len_u, owner_b, suffix_bm, targets_b
   slot_s = jnp.arange(p + m, dtype=jnp.int32)
   kv_mask_us = (slot_s[None] >= pad_u[:, None]) & (slot_s[None] < p)
   positions_up = jnp.maximum(slot_s[None, :p] - pad_u[:, None], 0)
-  _, cache = model.apply({"params": params}, prefix_up, positions_up,
-                         cache=init_cache(model_cfg, u, p + m), cache_index=0,
-                         kv_mask_bs=kv_mask_us, last_only=True)
+  cache = prefill_cache(params, prefix_up, positions_up, kv_mask_us,
+                        init_cache(model_cfg, u, p + m), model_cfg, chunk)
   cache = jax.tree.map(lambda x: x[owner_b], cache)
   kv_mask_bs = kv_mask_us[owner_b] | (slot_s[None] >= p)
   # Padding after a suffix may run past the context: clamp its positions (a
@@ -342,7 +343,8 @@ class JaxslmLM(TemplateLM):
       mask_bm[r, :len(cont)] = True
     return jax.device_get(_score_shared(self.params, prefix_up, prefix_len_u, owner_b,
                                         suffix_bm, targets_bm, mask_bm,
-                                        model_cfg=self.model_cfg))
+                                        model_cfg=self.model_cfg,
+                                        chunk=prefill_chunk(u, p, p + m, self.model_cfg)))
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
     windows, owners = [], []

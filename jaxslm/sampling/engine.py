@@ -119,8 +119,9 @@ def prefill_chunk(b: int, p: int, s: int, model_cfg: ModelConfig) -> int:
   return c if p % c == 0 else p
 
 
-def _prefill_cache(params, tokens_bp, positions_bp, kv_mask_bs, cache, model_cfg, chunk):
-  """Slots [0, P) of the cache from left-padded tokens, `chunk` queries at a time."""
+def prefill_cache(params, tokens_bp, positions_bp, kv_mask_bs, cache, model_cfg, chunk):
+  """Slots [0, P) of the cache from left-padded tokens, `chunk` queries at a time
+  (traceable; `chunk` from `prefill_chunk`, static). No logits are computed."""
   model = _model(model_cfg)
   b, p = tokens_bp.shape
   no_logits = jnp.zeros((b, 0), jnp.int32)
@@ -160,7 +161,7 @@ def prefill(params, tokens_bp, lengths_b, seeds_b2, *, model_cfg: ModelConfig, n
   positions_bp = jnp.maximum(slot_s[None, :p] - pad_b[:, None], 0)
   chunk = prefill_chunk(b, p, s, model_cfg) if chunk is None else min(chunk, p)
   params = compute_params(params, model_cfg)
-  cache = _prefill_cache(params, tokens_bp[:, :p], positions_bp, kv_mask_bs,
+  cache = prefill_cache(params, tokens_bp[:, :p], positions_bp, kv_mask_bs,
                          init_cache(model_cfg, b, s), model_cfg, chunk)
 
   def rep(x):
