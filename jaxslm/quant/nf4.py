@@ -12,18 +12,7 @@ one float32 scale per 256 of them, bringing the overhead from 0.5 to about
 forward (a codebook gather and a multiply, fused by XLA). The base weights
 stay frozen; train LoRA adapters on top of them (QLoRA).
 
-Example::
-
-  import jax, jax.numpy as jnp
-  from jaxslm import quant
-
-  w_io = 0.02 * jax.random.normal(jax.random.PRNGKey(0), (384, 1536))
-  q = quant.quantize_nf4(w_io)                      # NF4Weight, ~0.26x bf16
-  w2_io = quant.dequantize(q, jnp.bfloat16)         # [384, 1536] bf16
-
-  params = {"layers_0": {"attn": {"q_proj": {"kernel": w_io}}}}
-  qparams = quant.quantize_params(params, targets=r"attn/q_proj/kernel$")
-  print(quant.quantized_bytes_report(qparams))
+The example in `jaxslm.quant`'s docstring shows the calls.
 """
 
 from __future__ import annotations
