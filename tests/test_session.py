@@ -152,10 +152,14 @@ def test_wandb_is_used_only_when_asked(tmp_path, monkeypatch):
 
   fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or Run())
   monkeypatch.setitem(sys.modules, "wandb", fake)
+  said = []
   t = tracking.Trackers(str(tmp_path), {"wandb_project": "p", "wandb_mode": "offline"},
-                        run_config={"a": 1})
+                        run_config={"a": 1}, say=said.append)
   t.log({"step": 3, "loss": 1.5, "note": "x", "nan": float("nan")})
+  t.log({"step": 4, "loss": float("inf")})
   t.close()
+  assert said == ["tracking: 2 NaN or infinite value(s) not mirrored to TensorBoard/W&B "
+                  "(first: nan at step 3); metrics.jsonl has them"]
   again = tracking.Trackers(str(tmp_path), {"wandb_project": "p", "wandb_mode": "offline"})
   again.close()
   assert calls[0][0] == "init" and calls[0][1]["mode"] == "offline"

@@ -118,7 +118,7 @@ class Session:
         paths.write_text(paths.join(self.workdir, "config.json"),
                          json.dumps(config_json, indent=2) + "\n")
       self.trackers = Trackers(self.workdir, config.get("tracking"), run_config=config_json,
-                               enabled=is_main_process())
+                               enabled=is_main_process(), say=log)
 
   def __enter__(self) -> "Session":
     self.stop.install()

@@ -10,6 +10,8 @@ Neither is needed for anything else, and neither is imported unless asked for:
 
 A resumed run appends to the same TensorBoard directory and continues the same
 W&B run (its id is kept in `<workdir>/wandb_run_id`). Only process 0 writes.
+Text and None fields are not mirrored; NaN or infinite numbers are counted and
+said once when the run closes.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ from jaxslm.errors import UserError
 WANDB_MODES = ("online", "offline", "disabled")
 
 
-def scalars(record: dict) -> dict[str, float]:
-  """The finite numeric fields of a metrics record, step left out."""
+def scalars(record: dict, nonfinite: list | None = None) -> dict[str, float]:
+  """The finite numeric fields of a metrics record, step left out; the names of
+  numeric fields that are NaN or infinite go to `nonfinite` (TensorBoard and
+  W&B would draw them as gaps or break the axis; metrics.jsonl keeps them)."""
   out = {}
   for k, v in record.items():
     if k == "step" or isinstance(v, bool) or not isinstance(v, (int, float)):
       continue
     if math.isfinite(v):
       out[k] = float(v)
+    elif nonfinite is not None:
+      nonfinite.append(k)
   return out
 
 
@@ -39,9 +45,10 @@ class Trackers:
   """TensorBoard and/or W&B writers for one run (all no-ops when neither is on)."""
 
   def __init__(self, workdir: str, section: Any = None, *, run_config: dict | None = None,
-               name: str = "", enabled: bool = True):
+               name: str = "", enabled: bool = True, say=print):
     section = section if section is not None else {}
     self.tb = self.wandb_run = None
+    self.say, self.nonfinite, self.first_nonfinite = say, 0, None
     if not enabled:
       return
     if section.get("tensorboard", False):
@@ -73,7 +80,11 @@ class Trackers:
   def log(self, record: dict) -> None:
     if not self.active or "step" not in record:
       return
-    step, values = int(record["step"]), scalars(record)
+    bad: list[str] = []
+    step, values = int(record["step"]), scalars(record, bad)
+    if bad:
+      self.nonfinite += len(bad)
+      self.first_nonfinite = self.first_nonfinite or (bad[0], step)
     if self.tb is not None:
       for k, v in values.items():
         self.tb.add_scalar(k, v, step)
@@ -82,6 +93,11 @@ class Trackers:
       self.wandb_run.log(values, step=step)
 
   def close(self) -> None:
+    if self.nonfinite and self.active:
+      key, step = self.first_nonfinite
+      self.say(f"tracking: {self.nonfinite} NaN or infinite value(s) not mirrored to "
+               f"TensorBoard/W&B (first: {key} at step {step}); metrics.jsonl has them")
+      self.nonfinite = 0
     if self.tb is not None:
       self.tb.close()
       self.tb = None
