@@ -201,8 +201,7 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
   token_budget = (batching.default_token_budget(cfg) if opts.token_budget is None
                   else opts.token_budget)
   batches = batching.plan([len(ids[i]) for i in order], max_new_tokens=opts.max_new_tokens,
-                          max_rows=opts.batch_size, token_budget=token_budget, n=opts.n,
-                          context=cfg.max_seq_len)
+                          max_rows=opts.batch_size, token_budget=token_budget, n=opts.n)
   if len(batches) > -(-len(order) // opts.batch_size):
     log(f"  note: {len(batches)} batches of at most {opts.batch_size} rows under a budget of "
         f"{token_budget:,} cache slots per call (--token-budget)")

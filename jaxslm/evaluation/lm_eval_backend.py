@@ -419,8 +419,7 @@ class JaxslmLM(TemplateLM):
     texts: list[str | None] = [None] * len(prompts)
     new_tokens = min(max_new, self.model_cfg.max_seq_len)
     for rows in batching.plan([len(prompts[i]) for i in order], max_new_tokens=new_tokens,
-                              max_rows=self.batch_size, token_budget=self.token_budget,
-                              context=self.model_cfg.max_seq_len):
+                              max_rows=self.batch_size, token_budget=self.token_budget):
       chunk = [order[j] for j in rows]
       gen = generate(self.model_cfg, self.params, [prompts[i] for i in chunk],
                      max_new_tokens=new_tokens,

@@ -5,8 +5,9 @@ A generate call holds a KV cache of rows x slots, slots = the padded prompt
 what grows with a batch, so a fixed row count that fits short prompts runs out
 of memory on long few-shot ones. `plan` walks prompts in order (sorted by
 length by the caller, so batches hold similar lengths) and closes a batch when
-one more row would take rows x n x slots past `token_budget`, or past
-`max_rows`. A prompt alone over the budget still runs, alone.
+one more row would take the call's cache (`call_slots`: in the padded shapes
+`generate` compiles) past `token_budget`, or past `max_rows`. A prompt alone
+over the budget still runs, alone.
 
 `default_token_budget` is a quarter of the memory the device has free (a GPU's
 unused bytes; on a CPU the host's available memory) divided by the KV-cache
@@ -70,12 +71,20 @@ def default_token_budget(model_cfg, device: jax.Device | None = None,
   return max(int(free_memory_bytes(device) * fraction) // kv_bytes_per_slot(model_cfg), 1)
 
 
+def call_slots(rows: int, longest: int, max_new_tokens: int, n: int = 1) -> int:
+  """KV-cache slots of one `generate` call, in the shapes it compiles: rows
+  padded to a power of two, times n, times (prompt bucket + 1 + the new-token
+  budget padded to a power of two)."""
+  from jaxslm.sampling.engine import prompt_bucket
+  from jaxslm.sampling.generate import bucket
+  return bucket(rows, 1) * n * (prompt_bucket(longest) + 1 + bucket(max_new_tokens))
+
+
 def plan(lengths: Sequence[int], *, max_new_tokens: int, max_rows: int, token_budget: int,
-         n: int = 1, bucket=None, context: int | None = None) -> list[list[int]]:
+         n: int = 1) -> list[list[int]]:
   """Consecutive batches of indices into `lengths` (prompt tokens, in the order
   given): each at most `max_rows` prompts and, unless one prompt alone exceeds
-  it, at most `token_budget` slots, counting n completions per prompt and
-  slots = bucket(longest prompt) + max_new_tokens (capped at `context`).
+  it, at most `token_budget` slots as `call_slots` counts them.
   `token_budget` 0 or None: rows only."""
   for name, value in (("max_rows", max_rows), ("n", n)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -83,20 +92,13 @@ def plan(lengths: Sequence[int], *, max_new_tokens: int, max_rows: int, token_bu
   if token_budget is not None and (isinstance(token_budget, bool) or token_budget < 0):
     raise UserError(f"token_budget={token_budget!r} must be a positive number of tokens "
                     "(rows x cache slots), or 0 for batches of max_rows rows.")
-  if bucket is None:
-    from jaxslm.sampling.engine import prompt_bucket as bucket
-
-  def slots(longest: int) -> int:
-    s = bucket(longest) + max_new_tokens
-    return min(s, context) if context else s
-
   batches: list[list[int]] = []
   current: list[int] = []
   longest = 0
   for i, length in enumerate(lengths):
     grown = max(longest, int(length))
     rows = len(current) + 1
-    over = bool(token_budget) and rows * n * slots(grown) > token_budget
+    over = bool(token_budget) and call_slots(rows, grown, max_new_tokens, n) > token_budget
     if current and (rows > max_rows or over):
       batches.append(current)
       current, grown = [], int(length)

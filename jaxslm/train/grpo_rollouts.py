@@ -150,8 +150,7 @@ def _generate(model_cfg, params, tok, prompts, *, stops, max_new_tokens, tempera
   from jaxslm.sampling import batching, generate
   budget = batching.default_token_budget(model_cfg) if token_budget is None else token_budget
   calls = batching.plan([len(p) for p in prompts], max_new_tokens=max_new_tokens,
-                        max_rows=max(len(prompts), 1), token_budget=budget, n=n,
-                        context=model_cfg.max_seq_len)
+                        max_rows=max(len(prompts), 1), token_budget=budget, n=n)
   per_row = np.ndim(temperature) > 0 and len(temperature) == len(prompts) * n != n
   outs = []
   for rows in calls:
