@@ -120,6 +120,9 @@ def test_agent_step_limit_and_budget(model):
   assert cut.finish == "budget" and cut.budget_cut and len(cut.tokens) == 7
   short = run_agent(model, ["Q?"], budget=5).rows[0]    # cut inside the first round
   assert short.finish == "budget" and short.budget_cut and len(short.tokens) == 5
+  exact = run_agent(model, ["Q?"], budget=9).rows[0]    # the observation fills it exactly
+  assert exact.finish == "budget" and exact.budget_cut and len(exact.tokens) == 9
+  assert exact.model.tolist() == [True] * 7 + [False] * 2
 
 
 def test_learning_batch_is_the_samplers_ids_with_pad_equal_to_eos(episodes):

@@ -224,6 +224,8 @@ def _agent(model_cfg, params, tok, template, prompt_ids, *, group, budget, temps
     for e in active:
       if len(prompts[e.prompt]) + len(e.tokens) >= ctx:
         e.stop = "context_full"
+      elif len(e.tokens) >= budget:   # an observation filled the budget exactly
+        e.stop = "budget"
     active = [e for e in active if e.stop is None]
     if not active:
       break
