@@ -45,7 +45,7 @@ def test_sample_throughput_smoke(tmp_path):
   if "hf" in data["settings"]["frameworks"]:
     assert data["models"]["tiny"]["params_hf"] == data["models"]["tiny"]["params_jaxslm"]
     assert data["models"]["tiny"]["logits_max_rel_error"] < 1e-4
-    assert len(data["comparisons"]) == 4
+    assert len(data["comparisons"]) == 6      # 2 batches x (fp32, int8, int8-dynamic) vs HF
   assert "| model | B |" in data["markdown_table"]
 
 
