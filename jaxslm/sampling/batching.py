@@ -56,7 +56,7 @@ def free_memory_bytes(device: jax.Device | None = None) -> int:
       for line in f:
         if line.startswith("MemAvailable:"):
           return int(line.split()[1]) * 1024
-  except OSError:
+  except (OSError, ValueError, IndexError):   # absent or unreadable: ask sysconf
     pass
   try:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

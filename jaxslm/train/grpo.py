@@ -145,7 +145,9 @@ def sample_and_score(rl: GRPORun, step: int) -> Rollouts:
   policy = parallel.local_replica(parallel.gathered(lora.combine(rl.trainable, rl.frozen),
                                                     rl.mesh))
   if rollout_quantized(g):   # an int8 copy (adapters folded in); the float policy learns
-    policy = quant.apply_quantize(lora.merge(policy), g.rollout_quantize, log=_quiet)
+    # the copy's notes (kernels too small, kept in float) are said at the first step only
+    policy = quant.apply_quantize(lora.merge(policy), g.rollout_quantize,
+                                  log=log if step == rl.start else _quiet)
   sampled = grpo_rollouts.sample(
       g.tools, rl.model_cfg, policy, rl.tok, rl.template, ids, group=g.G,
       max_new_tokens=g.max_new_tokens, temperatures=rl.temps, top_p=g.top_p,
@@ -205,7 +207,7 @@ def rollout_token_budget(g: ConfigDict) -> int | None:
 
 
 def _quiet(message: str) -> None:
-  """Rollout quantization's notes (kernels kept in float) are said once, at setup."""
+  """Rollout quantization's notes after the first step: said once already."""
 
 
 def learn(rl: GRPORun, ro: Rollouts, step: int) -> dict:

@@ -18,7 +18,6 @@ from jaxslm.config import ConfigDict
 from jaxslm.errors import UserError
 from jaxslm.loading import build_params, load_base
 from jaxslm.train import grpo_data, grpo_rollouts, memory, parallel
-from jaxslm import quant
 from jaxslm.quant import QUANTIZE_CHOICES
 from jaxslm.train.grpo_loss import AGGREGATIONS, NORMALIZATIONS, check_choice
 from jaxslm.train.grpo_step import _reference_jit, _step_jit
@@ -194,13 +193,9 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
   log(f"Policy: {base.path} + {config.method} ({counts['trainable']:,} trainable of "
       f"{counts['total']:,} parameters, {counts['percent']:.3f}%), {model_cfg.dtype} compute")
   if g.get("rollout_quantize", "none") != "none":
-    notes = []
-    report = quant.int8_report(quant.apply_quantize(lora.merge(params), g.rollout_quantize,
-                                                    log=notes.append))
     log(f"Rollouts: sampled from a {g.rollout_quantize} copy of the policy, adapters merged "
-        f"into it each step ({report['int8_matrices']} int8 matrices"
-        + (f"; {notes[0]}" if notes else "") + "); the learning pass stays in "
-        f"{model_cfg.dtype}, its ratio taken against the sampler's log-probabilities")
+        f"into it each step; the learning pass stays in {model_cfg.dtype}, its ratio taken "
+        "against the sampler's log-probabilities")
   fns, weights = reward_setup(config)
   problems, source = grpo_data.load_problems(d, heldout=False, limit=d.train_problems)
   pool = grpo_data.encode_pool(problems, tok, template, budget=d.prompt_budget,
