@@ -36,6 +36,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")
 HELDOUT_START = 1_000_000
+# The settings a stage's scores depend on (besides the checkpoint).
+SCORING = ("data", "template", "max_steps", "eval_problems", "synthetic_problems",
+           "max_new_tokens", "eval_batch_size")
 
 
 def _complete(workdir: str) -> bool:
@@ -106,6 +109,8 @@ def sft(args, base: str) -> str:
   c.train.update(steps=args.sft_steps, batch_size=args.batch_size, seq_len=args.seq_len,
                  warmup_steps=max(1, args.sft_steps // 10), eval_every=args.sft_steps,
                  checkpoint_every=max(1, min(100, args.sft_steps)), log_every=10)
+  if args.sft_lr is not None:
+    c.train.update(lr=args.sft_lr, min_lr=args.sft_lr / 10)
   c.eval.problems = 0   # the chain scores every stage itself, on the same problems
   t0 = time.perf_counter()
   finetune.run(c, workdir, resume=os.path.isdir(os.path.join(workdir, "checkpoints")))
@@ -181,6 +186,8 @@ def main(argv=None) -> int:
   ap.add_argument("--template", default="structured")
   ap.add_argument("--dtype", default="float32", help="compute dtype of training")
   ap.add_argument("--sft-steps", type=int, default=400)
+  ap.add_argument("--sft-lr", type=float, default=None,
+                  help="peak LR of the SFT stage (default: the config's, 2e-4)")
   ap.add_argument("--batch-size", type=int, default=8)
   ap.add_argument("--seq-len", type=int, default=384)
   ap.add_argument("--grpo-steps", type=int, default=60)
@@ -213,10 +220,26 @@ def main(argv=None) -> int:
       json.dump(result, f, indent=2)
     os.replace(tmp, args.out)
 
+  # Scores of an earlier run of the same chain (same --out, same scoring settings)
+  # are reused stage by stage, so a chain stopped during a later stage resumes
+  # without scoring again what it already scored.
+  scoring = {k: getattr(args, k) for k in SCORING}
+  earlier = {}
+  if os.path.isfile(args.out):
+    with open(args.out) as f:
+      before = json.load(f)
+    if {k: before.get("settings", {}).get(k) for k in SCORING} == scoring:
+      earlier = before.get("stages", {})
+
   def measure(stage: str, path: str) -> None:
-    print(f"{stage}: scoring {path}", flush=True)
-    result["stages"][stage] = {"path": path, **{k: score(path, p, args, k)
-                                                for k, p in problems.items()}}
+    old = earlier.get(stage)
+    if old and old.get("path") == path and all(k in old for k in problems):
+      print(f"{stage}: reusing the scores in {args.out}", flush=True)
+      result["stages"][stage] = old
+    else:
+      print(f"{stage}: scoring {path}", flush=True)
+      result["stages"][stage] = {"path": path, **{k: score(path, p, args, k)
+                                                  for k, p in problems.items()}}
     write()
 
   base = import_base(args)
