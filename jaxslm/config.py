@@ -325,6 +325,8 @@ def grpo_config(method: str = "lora") -> ConfigDict:
       G=4, temperatures=(0.6, 0.8, 1.0, 1.2), top_p=1.0,
       prompts_per_step=8, max_new_tokens=256,
       mu=1,                     # optimizer passes per batch of rollouts
+      grad_accum=1,             # micro-batches of the learning pass (whole groups each; their
+                                # gradients summed, the same update in a fraction of the memory)
       adv_norm="group",         # group | batch | none (Dr.GRPO)
       aggregation="sequence",   # sequence (GRPO) | token_sum (Dr.GRPO: sum / (N * norm_tokens))
                                 # | token_mean (DAPO: sum over the batch's tokens / their count)

@@ -82,8 +82,12 @@ def token_logprobs(logits_btv, targets_bt):
 
 def grpo_loss(logp_bt, old_logp_bt, ref_logp_bt, adv_n, mask_bt, *, eps, beta,
               aggregation: str = "sequence", norm_tokens: int = 0,
-              kl_ratio_weighted: bool = False):
-  """(loss, metrics) of one batch; see the module doc. `eps`, `beta` may be traced."""
+              kl_ratio_weighted: bool = False, rows_total=None, tokens_total=None):
+  """(loss, metrics) of one batch; see the module doc. `eps`, `beta` may be traced.
+
+  `rows_total`, `tokens_total`: the row and model-token counts of the whole
+  batch when these rows are one micro-batch of it (default: these rows'). With
+  them the loss and the metrics of the micro-batches sum to the whole batch's."""
   check_choice("grpo.aggregation", aggregation, AGGREGATIONS)
   mask = mask_bt.astype(jnp.float32)
   adv = adv_n.astype(jnp.float32)[:, None]
@@ -95,14 +99,15 @@ def grpo_loss(logp_bt, old_logp_bt, ref_logp_bt, adv_n, mask_bt, *, eps, beta,
   kl_bt = jnp.exp(d) - d - 1.0
   per_token = pg_bt + beta * (ratio * kl_bt if kl_ratio_weighted else kl_bt)
   tokens_n = jnp.sum(mask, axis=1)
-  n_tokens = jnp.maximum(jnp.sum(tokens_n), 1.0)
+  n_tokens = jnp.maximum(jnp.sum(tokens_n) if tokens_total is None else tokens_total, 1.0)
+  n_rows = mask.shape[0] if rows_total is None else rows_total
   if aggregation == "sequence":
     rows = jnp.sum(per_token * mask, axis=1) / jnp.maximum(tokens_n, 1.0)
-    loss = jnp.mean(rows)
+    loss = jnp.sum(rows) / n_rows
   elif aggregation == "token_mean":
     loss = jnp.sum(per_token * mask) / n_tokens
   else:
-    const = mask.shape[0] * (norm_tokens if norm_tokens > 0 else mask.shape[1])
+    const = n_rows * (norm_tokens if norm_tokens > 0 else mask.shape[1])
     loss = jnp.sum(per_token * mask) / const
   is_clipped = ((ratio < 1.0 - eps) & (adv < 0)) | ((ratio > 1.0 + eps) & (adv > 0))
   metrics = {

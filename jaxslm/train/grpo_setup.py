@@ -19,6 +19,7 @@ from jaxslm.errors import UserError
 from jaxslm.loading import build_params, load_base
 from jaxslm.train import grpo_data, grpo_rollouts, memory, parallel
 from jaxslm.quant import QUANTIZE_CHOICES
+from jaxslm.sampling import batching
 from jaxslm.train.grpo_loss import AGGREGATIONS, NORMALIZATIONS, check_choice
 from jaxslm.train.grpo_step import _reference_jit, _step_jit
 from jaxslm.train.optim import make_optimizer
@@ -129,12 +130,27 @@ def validate_config(config: ConfigDict) -> None:
   if rows % devices:
     raise UserError(f"grpo.prompts_per_step * grpo.G = {rows} completions must be divisible by "
                     f"the {devices} devices (data parallel); change grpo.prompts_per_step.")
+  accum = g.get("grad_accum", 1)
+  if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1 \
+      or g.prompts_per_step % accum:
+    raise UserError(f"grpo.grad_accum={accum!r} must be a positive integer that divides "
+                    f"grpo.prompts_per_step={g.prompts_per_step} (each micro-batch holds whole "
+                    "groups).")
+  if (g.prompts_per_step // accum * g.G) % devices:
+    raise UserError(f"grpo.grad_accum={accum}: a micro-batch of {g.prompts_per_step // accum} "
+                    f"prompts x G {g.G} rows must be divisible by the {devices} devices; "
+                    "lower grpo.grad_accum.")
   parallel.mesh_shape(config.mesh.data, config.mesh.get("fsdp", 1), devices)
   grpo_data.process_slice(g.prompts_per_step, 0, jax.process_count())
   if config.method == "lora" and config.lora.rank < 1:
     raise UserError(f"lora.rank={config.lora.rank} must be >= 1.")
   reward_setup(config)
   make_optimizer(train_section(config))
+
+
+def grad_accum(g: ConfigDict) -> int:
+  """grpo.grad_accum (1 in configs written before it existed)."""
+  return int(g.get("grad_accum", 1))
 
 
 @dataclasses.dataclass
@@ -222,12 +238,24 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
   tr_sh, fr_sh, opt_sh = (parallel.tree_shardings(x, mesh) for x in (trainable, frozen, opt_state))
   mine = grpo_data.process_slice(g.prompts_per_step, jax.process_index(), jax.process_count())
   rollout_len = min(grpo_data.pad_to(d.prompt_budget + g.max_new_tokens), model_cfg.max_seq_len + 1)
-  log(memory.grpo_estimate(
-      model_cfg, trainable=trainable, frozen=frozen, opt_state=opt_state,
-      rows_per_device=g.prompts_per_step * g.G // jax.device_count(), rollout_len=rollout_len,
-      sample_prompts=len(mine), group=g.G, prompt_budget=d.prompt_budget,
-      max_new_tokens=g.max_new_tokens, trainable_shardings=tr_sh, frozen_shardings=fr_sh,
-      opt_shardings=opt_sh, where=f"mesh {dict(mesh.shape)}").line())
+  def estimate(accum: int):
+    return memory.grpo_estimate(
+        model_cfg, trainable=trainable, frozen=frozen, opt_state=opt_state,
+        rows_per_device=max(g.prompts_per_step * g.G // jax.device_count() // accum, 1),
+        grad_copies=2 if accum > 1 else 1, rollout_len=rollout_len,
+        sample_prompts=len(mine), group=g.G, prompt_budget=d.prompt_budget,
+        max_new_tokens=g.max_new_tokens, trainable_shardings=tr_sh, frozen_shardings=fr_sh,
+        opt_shardings=opt_sh, where=f"mesh {dict(mesh.shape)}")
+  est = estimate(grad_accum(g))
+  log(est.line())
+  free = batching.free_memory_bytes()
+  if est.total > free:
+    fits = [k for k in range(grad_accum(g) + 1, g.prompts_per_step + 1)
+            if g.prompts_per_step % k == 0 and estimate(k).total <= free]
+    fix = (f"set grpo.grad_accum={fits[0]} (the same update in micro-batches)" if fits else
+           "lower grpo.prompts_per_step, grpo.G or grpo.max_new_tokens")
+    log(f"Warning: the step's estimate ({memory.fmt_bytes(est.total)}) exceeds the "
+        f"{memory.fmt_bytes(free)} free on {jax.devices()[0].platform}; {fix}.")
   beta, start, last = float(g.beta), 0, {}
   if run.latest is not None:
     saved_state = {"opt": opt_state, "ref": ref_trainable}
@@ -246,7 +274,8 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
       _step_jit, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
       norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
       use_ref=use_ref, shardings=parallel.Static((tr_sh, opt_sh)),
-      kl_ratio_weighted=bool(g.kl_ratio_weighted)) for first in (True, False)}
+      kl_ratio_weighted=bool(g.kl_ratio_weighted), grad_accum=grad_accum(g))
+      for first in (True, False)}
   meta_base = {"finetune": {"method": config.method, "trainable": kind,
                             "init_from": paths.resolve(base.path), "template": d.template},
                "config": json.loads(config.to_json_best_effort()), "model": model_cfg.to_dict(),
@@ -256,5 +285,6 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
   return GRPORun(config, model_cfg, tok, template, kind, counts, trainable, frozen, opt_state,
                  ref_trainable, beta, pool, eval_pool, source, fns, weights, temperatures(g),
                  mesh, batch_sh, prefix_sh, mine, use_ref, step_fns,
-                 functools.partial(_reference_jit, model_cfg=model_cfg), schedule, meta_base,
+                 functools.partial(_reference_jit, model_cfg=model_cfg, grad_accum=grad_accum(g)),
+                 schedule, meta_base,
                  start, last)

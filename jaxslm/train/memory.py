@@ -128,11 +128,13 @@ def estimate(model_cfg, *, params, opt_state, batch_per_device: int, seq_len: in
 def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: int,
                   rollout_len: int, sample_prompts: int, group: int, prompt_budget: int,
                   max_new_tokens: int, trainable_shardings=None, frozen_shardings=None,
-                  opt_shardings=None, where: str = "") -> Estimate:
+                  opt_shardings=None, where: str = "", grad_copies: int = 1) -> Estimate:
   """A GRPO step: policy (trainable + frozen), the reference snapshot (a copy of
   the trainable tree), AdamW state, gradients, the update's activations
   (`rows_per_device` × rollout length) and the KV cache of the rollouts one
   process samples on one device: its `sample_prompts` × `group` completions
+  (`rows_per_device`: one micro-batch's rows with `grpo.grad_accum`, whose
+  summed gradients are a second copy, `grad_copies` 2)
   (the sampler rounds the prompt count, prompt length and budget up to powers of two).
   With FSDP (shardings that split leaves) the sampler needs the whole policy:
   a gathered copy (`rollout_params`) lives on each device while sampling."""
@@ -147,6 +149,7 @@ def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: i
   return estimate(model_cfg, params=trainable, frozen=frozen, opt_state=opt_state,
                   param_shardings=trainable_shardings, frozen_shardings=frozen_shardings,
                   opt_shardings=opt_shardings, extra=extra, batch_per_device=rows_per_device,
+                  grad_copies=grad_copies,
                   seq_len=rollout_len - 1, kv_cache=(bucket(sample_prompts, 1) * group, cache_len),
                   where=", ".join(x for x in (where, "rollouts on one device per process") if x))
 
