@@ -26,7 +26,8 @@ test (`--eval-problems`, subset seed 1234) and held-out synthetic problems
 (indices from 1,000,000 on, never trained on), zero-shot in the template.
 Reported: accuracy ± stderr per stage, and each stage against the one before
 and against the base with McNemar's exact test and the paired bootstrap
-(`jaxslm.evaluation.stats`) on the per-problem outcomes. The JSON is written
+(`jaxslm.evaluation.stats`) on the per-problem outcomes, strict (the answer in
+<solution>) and flexible (the last number written). The JSON is written
 after every stage, and a chart of accuracy per stage beside it.
 """
 
@@ -151,13 +152,14 @@ def grpo(args, start: str) -> str:
   return workdir
 
 
-def compare(a: dict, b: dict) -> dict:
-  """b against a on the same problems: McNemar's exact test and the paired bootstrap."""
+def compare(a: dict, b: dict, key: str = "correct") -> dict:
+  """b against a on the same problems: McNemar's exact test and the paired bootstrap,
+  on the strict outcomes (`correct`) or the flexible ones (`flexible_correct`)."""
   from jaxslm.evaluation import stats
-  return {"change": b["accuracy"] - a["accuracy"],
-          "mcnemar": stats.mcnemar_exact(a["correct"], b["correct"]),
-          "bootstrap": stats.paired_bootstrap([float(x) for x in b["correct"]],
-                                              [float(x) for x in a["correct"]], seed=0)}
+  return {"change": (sum(b[key]) - sum(a[key])) / len(a[key]),
+          "mcnemar": stats.mcnemar_exact(a[key], b[key]),
+          "bootstrap": stats.paired_bootstrap([float(x) for x in b[key]],
+                                              [float(x) for x in a[key]], seed=0)}
 
 
 def chart(result: dict, path: str) -> None:
@@ -260,6 +262,10 @@ def main(argv=None) -> int:
   for a, b in (("base", "sft"), (start, "grpo"), ("base", "grpo")):
     for key in problems:
       result["tests"][f"{key}: {b} vs {a}"] = compare(s[a][key], s[b][key])
+      # The flexible extractor (the last number written) separates a format learned
+      # from answers learned: a model that starts writing <solution> gains strict only.
+      result["tests"][f"{key} (flexible): {b} vs {a}"] = compare(s[a][key], s[b][key],
+                                                                 "flexible_correct")
   write()
   png = os.path.splitext(args.out)[0] + ".png"
   chart(result, png)

@@ -60,7 +60,7 @@ def test_the_chain_runs_every_stage_and_resumes_without_redoing(tmp_path, capsys
     for key in ("gsm8k", "synthetic"):
       s = stage[key]
       assert s["n"] == len(s["correct"]) == 4 and 0 <= s["accuracy"] <= 1
-  assert len(result["tests"]) == 6
+  assert len(result["tests"]) == 12   # 3 pairs x 2 sets x (strict, flexible)
   for t in result["tests"].values():
     assert 0 <= t["mcnemar"]["p_value"] <= 1 and 0 <= t["bootstrap"]["p_value"] <= 1
   assert out.with_suffix(".png").is_file()
