@@ -8,7 +8,7 @@
       --set "grpo.temperatures=(0.6,0.6,0.8,0.8,1.0,1.0,1.2,1.2)" \
       --set grpo.max_new_tokens=160 --set train.lr=1e-3 --set grpo.beta=0.0
 
-(the run in BENCHMARKS.md: about 2.5 hours on a 2-core CPU; `grpo.grad_accum` keeps
+(the run in BENCHMARKS.md: about 1.8 hours on a 2-core CPU, 79 minutes of it training; `grpo.grad_accum` keeps
 the learning pass of a 49k-vocabulary model within a laptop's memory.)
 
 The chain, each stage run once and reused when its workdir is complete:
@@ -152,6 +152,47 @@ def grpo(args, start: str) -> str:
   return workdir
 
 
+def earlier_scores(args, problems: dict) -> dict:
+  """The stages of an earlier run's JSON at --out whose scores can be reused: the
+  same scoring settings, and per problem set one outcome per problem. Anything
+  else (no file, a file that is not such a JSON, other settings) is said and
+  scored again; the file is rewritten either way."""
+  if not os.path.isfile(args.out):
+    return {}
+  try:
+    with open(args.out) as f:
+      before = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    print(f"{args.out}: not readable as an earlier chain's results ({e}); scoring every "
+          "stage again", flush=True)
+    return {}
+  settings = before.get("settings") if isinstance(before, dict) else None
+  stages = before.get("stages") if isinstance(before, dict) else None
+  if not isinstance(settings, dict) or not isinstance(stages, dict):
+    print(f"{args.out}: not an earlier chain's results (no settings and stages); scoring every "
+          "stage again", flush=True)
+    return {}
+  if any(settings.get(k) != getattr(args, k) for k in SCORING):
+    print(f"{args.out}: an earlier chain with other scoring settings; scoring every stage "
+          "again", flush=True)
+    return {}
+
+  def usable(stage) -> bool:
+    return isinstance(stage, dict) and isinstance(stage.get("path"), str) and all(
+        isinstance(stage.get(k), dict)
+        and all(isinstance(stage[k].get(c), list) and len(stage[k][c]) == len(p)
+                and all(isinstance(x, bool) for x in stage[k][c])
+                for c in ("correct", "flexible_correct"))
+        and isinstance(stage[k].get("accuracy"), (int, float))
+        and abs(stage[k]["accuracy"] - sum(stage[k]["correct"]) / max(len(p), 1)) < 1e-9
+        for k, p in problems.items())
+  bad = [name for name, stage in stages.items() if not usable(stage)]
+  if bad:
+    print(f"{args.out}: stage(s) {', '.join(map(str, bad))} without one outcome per problem; "
+          "scoring them again", flush=True)
+  return {name: stage for name, stage in stages.items() if name not in bad}
+
+
 def compare(a: dict, b: dict, key: str = "correct") -> dict:
   """b against a on the same problems: McNemar's exact test and the paired bootstrap,
   on the strict outcomes (`correct`) or the flexible ones (`flexible_correct`)."""
@@ -231,17 +272,11 @@ def main(argv=None) -> int:
   # Scores of an earlier run of the same chain (same --out, same scoring settings)
   # are reused stage by stage, so a chain stopped during a later stage resumes
   # without scoring again what it already scored.
-  scoring = {k: getattr(args, k) for k in SCORING}
-  earlier = {}
-  if os.path.isfile(args.out):
-    with open(args.out) as f:
-      before = json.load(f)
-    if {k: before.get("settings", {}).get(k) for k in SCORING} == scoring:
-      earlier = before.get("stages", {})
+  earlier = earlier_scores(args, problems)
 
   def measure(stage: str, path: str) -> None:
     old = earlier.get(stage)
-    if old and old.get("path") == path and all(k in old for k in problems):
+    if old and old.get("path") == path:
       print(f"{stage}: reusing the scores in {args.out}", flush=True)
       result["stages"][stage] = old
     else:

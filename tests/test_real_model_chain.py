@@ -74,3 +74,38 @@ def test_the_chain_runs_every_stage_and_resumes_without_redoing(tmp_path, capsys
     assert f"{stage}: reusing the scores in {out}" in again
   assert "scoring" not in again.replace("reusing the scores", "")
   assert json.loads(out.read_text())["stages"] == result["stages"]
+
+
+def test_an_earlier_results_file_is_checked_before_its_scores_are_reused(tmp_path, capsys):
+  """Half-written, empty, not the chain's, other settings, or a stage whose outcome
+  lists do not match the problems: one line each, and those scores are not reused."""
+  import argparse
+  chain = _chain()
+  problems = {"gsm8k": [0, 1, 2], "synthetic": [0, 1]}
+  args = argparse.Namespace(out=str(tmp_path / "r.json"), data="d", template="structured",
+                            max_steps=2, eval_problems=3, synthetic_problems=2,
+                            max_new_tokens=16, eval_batch_size=4)
+
+  def scores(n, right):
+    return {"accuracy": right / n, "correct": [i < right for i in range(n)],
+            "flexible_correct": [False] * n}
+  good = {"path": "p", "gsm8k": scores(3, 1), "synthetic": scores(2, 2)}
+  settings = {k: getattr(args, k) for k in chain.SCORING}
+  whole = json.dumps({"settings": settings, "stages": {"base": good}})
+  out = pathlib.Path(args.out)
+  assert chain.earlier_scores(args, problems) == {}                       # no file: silent
+  out.write_text(whole)
+  assert chain.earlier_scores(args, problems) == {"base": good}
+  for text, said in ((whole[:len(whole) // 2], "not readable"), ("", "not readable"),
+                     ("[1, 2]", "no settings and stages"),
+                     (json.dumps({"settings": {**settings, "eval_problems": 9},
+                                  "stages": {"base": good}}), "other scoring settings")):
+    out.write_text(text)
+    assert chain.earlier_scores(args, problems) == {}
+    assert said in capsys.readouterr().out
+  for bad in ({**good, "gsm8k": {**scores(3, 1), "correct": [True] * 10**6}},   # absurd length
+              {**good, "gsm8k": {**scores(3, 1), "accuracy": 0.9}},             # contradicts
+              {**good, "synthetic": "x"}, {"gsm8k": good["gsm8k"]}):
+    out.write_text(json.dumps({"settings": settings, "stages": {"base": good, "sft": bad}}))
+    assert chain.earlier_scores(args, problems) == {"base": good}
+    assert "stage(s) sft without one outcome per problem" in capsys.readouterr().out
