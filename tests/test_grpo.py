@@ -126,6 +126,34 @@ def test_shared_prefix_logprobs_and_grads_match_one_forward_per_row(variant):
                                err_msg=jax.tree_util.keystr(path))
 
 
+def test_remat_recomputes_the_learning_pass_blocks(capsys):
+  """model remat=True reaches GRPO's shared-prefix pass (it runs through a KV
+  cache): far fewer values are kept for the backward pass, with the same
+  log-probabilities and gradients."""
+  import dataclasses
+  import jax.numpy as jnp
+  from jax.ad_checkpoint import print_saved_residuals
+  from jaxslm.train import grpo_data
+  cfg = ModelConfig.preset("tiny", vocab_size=97, max_seq_len=24, dtype="float32")
+  params = init_params(cfg, jax.random.PRNGKey(3))
+  batch = grpo_data.rollout_batch([[5, 6, 7], [8, 9]], [[20, 21], [22], [23, 24, 25], []], 2, 0,
+                                  prefix_slots=4, suffix_slots=6)
+  trainable, frozen = lora.split(params, "all")
+  kept, grads = {}, {}
+  for remat in (False, True):
+    c = dataclasses.replace(cfg, remat=remat)
+
+    def loss(tr):
+      return jnp.sum(grpo.policy_logprobs(tr, frozen, batch, model_cfg=c)[0] * batch["mask"])
+    capsys.readouterr()
+    print_saved_residuals(loss, trainable)
+    kept[remat] = [x for x in capsys.readouterr().out.splitlines() if "from the argument" not in x]
+    grads[remat] = jax.jit(jax.value_and_grad(loss))(trainable)
+  assert 0 < len(kept[True]) < len(kept[False]) / 2, (len(kept[True]), len(kept[False]))
+  for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 def test_rollouts_from_an_int8_copy_take_the_ratio_against_the_samplers_logprobs(warm, tmp_path):
   """grpo.rollout_quantize: the rollouts come from an int8 copy of the policy, so
   the sampler's log-probabilities differ from the float learning pass's, and the
@@ -348,8 +376,12 @@ def test_micro_batched_update_equals_one_pass(aggregation, first, kl_ratio_weigh
 def test_a_run_in_micro_batches_matches_one_pass(warm, tmp_path, monkeypatch, capsys):
   """A GRPO step end to end with grpo.grad_accum=2: the same rewards (the same
   rollouts) and, to float tolerance, the same losses as with one pass. A step
-  estimated above the free memory is said before it runs, with the fix."""
+  estimated above the free memory is said before it runs, with the fix, and
+  XLA's own account of each compiled step too."""
+  import re
   from jaxslm.sampling import batching
+  from jaxslm.train import memory
+  monkeypatch.setattr(memory, "_COMPILED", {})   # every account is said, whatever ran before
   logs = {}
   for accum in (1, 2):
     with monkeypatch.context() as m:
@@ -360,6 +392,10 @@ def test_a_run_in_micro_batches_matches_one_pass(warm, tmp_path, monkeypatch, ca
       grpo.run(c, str(tmp_path / f"a{accum}"))
     said = capsys.readouterr().out
     assert ("exceeds the 1 B free on cpu; lower grpo.prompts_per_step" in said) == (accum == 1)
+    for what in ("learning step", "reference pass"):
+      assert re.search(rf"GRPO {what}, \d+ rows x \d+ completion slots, \d+ prompts x \d+ "
+                       r"prefix slots \(XLA, per device\): arguments", said), said
+      assert (f"Warning: GRPO {what} allocates" in said) == (accum == 1)
     logs[accum] = [json.loads(x) for x in (tmp_path / f"a{accum}/metrics.jsonl").read_text()
                    .splitlines() if '"reward_mean"' in x]
   assert len(logs[1]) == len(logs[2]) == 1

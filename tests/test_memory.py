@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxslm.config import base_config
+from jaxslm.errors import UserError
 from jaxslm.models import ModelConfig, init_params
 from jaxslm.train import memory, parallel
 from jaxslm.train.optim import make_optimizer
@@ -121,3 +123,70 @@ def test_line_and_compiled_account():
     def memory_analysis(self):
       return None
   assert memory.compiled_line(NoStats()) is None
+
+
+def _doubling(free, said, k=2):
+  return memory.Accounted(_DOUBLE, {"k": k}, what="Doubling", log=said.append,
+                          advice=lambda need, free: f"try less ({need} > {free})",
+                          describe=lambda x: f"{x.shape[0]} values", free=lambda: free)
+
+
+_DOUBLE = jax.jit(lambda x, *, k: x * k, static_argnames="k")
+
+
+def test_accounted_compiles_once_per_shape_and_says_xla_account(monkeypatch):
+  """memory.Accounted: XLA's account of each new input shape is said once, before
+  it runs; the same shape again compiles and says nothing; a shape that needs
+  more than the free memory gets a warning with the advice."""
+  monkeypatch.setattr(memory, "_COMPILED", {})
+  if memory.compiled_need(_DOUBLE.lower(jnp.ones(4), k=2).compile()) is None:
+    pytest.skip("this backend gives no memory account")
+  said = []
+  f = _doubling(10**12, said)
+  np.testing.assert_array_equal(np.asarray(f(jnp.ones(256))), 2.0)
+  f(jnp.ones(256))
+  assert len(said) == 1 and said[0].startswith("Doubling, 256 values (XLA, per device): "
+                                               "arguments 1 KiB, outputs 1 KiB")
+  f(jnp.ones(512))
+  _doubling(10**12, said, k=3)(jnp.ones(512))     # other static arguments: compiled anew
+  assert [s.split(" (")[0] for s in said] == ["Doubling, 256 values", "Doubling, 512 values",
+                                               "Doubling, 512 values"]
+  tight = []
+  np.testing.assert_array_equal(np.asarray(_doubling(16, tight)(jnp.ones(1024))), 2.0)
+  assert len(tight) == 2 and tight[1].startswith("Warning: Doubling allocates 4 KiB beyond its "
+                                                 "inputs, more than the 16 B free; try less (")
+
+
+def test_accounted_turns_an_out_of_memory_failure_into_advice(monkeypatch):
+  class Stats:
+    output_size_in_bytes, alias_size_in_bytes, temp_size_in_bytes = 8, 0, 68 * 2**30
+
+  class Failing:
+    def memory_analysis(self):
+      return Stats()
+
+    def __call__(self, *args):
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 73014444040 bytes.")
+  f = _doubling(2**30, [])
+  monkeypatch.setattr(f, "compiled", lambda *a: Failing())
+  with pytest.raises(UserError, match=r"Doubling ran out of memory \(XLA's account: 68 GiB beyond "
+                                      r"its inputs\); try less \(73014444040 > 1073741824\)"):
+    f(jnp.ones(4))
+
+  class Broken(Failing):
+    def __call__(self, *args):
+      raise RuntimeError("INVALID_ARGUMENT: something else")
+  monkeypatch.setattr(f, "compiled", lambda *a: Broken())
+  with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
+    f(jnp.ones(4))
+
+
+@pytest.mark.parametrize("accum,need,want", [
+    (1, 3, "set grpo.grad_accum=4 "), (2, 1.5, "set grpo.grad_accum=4 "),
+    (1, 1.5, "set grpo.grad_accum=2 "), (1, 100, "lower grpo.prompts_per_step")])
+def test_grpo_memory_advice_names_the_smallest_grad_accum_that_fits(accum, need, want):
+  from jaxslm.config import grpo_config
+  from jaxslm.train.grpo_setup import memory_advice
+  g = grpo_config().grpo
+  g.update(prompts_per_step=8, G=4, grad_accum=accum)
+  assert memory_advice(g, int(need * 2**30), 2**30).startswith(want)

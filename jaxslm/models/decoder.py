@@ -68,9 +68,13 @@ class Decoder(nn.Module):
       windows = [cfg.layer_window(i) for i in range(cfg.n_layers)]
       masks = {w: _cache_mask(kv_mask_bs, cache_index, t, w) for w in set(windows)}
       cache = dict(cache)
+      # `remat` here too: GRPO's learning pass runs through a cache (its prompts
+      # once, their groups' completions after). One-token decode steps never
+      # take gradients, so they skip it.
+      block = nn.remat(Block) if cfg.remat and t > 1 else Block
       for i in range(cfg.n_layers):
         name = f"layers_{i}"
-        x_btd, cache[name] = Block(cfg, i, name=name)(x_btd, positions_bt, cache[name],
+        x_btd, cache[name] = block(cfg, i, name=name)(x_btd, positions_bt, cache[name],
                                                       cache_index, masks[windows[i]])
     if last_only:
       x_btd = x_btd[:, -1:]

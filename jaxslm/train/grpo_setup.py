@@ -153,6 +153,27 @@ def grad_accum(g: ConfigDict) -> int:
   return int(g.get("grad_accum", 1))
 
 
+def memory_advice(g: ConfigDict, need: int, free: int) -> str:
+  """What to change when a GRPO step needs `need` bytes with `free` free: the
+  smallest grpo.grad_accum that divides the work into small enough micro-batches
+  (their memory is about 1/K of the step's), or what else to lower."""
+  k, devices = grad_accum(g), jax.device_count()
+  want = k * need / max(free, 1)
+  fits = [j for j in range(k + 1, g.prompts_per_step + 1)
+          if g.prompts_per_step % j == 0 and (g.prompts_per_step // j * g.G) % devices == 0
+          and j >= want]
+  if fits:
+    return f"set grpo.grad_accum={fits[0]} (the same update in micro-batches)"
+  return ("lower grpo.prompts_per_step, grpo.G or grpo.max_new_tokens (grpo.grad_accum cannot "
+          "split this step finely enough)")
+
+
+def _rows(batch) -> str:
+  """A rollout batch's shape, for the memory account's line."""
+  (n, m), (p, lp) = batch["suffix"].shape, batch["prefix"].shape
+  return f"{n} rows x {m} completion slots, {p} prompts x {lp} prefix slots"
+
+
 @dataclasses.dataclass
 class GRPORun:
   """One GRPO run's policy, prompts, jitted functions and mutable state."""
@@ -270,12 +291,19 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
       (trainable, frozen, opt_state, ref_trainable), (tr_sh, fr_sh, opt_sh, tr_sh))
   dropout = config.method != "full" and config.lora.dropout > 0
   use_ref = g.beta > 0 or g.kl_target > 0   # beta 0 without a KL target: no reference pass
-  step_fns = {first: functools.partial(
-      _step_jit, model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
+  # Compiled ahead per rollout shape: XLA's memory account of each is logged
+  # before it runs, and an out-of-memory failure names the fix.
+  accounted = functools.partial(memory.Accounted, log=log, advice=functools.partial(
+      memory_advice, g), free=batching.free_memory_bytes)
+  step_fns = {first: accounted(_step_jit, dict(
+      model_cfg=model_cfg, optimizer=optimizer, aggregation=g.aggregation,
       norm_tokens=g.norm_tokens or g.max_new_tokens, first=first, dropout=dropout,
       use_ref=use_ref, shardings=parallel.Static((tr_sh, opt_sh)),
-      kl_ratio_weighted=bool(g.kl_ratio_weighted), grad_accum=grad_accum(g))
+      kl_ratio_weighted=bool(g.kl_ratio_weighted), grad_accum=grad_accum(g)),
+      what="GRPO learning step", describe=lambda *a: _rows(a[3]))
       for first in (True, False)}
+  ref_fn = accounted(_reference_jit, dict(model_cfg=model_cfg, grad_accum=grad_accum(g)),
+                     what="GRPO reference pass", describe=lambda *a: _rows(a[2]))
   meta_base = {"finetune": {"method": config.method, "trainable": kind,
                             "init_from": paths.resolve(base.path), "template": d.template},
                "config": json.loads(config.to_json_best_effort()), "model": model_cfg.to_dict(),
@@ -285,6 +313,6 @@ def setup(config: ConfigDict, run: Session) -> GRPORun:
   return GRPORun(config, model_cfg, tok, template, kind, counts, trainable, frozen, opt_state,
                  ref_trainable, beta, pool, eval_pool, source, fns, weights, temperatures(g),
                  mesh, batch_sh, prefix_sh, mine, use_ref, step_fns,
-                 functools.partial(_reference_jit, model_cfg=model_cfg, grad_accum=grad_accum(g)),
+                 ref_fn,
                  schedule, meta_base,
                  start, last)

@@ -22,6 +22,14 @@ The KV cache of the sampler: rows × L × 2 (k and v) × kv heads × head dim ×
 cache length × b, on the one device a process samples on. With FSDP, GRPO
 samples from a gathered (whole) copy of the policy, counted as `rollout params`:
 it is freed before the update, so this sum over-counts the peak a little.
+
+The estimate is printed before anything runs, so it is rough. GRPO also
+compiles its learning step and reference pass ahead of time for each rollout
+shape (`Accounted`) and prints XLA's own account of it before it runs, with a
+warning when that exceeds the free memory; an out-of-memory failure there is
+reported with the `grpo.grad_accum` that would fit. Against XLA's CPU account of
+the GRPO step on SmolLM2-135M the estimate was 0.66x of it at 64 rows x 256
+tokens and 1.06x at 16 rows x 160 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -154,7 +162,7 @@ def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: i
                   where=", ".join(x for x in (where, "rollouts on one device per process") if x))
 
 
-def compiled_line(compiled) -> str | None:
+def compiled_line(compiled, name: str = "Compiled step") -> str | None:
   """XLA's own account of a compiled step (None where the backend gives none)."""
   try:
     stats = compiled.memory_analysis()
@@ -166,6 +174,71 @@ def compiled_line(compiled) -> str | None:
   out = getattr(stats, "output_size_in_bytes", 0)
   alias = getattr(stats, "alias_size_in_bytes", 0)
   temp = getattr(stats, "temp_size_in_bytes", 0)
-  return (f"Compiled step (XLA, per device): arguments {fmt_bytes(args)}, outputs "
+  return (f"{name} (XLA, per device): arguments {fmt_bytes(args)}, outputs "
           f"{fmt_bytes(out)} ({fmt_bytes(alias)} reusing donated inputs), temporaries "
           f"{fmt_bytes(temp)}; peak about {fmt_bytes(args + out - alias + temp)}")
+
+
+def compiled_need(compiled) -> int | None:
+  """Bytes a compiled call allocates beyond its (resident) arguments: outputs not
+  aliasing a donated input, plus temporaries (None where the backend gives no account)."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:   # noqa: BLE001 - not every backend implements it
+    return None
+  if stats is None:
+    return None
+  return (getattr(stats, "output_size_in_bytes", 0) - getattr(stats, "alias_size_in_bytes", 0)
+          + getattr(stats, "temp_size_in_bytes", 0))
+
+
+_COMPILED: dict = {}   # (function, static arguments, input signature) -> compiled; per process
+
+
+def _signature(args) -> tuple:
+  return tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None))
+               for x in jax.tree.leaves(args))
+
+
+class Accounted:
+  """A jitted function with its static arguments, compiled ahead of time for each
+  input signature it meets, so that XLA's own memory account of that shape is
+  known before it runs: logged once per signature (`what` names the function,
+  `describe(*args)` the shape), with a
+  warning and `advice(need, free)` when what it allocates exceeds the free memory;
+  an out-of-memory failure while it runs becomes a `UserError` with that advice.
+  Compiled executables are kept per process (a second run with the same
+  settings compiles nothing), as the jit cache would."""
+
+  def __init__(self, jitted, static: dict, *, what: str, log, advice, describe, free=None):
+    self.jitted, self.static, self.what, self.log, self.advice = jitted, static, what, log, advice
+    self.describe, self.free = describe, free
+    self._static_key = (jitted, tuple(sorted(static.items())))
+
+  def compiled(self, *args):
+    key = (self._static_key, _signature(args))
+    out = _COMPILED.get(key)
+    if out is None:
+      out = _COMPILED[key] = self.jitted.lower(*args, **self.static).compile()
+      need = compiled_need(out)
+      if need is not None:
+        free = self.free() if self.free is not None else None
+        self.log(compiled_line(out, f"{self.what}, {self.describe(*args)}"))
+        if free is not None and need > free:
+          self.log(f"Warning: {self.what} allocates {fmt_bytes(need)} beyond its inputs, more "
+                   f"than the {fmt_bytes(free)} free; {self.advice(need, free)}.")
+    return out
+
+  def __call__(self, *args):
+    compiled = self.compiled(*args)
+    try:
+      return compiled(*args)
+    except Exception as e:   # noqa: BLE001 - XLA's error type varies by version
+      if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+        raise
+      from jaxslm.errors import UserError
+      need = compiled_need(compiled)
+      free = self.free() if self.free is not None else 0
+      raise UserError(f"{self.what} ran out of memory"
+                      + (f" (XLA's account: {fmt_bytes(need)} beyond its inputs)" if need else "")
+                      + f"; {self.advice(need or 0, free)}.") from e
