@@ -28,8 +28,10 @@ compiles its learning step and reference pass ahead of time for each rollout
 shape (`Accounted`) and prints XLA's own account of it before it runs, with a
 warning when that exceeds the free memory; an out-of-memory failure there is
 reported with the `grpo.grad_accum` that would fit. Against XLA's CPU account of
-the GRPO step on SmolLM2-135M the estimate was 0.68x of its peak at 64 rows x
-256 tokens and 1.00x at 16 rows x 160 (one micro-batch of 4; BENCHMARKS.md).
+the GRPO step on SmolLM2-135M (`benchmarks/grpo_memory.py`) the estimate was
+0.66x of its peak at 64 rows x 256 tokens, 0.88x at 64 rows x 160 in four
+micro-batches, and 0.19x with `remat`, which the CPU compiler does not turn into
+a smaller peak (BENCHMARKS.md).
 """
 
 from __future__ import annotations
