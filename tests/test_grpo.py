@@ -3,6 +3,7 @@ bad input, the launcher, and that a warm-started model's reward rises."""
 
 from __future__ import annotations
 
+import collections
 import json
 import pathlib
 
@@ -381,7 +382,8 @@ def test_a_run_in_micro_batches_matches_one_pass(warm, tmp_path, monkeypatch, ca
   import re
   from jaxslm.sampling import batching
   from jaxslm.train import memory
-  monkeypatch.setattr(memory, "_COMPILED", {})   # every account is said, whatever ran before
+  # every account is said, whatever ran before
+  monkeypatch.setattr(memory, "_COMPILED", collections.OrderedDict())
   logs = {}
   for accum in (1, 2):
     with monkeypatch.context() as m:

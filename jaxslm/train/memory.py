@@ -36,6 +36,7 @@ a smaller peak (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
@@ -194,22 +195,32 @@ def compiled_need(compiled) -> int | None:
           + getattr(stats, "temp_size_in_bytes", 0))
 
 
-_COMPILED: dict = {}   # (function, static arguments, input signature) -> compiled; per process
+_COMPILED: collections.OrderedDict = collections.OrderedDict()   # signature -> compiled
+_KEEP = 32   # executables kept per process (the most recently used)
 
 
 def _signature(args) -> tuple:
-  return tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None))
-               for x in jax.tree.leaves(args))
+  """What a compiled executable is specific to: the tree, and each leaf's shape,
+  dtype, weak type, sharding and whether it is committed to it."""
+  leaves, tree = jax.tree.flatten(args)
+  return tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__)),
+                      getattr(x, "weak_type", None), getattr(x, "sharding", None),
+                      getattr(x, "_committed", None)) for x in leaves)
+
+
+def _out_of_memory(e: Exception) -> bool:
+  text = str(e)
+  return "RESOURCE_EXHAUSTED" in text and "memory" in text.lower()
 
 
 class Accounted:
   """A jitted function with its static arguments, compiled ahead of time for each
   input signature it meets, so that XLA's own memory account of that shape is
   known before it runs: logged once per signature (`what` names the function,
-  `describe(*args)` the shape), with a
-  warning and `advice(need, free)` when what it allocates exceeds the free memory;
-  an out-of-memory failure while it runs becomes a `UserError` with that advice.
-  Compiled executables are kept per process (a second run with the same
+  `describe(*args)` the shape), with a warning and `advice(need, free)` when
+  what it allocates exceeds the free memory. Running out of memory while it
+  compiles or runs becomes a `UserError` with that advice and XLA's first line.
+  The last 32 executables are kept per process (a second run with the same
   settings compiles nothing), as the jit cache would."""
 
   def __init__(self, jitted, static: dict, *, what: str, log, advice, describe, free=None):
@@ -220,27 +231,34 @@ class Accounted:
   def compiled(self, *args):
     key = (self._static_key, _signature(args))
     out = _COMPILED.get(key)
-    if out is None:
-      out = _COMPILED[key] = self.jitted.lower(*args, **self.static).compile()
-      need = compiled_need(out)
-      if need is not None:
-        free = self.free() if self.free is not None else None
-        self.log(compiled_line(out, f"{self.what}, {self.describe(*args)}"))
-        if free is not None and need > free:
-          self.log(f"Warning: {self.what} allocates {fmt_bytes(need)} beyond its inputs, more "
-                   f"than the {fmt_bytes(free)} free; {self.advice(need, free)}.")
+    if out is not None:
+      _COMPILED.move_to_end(key)
+      return out
+    out = self.jitted.lower(*args, **self.static).compile()
+    _COMPILED[key] = out
+    while len(_COMPILED) > _KEEP:
+      _COMPILED.popitem(last=False)
+    need = compiled_need(out)
+    if need is not None:
+      free = self.free() if self.free is not None else None
+      self.log(compiled_line(out, f"{self.what}, {self.describe(*args)}"))
+      if free is not None and need > free:
+        self.log(f"Warning: {self.what} allocates {fmt_bytes(need)} beyond its inputs, more "
+                 f"than the {fmt_bytes(free)} free; {self.advice(need, free)}.")
     return out
 
   def __call__(self, *args):
-    compiled = self.compiled(*args)
+    compiled = None
     try:
+      compiled = self.compiled(*args)
       return compiled(*args)
     except Exception as e:   # noqa: BLE001 - XLA's error type varies by version
-      if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+      if not _out_of_memory(e):
         raise
       from jaxslm.errors import UserError
-      need = compiled_need(compiled)
+      need = compiled_need(compiled) if compiled is not None else None
       free = self.free() if self.free is not None else 0
+      first = str(e).strip().splitlines()[0]
       raise UserError(f"{self.what} ran out of memory"
                       + (f" (XLA's account: {fmt_bytes(need)} beyond its inputs)" if need else "")
-                      + f"; {self.advice(need or 0, free)}.") from e
+                      + f"; {self.advice(need or 0, free)}. XLA said: {first}") from e
