@@ -2,6 +2,8 @@
 
 Outputs under --out:
   <label>/summary.json      every metric of one checkpoint (see `evaluate_gsm8k`)
+  <label>/progress.jsonl    while it runs: the problems done, read back when the same
+                            command runs again after a stop (removed when done)
   <label>/examples.jsonl    one line per problem: question, prompt, completion,
                             extracted answer, gold, correct, category, tokens, time
   summary.json              {label: summary} for all checkpoints
@@ -20,6 +22,7 @@ import re
 from jaxslm.errors import UserError, report
 from jaxslm.evaluation import budget, extract
 from jaxslm.evaluation.gsm8k import MODES, EvalOptions, evaluate_gsm8k
+from jaxslm.evaluation.progress import Progress
 from jaxslm.evaluation.report import write_report
 from jaxslm.loading import load
 
@@ -312,7 +315,9 @@ def run(args, log=print) -> dict:
   for label, ckpt in zip(labels, args.checkpoint):
     log(f"{label}: evaluating {ckpt} on {len(problems)} problems")
     ckpt = ckpt if args.quantize == "none" else load(ckpt, quantize=args.quantize)
-    result = evaluate_gsm8k(ckpt, problems, opts, train_pool=train, log=log)
+    out = os.path.join(args.out, label)
+    progress = os.path.join(out, "progress.jsonl")
+    result = evaluate_gsm8k(ckpt, problems, opts, train_pool=train, log=log, progress=progress)
     s = result.summary
     s.update(label=label, dataset=dataset, notes=list(notes) + s.get("notes", []))
     if args.ppl_text:
@@ -324,10 +329,10 @@ def run(args, log=print) -> dict:
         log(f"{label}: perplexity of {path}: {s['text_perplexity'][path]['ppl']:.2f}")
     if args.harness_tasks:
       s["harness"] = _harness(args, ckpt, log)
-    out = os.path.join(args.out, label)
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "summary.json"), s)
     _write_jsonl(os.path.join(out, "examples.jsonl"), result.records)
+    Progress.finish_path(progress)
     a = s["accuracy"]
     log(f"{label}: accuracy {100 * a['mean']:.1f}% ± {100 * a['stderr']:.1f} "
         f"({a['n']} samples), written to {out}")

@@ -175,12 +175,15 @@ def _problem_seed(seed: int, index: int) -> int:
 
 
 def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: EvalOptions,
-                  log: Callable[[str], None]):
+                  log: Callable[[str], None], progress_path: str | None = None):
   """Completions for every prompt (n each) in batches; returns (samples, times, info).
 
   Each prompt's budget is min(max_new_tokens, context - its length); prompts
   too long for `opts.min_budget` are skipped, cut or refused
-  (`opts.long_prompts`, see `jaxslm.evaluation.budget`), and said so."""
+  (`opts.long_prompts`, see `jaxslm.evaluation.budget`), and said so.
+  `progress_path`: problems done are kept there as they are made, and read back
+  instead of generated when the same model and settings run again
+  (`jaxslm.evaluation.progress`)."""
   from jaxslm.sampling.generate import generate
   tok, cfg = loaded.tokenizer, loaded.model_cfg
   fit = budget.plan([tok.encode(p, add_bos=opts.add_bos) for p in prompts], cfg.max_seq_len,
@@ -198,6 +201,27 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
                                if i in skipped else [] for i in range(len(prompts))]
   times = [0.0] * len(prompts)
   info = Counter()
+  progress, digests = None, {}
+  if progress_path:
+    from jaxslm.evaluation import progress as prog
+    progress = prog.Progress(progress_path, {
+        "model": prog.model_digest(loaded.params), "max_new_tokens": opts.max_new_tokens,
+        "temperature": opts.temperature, "top_p": opts.top_p, "n": opts.n, "seed": opts.seed,
+        "calculator": opts.calculator, "stop": list(tmpl.stop), "keep_stop": list(tmpl.keep_stop),
+        "eos_id": tok.eos_id, "context": cfg.max_seq_len}, log)
+    digests = {i: prog.prompt_digest(ids[i]) for i in order}
+    left = []
+    for i in order:
+      hit = progress.take(problems[i].index, digests[i])
+      if hit is None:
+        left.append(i)
+      else:
+        samples[i], times[i] = hit["samples"], float(hit["time_s"])
+    if len(left) < len(order):
+      log(f"  resumed: {len(order) - len(left)} of {len(order)} problems read back from "
+          f"{progress_path}; generating the other {len(left)}")
+    info["resumed"] = len(order) - len(left)
+    order = left
   token_budget = (batching.default_token_budget(cfg) if opts.token_budget is None
                   else opts.token_budget)
   batches = batching.plan([len(ids[i]) for i in order], max_new_tokens=opts.max_new_tokens,
@@ -225,6 +249,9 @@ def _generate_all(loaded, prompts: list[str], problems, tmpl: Template, opts: Ev
       times[i] = dt / len(chunk)
       samples[i] = [{"completion": _with_kept_stop(c, tok, tmpl), "tokens": len(c.tokens),
                      "finish_reason": c.finish_reason} for c in group]
+    if progress is not None:
+      progress.add([{"index": problems[i].index, "prompt": digests[i], "samples": samples[i],
+                     "time_s": times[i]} for i in chunk])
     done += len(chunk)
     log(f"  generated {done}/{len(order)} problems ({time.perf_counter() - t0:.1f} s)")
   info["batches"] = len(batches)
@@ -287,8 +314,12 @@ def peak_memory() -> dict:
 
 def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = EvalOptions(), *,
                    train_pool: Sequence[Example] | None = None,
-                   log: Callable[[str], None] = _no_log) -> EvalResult:
-  """Evaluate `model` (path, `jaxslm.load(...)` or (cfg, params, tok)) on `problems`."""
+                   log: Callable[[str], None] = _no_log,
+                   progress: str | None = None) -> EvalResult:
+  """Evaluate `model` (path, `jaxslm.load(...)` or (cfg, params, tok)) on `problems`.
+  `progress`: a file where generations are kept as they are made; a run with the
+  same model and settings reads back what is there (zero-shot and few-shot
+  modes; the caller removes it when done, `progress.Progress.finish`)."""
   from jaxslm.api import resolve_model
   if not problems:
     raise UserError("evaluate_gsm8k: no problems to evaluate.")
@@ -298,10 +329,13 @@ def evaluate_gsm8k(model, problems: Sequence[Example], options: EvalOptions = Ev
   t0, c0 = time.perf_counter(), _COMPILE["s"]
   if mode == "agent":
     from jaxslm.evaluation.agent_eval import agent_all
+    if progress:
+      log("  note: agent episodes are not kept as they run; a stopped agent evaluation "
+          "starts over")
     prompts, samples, times, info = agent_all(loaded, problems, opts, log)
   else:
     prompts = build_prompts(problems, mode, tmpl, opts, train_pool)
-    samples, times, info = _generate_all(loaded, prompts, problems, tmpl, opts, log)
+    samples, times, info = _generate_all(loaded, prompts, problems, tmpl, opts, log, progress)
   gen_s = time.perf_counter() - t0
   info["compile_s"] = _COMPILE["s"] - c0
   records = []
