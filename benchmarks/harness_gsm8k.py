@@ -9,7 +9,11 @@ Answer:" layout, its strict-match and flexible-extract filters) with its data
 pointed at a local GSM8K directory (`dataset_path: json`). The jaxslm backend
 reads `--checkpoint` (the GGUF file imported with `gguf2jax`); the `hf` backend
 reads the same GGUF file through transformers (`gguf_file=`), so both run the
-same dequantized weights in float32, at the same batch size. Each side runs in
+same dequantized weights in float32, at the same batch size. With `--cache DIR`
+each side keeps its responses in the harness's cache as each batch ends, so a
+long run that stops (a full 1,319-document run takes hours on a CPU) resumes when
+run again; the wall time then counts only what was generated in that run, and
+no speed ratio is given. Each side runs in
 its own process (one after the other), so its wall time and peak resident
 memory are its own. Reported: strict and flexible exact match ± stderr per
 side, wall time and its ratio, peak RSS, and the share of documents whose
@@ -47,6 +51,23 @@ def task_dir(data: str, root: str) -> str:
   return root
 
 
+def cache_path(args) -> str | None:
+  """The harness's response cache for this side (None without --cache): its name
+  hashes what the responses depend on (the backend, the weights' file, its size and
+  time, the batch size), so another model or file never reads this one's."""
+  if not args.cache:
+    return None
+  import hashlib
+  weights = os.path.abspath(args.checkpoint if args.side == "jaxslm" else args.gguf)
+  files = [weights] if os.path.isfile(weights) else sorted(
+      os.path.join(d, f) for d, _, fs in os.walk(weights) for f in fs)
+  h = hashlib.sha256(f"{args.side}|{weights}|batch {args.batch}|256 new tokens|float32".encode())
+  for f in files:
+    st = os.stat(f)
+    h.update(f"|{os.path.relpath(f, weights)}:{st.st_size}:{st.st_mtime_ns}".encode())
+  return os.path.join(os.path.abspath(args.cache), f"{args.side}-{h.hexdigest()[:16]}")
+
+
 def run_side(args) -> dict:
   """One backend, in this process."""
   import lm_eval
@@ -64,12 +85,19 @@ def run_side(args) -> dict:
               gguf_file=os.path.basename(args.gguf), batch_size=args.batch, dtype="float32",
               device="cpu")   # its max_gen_toks is 256 as well
   load_s = time.perf_counter() - t0
+  cache, cached = cache_path(args), 0
+  if cache:
+    from sqlitedict import SqliteDict
+    if os.path.exists(cache + "_rank0.db"):
+      with SqliteDict(cache + "_rank0.db", flag="r") as d:
+        cached = len(d)
+    print(f"{args.side}: response cache {cache}_rank0.db ({cached} responses in it)", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     t1 = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm, tasks=["gsm8k_local"], limit=args.limit,
                                   num_fewshot=5, task_manager=TaskManager(task_dir(args.data, tmp)),
                                   log_samples=True, random_seed=0, numpy_random_seed=0,
-                                  torch_random_seed=0, fewshot_random_seed=0)
+                                  torch_random_seed=0, fewshot_random_seed=0, use_cache=cache)
     run_s = time.perf_counter() - t1
   res = out["results"]["gsm8k_local"]
   # one entry per document and filter (strict-match, flexible-extract): the
@@ -82,7 +110,7 @@ def run_side(args) -> dict:
       "strict_stderr": res["exact_match_stderr,strict-match"],
       "flexible": res["exact_match,flexible-extract"],
       "flexible_stderr": res["exact_match_stderr,flexible-extract"],
-      "n": len(samples),
+      "n": len(samples), "cached_before": cached,
       "generations": [s["resps"][0][0] for s in samples],
       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
   }
@@ -98,6 +126,9 @@ def main(argv=None) -> int:
   ap.add_argument("--sides", default="jaxslm,hf")
   ap.add_argument("--side", help=argparse.SUPPRESS)      # internal: run one side, print JSON
   ap.add_argument("--out", default="benchmarks/results/cpu_harness_gsm8k.json")
+  ap.add_argument("--cache", help="a directory for the harness's response cache: each batch's "
+                  "generations are kept there, so a stopped run, run again, generates only the "
+                  "rest (its wall time then counts that rest only)")
   args = ap.parse_args(argv)
   args.limit = args.limit or None
   if args.side:
@@ -107,7 +138,8 @@ def main(argv=None) -> int:
   for side in args.sides.split(","):
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--checkpoint",
            args.checkpoint, "--gguf", args.gguf, "--data", args.data,
-           "--limit", str(args.limit or 0), "--batch", str(args.batch)]
+           "--limit", str(args.limit or 0), "--batch", str(args.batch),
+           *(["--cache", args.cache] if args.cache else [])]
     print(f"{side}: {' '.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -118,16 +150,19 @@ def main(argv=None) -> int:
     s = sides[side]
     print(f"  strict {100 * s['strict']:.1f}% ± {100 * s['strict_stderr']:.1f}, flexible "
           f"{100 * s['flexible']:.1f}% ± {100 * s['flexible_stderr']:.1f} on {s['n']} documents; "
-          f"{s['run_s']:.0f} s; peak RSS {s['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+          f"{s['run_s']:.0f} s" + (f" (for the {s['n'] - s['cached_before']} not in the cache)"
+                                  if s.get("cached_before") else "")
+          + f"; peak RSS {s['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
   result = {"command": " ".join(["python", "benchmarks/harness_gsm8k.py", *(argv or sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "settings": vars(args), "sides": sides}
   if {"jaxslm", "hf"} <= set(sides):
     a, b = sides["jaxslm"]["generations"], sides["hf"]["generations"]
     result["identical_generations"] = sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
-    result["jaxslm_speedup"] = sides["hf"]["run_s"] / sides["jaxslm"]["run_s"]
-    print(f"identical generations: {100 * result['identical_generations']:.0f}%; jaxslm / hf "
-          f"speed: {result['jaxslm_speedup']:.2f}x")
+    print(f"identical generations: {100 * result['identical_generations']:.0f}%")
+    if not any(s.get("cached_before") for s in sides.values()):   # else the times are partial
+      result["jaxslm_speedup"] = sides["hf"]["run_s"] / sides["jaxslm"]["run_s"]
+      print(f"jaxslm / hf speed: {result['jaxslm_speedup']:.2f}x")
   import jax
   import lm_eval
   result.update(jax=jax.__version__, lm_eval=lm_eval.__version__)

@@ -303,3 +303,33 @@ def test_sentencepiece_checkpoint_scores_and_generates(tmp_path):
   gen = lm.generate_until(_reqs("generate_until", [("Question: Ava", {"until": ["\n"],
                                                                      "max_gen_toks": 4})]))
   assert isinstance(gen[0], str)
+
+
+def test_a_harness_cache_keeps_each_batch_so_a_stopped_run_resumes(models, tmp_path, monkeypatch):
+  """With the harness's response cache (`--use_cache`), generations are written as
+  each batch ends: a run stopped in its second batch keeps the first, and the
+  run again generates only the rest, with the texts of one whole run."""
+  from lm_eval.api.model import CachingLM
+  from jaxslm.evaluation import lm_eval_backend
+  _, _, ckpt = models
+  kw = {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}
+  reqs = _reqs("generate_until", [(f"Question: {i}+{i}", kw) for i in range(5)])
+  whole = JaxslmLM(checkpoint=ckpt, batch_size=2, dtype="float32").generate_until(reqs)
+  real, rows = lm_eval_backend.generate, []
+
+  def stop_in_second_batch(cfg, params, prompts, **k):
+    rows.append(len(prompts))
+    if len(rows) == 2:
+      raise KeyboardInterrupt
+    return real(cfg, params, prompts, **k)
+  monkeypatch.setattr(lm_eval_backend, "generate", stop_in_second_batch)
+  db = str(tmp_path / "cache.db")
+  with pytest.raises(KeyboardInterrupt):
+    CachingLM(JaxslmLM(checkpoint=ckpt, batch_size=2, dtype="float32"), db).generate_until(reqs)
+  rows.clear()
+  monkeypatch.setattr(lm_eval_backend, "generate",
+                      lambda cfg, params, prompts, **k: rows.append(len(prompts)) or
+                      real(cfg, params, prompts, **k))
+  again = CachingLM(JaxslmLM(checkpoint=ckpt, batch_size=2, dtype="float32"), db)
+  assert again.generate_until(reqs) == whole
+  assert sum(rows) == 3    # the first batch of 2 came from the cache

@@ -388,15 +388,16 @@ class JaxslmLM(TemplateLM):
     for members in groups.values():
       kwargs = _model_utils.normalize_gen_kwargs(args[members[0]][1], self.max_gen_toks)
       until = _model_utils.handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
-      texts = self._generate([seeds[i] for i in members], [args[i][0] for i in members],
-                             until, kwargs)
-      for i, text in zip(members, texts):
-        out[i] = text
-        self.cache_hook.add_partial("generate_until", args[i], text)
+      def done(j, text, members=members):   # each batch as it ends: a harness cache
+        out[members[j]] = text               # (--use_cache) keeps it if the run stops
+        self.cache_hook.add_partial("generate_until", args[members[j]], text)
+      self._generate([seeds[i] for i in members], [args[i][0] for i in members], until,
+                     kwargs, done=done)
     return out
 
   def _generate(self, seeds: Sequence[int], contexts: Sequence[str], until: list[str],
-                kwargs: dict) -> list[str]:
+                kwargs: dict, done=None) -> list[str]:
+    """Texts for `contexts`; `done(i, text)` is called for each as its batch ends."""
     max_new = int(kwargs.pop("max_gen_toks"))
     keep = self.max_length - max_new
     if keep < 1:
@@ -429,6 +430,8 @@ class JaxslmLM(TemplateLM):
                      stop_strings=stops, tokenizer=self.tok, logprobs=False)
       for i, c in zip(chunk, gen.completions):
         texts[i] = _model_utils.postprocess_generated_text(c.text or "", until, None)
+        if done is not None:
+          done(i, texts[i])
     return texts
 
 
