@@ -85,7 +85,13 @@ def test_grpo_estimate_adds_the_reference_and_the_bucketed_kv_cache(abstract):
   assert est.parts["reference"] == est.parts["params"] == 4 * N_PARAMS
   # 3 prompts -> 4 (power of two) × G 4 = 16 rows; cache 128 (prompt) + 64 (budget) slots
   assert est.parts["kv_cache"] == memory.kv_cache_bytes(CFG, 16, 128 + 64)
-  assert est.parts["activations"] == memory.activation_bytes(CFG, 4, 128)
+  # shared prefix: 1 prompt (4 rows / G 4) of 89 slots, 4 rows of 39 completion slots
+  # (129 - 1 - 89); per layer each token keeps 16·D + 7·d_ff values and 4 heads × 128
+  # slots of scores, float32; the logits 4 rows × 39 × 512 in 4 float32 copies
+  tokens = 89 + 4 * 39
+  per_layer = tokens * (16 * 64 + 7 * 128) * 4 + tokens * 4 * 128 * 4
+  assert est.parts["activations"] == 2 * per_layer + 4 * 39 * 512 * 4 * 4 == 6_044_672
+  assert est.parts["activations"] == memory.grpo_activation_bytes(CFG, 1, 89, 4, 39)
   line = est.line()
   assert "kv cache ~" in line and "reference" in line and "estimates" in line
   assert est.total == sum(est.parts.values())

@@ -23,14 +23,19 @@ cache length × b, on the one device a process samples on. With FSDP, GRPO
 samples from a gathered (whole) copy of the policy, counted as `rollout params`:
 it is freed before the update, so this sum over-counts the peak a little.
 
+GRPO's learning pass has its own count (`grpo_activation_bytes`): its prompts
+run once and their groups' completions continue from the cache, so it counts
+P·prefix + N·completion tokens, d_ff too, and four float32 copies of the
+completion logits.
+
 The estimate is printed before anything runs, so it is rough. GRPO also
 compiles its learning step and reference pass ahead of time for each rollout
 shape (`Accounted`) and prints XLA's own account of it before it runs, with a
 warning when that exceeds the free memory; an out-of-memory failure there is
 reported with the `grpo.grad_accum` that would fit. Against XLA's CPU account of
 the GRPO step on SmolLM2-135M (`benchmarks/grpo_memory.py`) the estimate was
-0.66x of its peak at 64 rows x 256 tokens, 0.88x at 64 rows x 160 in four
-micro-batches, and 0.19x with `remat`, which the CPU compiler does not turn into
+0.91x of its peak at 64 rows x 256 tokens, 1.01x at 64 rows x 160 in four
+micro-batches, and 0.24x with `remat`, which the CPU compiler does not turn into
 a smaller peak (BENCHMARKS.md).
 """
 
@@ -88,6 +93,28 @@ def activation_bytes(model_cfg, batch: int, seq_len: int) -> int:
   return kept + B * T * model_cfg.vocab_size * 4 * 2
 
 
+GRPO_FF_FACTOR = 7       # values of d_ff kept per token and layer in GRPO's learning pass
+GRPO_LOGIT_COPIES = 4    # float32 [rows, completion, V] copies: logits, log-softmax, its exp, gradient
+
+
+def grpo_activation_bytes(model_cfg, prompts: int, prefix: int, rows: int,
+                          completion: int) -> int:
+  """The activations GRPO's learning pass keeps, in its shared-prefix layout: `prompts`
+  rows of `prefix` tokens run once, then `rows` completions of `completion` tokens
+  continue from their caches. Per layer, each of those tokens keeps 16 values of D,
+  GRPO_FF_FACTOR of d_ff and its attention scores over prefix + completion slots; the
+  logits (completion positions only) keep GRPO_LOGIT_COPIES float32 copies. The
+  factors come from XLA's CPU account of the compiled step (a fit over tiny models,
+  checked on SmolLM2 in BENCHMARKS.md)."""
+  b = _dtype_bytes(model_cfg.dtype)
+  tokens, slots = prompts * prefix + rows * completion, prefix + completion
+  block = tokens * (model_cfg.d_model * ACTIVATION_FACTOR + model_cfg.d_ff * GRPO_FF_FACTOR) * b
+  attn = tokens * model_cfg.n_heads * slots * b
+  L = model_cfg.n_layers
+  kept = (tokens * model_cfg.d_model * L * b + block + attn) if model_cfg.remat else (block + attn) * L
+  return kept + rows * completion * model_cfg.vocab_size * 4 * GRPO_LOGIT_COPIES
+
+
 def kv_cache_bytes(model_cfg, rows: int, length: int) -> int:
   """rows × layers × 2 × kv heads × head dim × length × dtype bytes."""
   return (rows * model_cfg.n_layers * 2 * model_cfg.num_kv_heads * model_cfg.dim_per_head
@@ -118,7 +145,8 @@ class Estimate:
 def estimate(model_cfg, *, params, opt_state, batch_per_device: int, seq_len: int,
              param_shardings=None, opt_shardings=None, frozen=None, frozen_shardings=None,
              grad_copies: int = 1, extra: dict[str, int] | None = None,
-             kv_cache: tuple[int, int] | None = None, where: str = "") -> Estimate:
+             kv_cache: tuple[int, int] | None = None, where: str = "",
+             activations: int | None = None) -> Estimate:
   """Per-device memory of one step. `params`: the trained tree (its gradients
   have its shapes and shardings, `grad_copies` of them: 2 while accumulating
   micro-batches); `frozen`: params without gradients (a LoRA base); `extra`:
@@ -130,7 +158,8 @@ def estimate(model_cfg, *, params, opt_state, batch_per_device: int, seq_len: in
   parts.update(extra or {})
   parts["optimizer"] = tree_bytes(opt_state, opt_shardings)
   parts["gradients"] = grad_copies * tree_bytes(params, param_shardings)
-  parts["activations"] = activation_bytes(model_cfg, batch_per_device, seq_len)
+  parts["activations"] = (activation_bytes(model_cfg, batch_per_device, seq_len)
+                         if activations is None else activations)
   if kv_cache is not None:
     parts["kv_cache"] = kv_cache_bytes(model_cfg, *kv_cache)
   return Estimate(parts, where=where)
@@ -150,6 +179,10 @@ def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: i
   With FSDP (shardings that split leaves) the sampler needs the whole policy:
   a gathered copy (`rollout_params`) lives on each device while sampling."""
   from jaxslm.sampling.generate import bucket
+  prefix = max(min(prompt_budget - 1, rollout_len - 2), 1)
+  completion = max(min(max_new_tokens, rollout_len - 1 - prefix), 1)
+  activations = grpo_activation_bytes(model_cfg, max(rows_per_device // group, 1), prefix,
+                                      rows_per_device, completion)
   cache_len = (bucket(min(prompt_budget, model_cfg.max_seq_len))
                + bucket(min(max_new_tokens, model_cfg.max_seq_len)))
   extra = {"reference": tree_bytes(trainable, trainable_shardings)}
@@ -160,7 +193,7 @@ def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: i
   return estimate(model_cfg, params=trainable, frozen=frozen, opt_state=opt_state,
                   param_shardings=trainable_shardings, frozen_shardings=frozen_shardings,
                   opt_shardings=opt_shardings, extra=extra, batch_per_device=rows_per_device,
-                  grad_copies=grad_copies,
+                  grad_copies=grad_copies, activations=activations,
                   seq_len=rollout_len - 1, kv_cache=(bucket(sample_prompts, 1) * group, cache_len),
                   where=", ".join(x for x in (where, "rollouts on one device per process") if x))
 
