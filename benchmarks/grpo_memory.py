@@ -78,8 +78,7 @@ def measure(init: str, shape: dict) -> dict:
       model_cfg, trainable=trainable, frozen=frozen, opt_state=opt_state,
       rows_per_device=max(n // k, 1), grad_copies=2 if k > 1 else 1, rollout_len=lp + 1 + m,
       sample_prompts=p, group=g, prompt_budget=c.data.prompt_budget, max_new_tokens=m)
-  peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-          + stats.temp_size_in_bytes)
+  peak = stats.argument_size_in_bytes + memory.compiled_need(compiled)
   # The estimate counts the sampler's KV cache, which is freed before the update.
   est_step = est.total - est.parts.get("kv_cache", 0)
   return {**shape, "compile_s": round(compile_s, 1), "xla_arguments": stats.argument_size_in_bytes,

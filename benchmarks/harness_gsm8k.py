@@ -89,8 +89,12 @@ def run_side(args) -> dict:
   if cache:
     from sqlitedict import SqliteDict
     if os.path.exists(cache + "_rank0.db"):
-      with SqliteDict(cache + "_rank0.db", flag="r") as d:
-        cached = len(d)
+      try:
+        with SqliteDict(cache + "_rank0.db", flag="r") as d:
+          cached = len(d)
+      except Exception as e:   # noqa: BLE001 - sqlite's errors vary
+        raise SystemExit(f"--cache: {cache}_rank0.db is not a readable response cache ({e}); "
+                         "delete it to start over") from None
     print(f"{args.side}: response cache {cache}_rank0.db ({cached} responses in it)", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     t1 = time.perf_counter()

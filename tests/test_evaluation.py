@@ -266,3 +266,22 @@ def _rows(path):
   """examples.jsonl without each row's time_s (the one field a second run does not reproduce)."""
   rows = [json.loads(x) for x in path.read_text().splitlines()]
   return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+@pytest.mark.parametrize("content,said", [
+    ("", "not a progress file"), ("\x00\xff garbage", "not a progress file"),
+    ('[1, 2]\n', "another model or other settings"),
+    ('{"kind": "jaxslm-eval-progress", "version": 1, "key": {"n": 1}}\n'
+     '{"index": 3, "prompt": "ab", "samples": [{"completion": "x", "tokens": 99999999999999999999,'
+     ' "finish_reason": "eos"}, {"completion": "y", "tokens": 1, "finish_reason": "eos"}], '
+     '"time_s": 1}\n{"index": 4, "prompt": "cd", "samples": [{"completion": 7}], "time_s": 1}\n'
+     '{"index": 5, "prompt"', "3 unreadable line(s)")])
+def test_progress_files_made_elsewhere_are_said_and_started_over(tmp_path, content, said):
+  """A damaged, foreign or hostile progress file: one console line, nothing reused."""
+  from jaxslm.evaluation.progress import Progress
+  path = tmp_path / "progress.jsonl"
+  path.write_bytes(content.encode("utf-8", errors="surrogateescape"))
+  logs = []
+  p = Progress(str(path), {"n": 1}, logs.append)
+  assert len(logs) == 1 and said in logs[0], logs
+  assert p.rows == {} and json.loads(path.read_text().splitlines()[0])["key"] == {"n": 1}

@@ -42,6 +42,14 @@ def prompt_digest(ids) -> str:
   return hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
 
 
+def _samples_ok(samples, n) -> bool:
+  """A row's completions as generation writes them: `n` of {completion, tokens, finish_reason}."""
+  return (isinstance(samples, list) and len(samples) == n and all(
+      isinstance(x, dict) and isinstance(x.get("completion"), str)
+      and isinstance(x.get("tokens"), int) and x["tokens"] >= 0
+      and isinstance(x.get("finish_reason"), str) for x in samples))
+
+
 class Progress:
   """Problems done so far in `path` for run `key` (model and settings); `log`
   says what was reused or dropped. Writing is best effort: a failed write (a
@@ -86,7 +94,8 @@ class Progress:
       try:
         r = json.loads(line)
         if not (isinstance(r, dict) and isinstance(r.get("index"), int)
-                and isinstance(r.get("prompt"), str) and isinstance(r.get("samples"), list)
+                and isinstance(r.get("prompt"), str) and _samples_ok(r.get("samples"),
+                                                                     self.key.get("n"))
                 and isinstance(r.get("time_s"), (int, float))):
           raise ValueError(line[:40])
       except ValueError:
@@ -135,12 +144,9 @@ class Progress:
     except OSError as e:
       self._failed(e)
 
-  def finish(self) -> None:
-    """The evaluation is written: the progress file is no longer needed."""
-    self.finish_path(self.path)
-
   @staticmethod
   def finish_path(path: str) -> None:
+    """The evaluation is written: its progress file is no longer needed."""
     for p in (path, path + ".tmp"):
       try:
         os.remove(p)

@@ -198,18 +198,25 @@ def grpo_estimate(model_cfg, *, trainable, frozen, opt_state, rows_per_device: i
                   where=", ".join(x for x in (where, "rollouts on one device per process") if x))
 
 
-def compiled_line(compiled, name: str = "Compiled step") -> str | None:
-  """XLA's own account of a compiled step (None where the backend gives none)."""
+def _account(compiled) -> tuple[int, int, int, int] | None:
+  """XLA's (arguments, outputs, outputs aliasing donated inputs, temporaries) bytes of
+  a compiled call, or None where the backend gives no account."""
   try:
     stats = compiled.memory_analysis()
   except Exception:   # noqa: BLE001 - not every backend implements it
     return None
   if stats is None:
     return None
-  args = getattr(stats, "argument_size_in_bytes", 0)
-  out = getattr(stats, "output_size_in_bytes", 0)
-  alias = getattr(stats, "alias_size_in_bytes", 0)
-  temp = getattr(stats, "temp_size_in_bytes", 0)
+  return tuple(getattr(stats, f"{k}_size_in_bytes", 0)
+               for k in ("argument", "output", "alias", "temp"))
+
+
+def compiled_line(compiled, name: str = "Compiled step") -> str | None:
+  """XLA's own account of a compiled step (None where the backend gives none)."""
+  account = _account(compiled)
+  if account is None:
+    return None
+  args, out, alias, temp = account
   return (f"{name} (XLA, per device): arguments {fmt_bytes(args)}, outputs "
           f"{fmt_bytes(out)} ({fmt_bytes(alias)} reusing donated inputs), temporaries "
           f"{fmt_bytes(temp)}; peak about {fmt_bytes(args + out - alias + temp)}")
@@ -218,14 +225,11 @@ def compiled_line(compiled, name: str = "Compiled step") -> str | None:
 def compiled_need(compiled) -> int | None:
   """Bytes a compiled call allocates beyond its (resident) arguments: outputs not
   aliasing a donated input, plus temporaries (None where the backend gives no account)."""
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:   # noqa: BLE001 - not every backend implements it
+  account = _account(compiled)
+  if account is None:
     return None
-  if stats is None:
-    return None
-  return (getattr(stats, "output_size_in_bytes", 0) - getattr(stats, "alias_size_in_bytes", 0)
-          + getattr(stats, "temp_size_in_bytes", 0))
+  _, out, alias, temp = account
+  return out - alias + temp
 
 
 _COMPILED: collections.OrderedDict = collections.OrderedDict()   # signature -> compiled
