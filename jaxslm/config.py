@@ -280,6 +280,7 @@ def finetune_config(method: str = "lora") -> ConfigDict:
   ))
   c.train = ConfigDict(dict(
       seed=0, steps=500, batch_size=16, seq_len=256,
+      grad_accum=1,           # micro-batches per update (same update, 1/A of the activations)
       lr=2e-4 if method != "full" else 5e-5, min_lr=2e-5 if method != "full" else 5e-6,
       warmup_steps=20, decay_steps=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
       grad_clip=1.0, log_every=10, eval_every=100, checkpoint_every=100, keep_checkpoints=2,

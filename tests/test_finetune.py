@@ -252,7 +252,7 @@ c = load_config(sys.argv[1])
 c.init_from, c.data.path = sys.argv[2], sys.argv[3]
 c.model_dtype, c.data.val_examples, c.lora.rank, c.lora.dropout = "float32", 8, 4, 0.0
 c.train.update(steps=3, batch_size=8, seq_len=128, warmup_steps=0, log_every=1, eval_every=3,
-               checkpoint_every=3)
+               checkpoint_every=3, grad_accum=int(sys.argv[5]))
 c.eval.problems = 0
 out = run(c, sys.argv[4])
 print(json.dumps({"devices": jax.device_count(),
@@ -261,19 +261,69 @@ print(json.dumps({"devices": jax.device_count(),
 
 
 def test_data_parallel_over_four_devices_matches_one(base, tmp_path):
+  """1 device, 4 devices, and 4 devices in 2 micro-batches per update: one training."""
   import os
   ckpt, data = base
   outs = []
-  for n in (1, 4):
+  for n, a in ((1, 1), (4, 1), (4, 2)):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
     res = subprocess.run([sys.executable, "-c", DP_SCRIPT, str(ROOT / "configs/sft_gsm8k_lora.py"),
-                          ckpt, data, str(tmp_path / f"w{n}")], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=ROOT)
+                          ckpt, data, str(tmp_path / f"w{n}_{a}"), str(a)], capture_output=True,
+                         text=True, env=env, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     outs.append(json.loads(res.stdout.strip().splitlines()[-1]))
-  assert [o["devices"] for o in outs] == [1, 4]
-  np.testing.assert_allclose(outs[0]["b"], outs[1]["b"], rtol=1e-4, atol=1e-6)
+    assert "Fine-tuning step, " + ("2 micro-batches of 4 rows" if a == 2 else "8 rows") in res.stdout
+  assert [o["devices"] for o in outs] == [1, 4, 4]
+  for o in outs[1:]:
+    np.testing.assert_allclose(outs[0]["b"], o["b"], rtol=1e-4, atol=1e-6)
   assert np.abs(np.asarray(outs[0]["b"])).max() > 0
+
+
+def test_micro_batches_give_the_update_of_the_whole_batch(base, tmp_path):
+  """train.grad_accum=2 and 4 against one pass over the batch: the token-weighted
+  mean of the union (packed rows hold different numbers of target tokens)."""
+  from jaxslm.train import finetune
+  outs = []
+  for a in (1, 2, 4):
+    c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base, steps=2, grad_accum=a)
+    c.lora.dropout = 0.0
+    outs.append(run(c, str(tmp_path / f"a{a}")))
+  for out in outs[1:]:
+    for x, y in zip(jax.tree.leaves(outs[0]["params"]), jax.tree.leaves(out["params"])):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-6)
+  moved = [np.abs(np.asarray(x.b)).max() for x in jax.tree.leaves(
+      outs[0]["params"], is_leaf=lambda x: hasattr(x, "b")) if hasattr(x, "b")]
+  assert moved and max(moved) > 0
+  # The weighting matters: the plain mean of the micro-batch means is another update.
+  import jax.numpy as jnp
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 2, 9)), jnp.int32)
+  weights = jnp.asarray([[[1] * 8, [1] * 8], [[0] * 7 + [1], [0] * 8]], jnp.float32)
+  cfg = ModelConfig.preset("tiny", vocab_size=64, dtype="float32")
+  params, frozen = lora.split(init_params(cfg, jax.random.PRNGKey(1)), "all")
+  whole, g_whole = finetune._grads(params, frozen, tokens.reshape(4, 9), weights.reshape(4, 8), None,
+                                   model_cfg=cfg, dropout=False)
+  micro, g_micro = finetune._grads(params, frozen, tokens, weights, None, model_cfg=cfg,
+                                   dropout=False)
+  np.testing.assert_allclose(float(whole), float(micro), rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(g_whole), jax.tree.leaves(g_micro)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-7)
+  first, _ = finetune._grads(params, frozen, tokens[0], weights[0], None, model_cfg=cfg, dropout=False)
+  second, _ = finetune._grads(params, frozen, tokens[1], weights[1], None, model_cfg=cfg, dropout=False)
+  assert abs(float(whole) - (float(first) + float(second)) / 2) > 1e-3
+
+
+def test_grad_accum_that_cannot_split_the_batch_and_the_memory_advice(base, tmp_path):
+  from jaxslm.train.finetune import memory_advice
+  c = tiny(load_config(ROOT / "configs/sft_gsm8k_lora.py"), base, grad_accum=3)
+  with pytest.raises(UserError, match=r"train.grad_accum=3: train.batch_size=4"):
+    run(c, str(tmp_path / "a"))
+  c.train.grad_accum = 0
+  with pytest.raises(UserError, match=r"train.grad_accum=0 must be a positive"):
+    run(c, str(tmp_path / "b"))
+  c.train.update(grad_accum=1, batch_size=16)
+  assert memory_advice(c.train, need=30, free=10) == (
+      "set train.grad_accum=4 (the same update in micro-batches)")
+  assert "lower train.seq_len (128)" in memory_advice(c.train, need=10**6, free=10)
 
 
 def test_stop_request_sets_on_the_first_signal_and_restores_handlers():

@@ -46,6 +46,7 @@ from jaxslm.errors import TrainingDiverged, UserError
 from jaxslm.evaluation.gsm8k import peak_memory
 from jaxslm.loading import build_params, load_base, stack_dir
 from jaxslm.models import Decoder, ModelConfig
+from jaxslm.sampling import batching
 from jaxslm.train import memory, parallel
 from jaxslm.train.finetune_data import _gsm8k_subset, build_data, evaluate_exact_match
 from jaxslm.train.optim import make_optimizer
@@ -63,8 +64,8 @@ def validate_config(config: ConfigDict) -> None:
     raise UserError("init_from is empty: pass --config.init_from=CHECKPOINT (a pretraining "
                     "workdir, a step directory or an exported model).")
   for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every",
-               "keep_checkpoints"):
-    if t[name] <= 0:
+               "keep_checkpoints", "grad_accum"):
+    if t.get(name, 1) <= 0:
       raise UserError(f"train.{name}={t[name]} must be a positive integer.")
   if config.method != "full" and config.lora.rank < 1:
     raise UserError(f"lora.rank={config.lora.rank} must be >= 1.")
@@ -75,29 +76,95 @@ def validate_config(config: ConfigDict) -> None:
   if t.batch_size % jax.process_count():
     raise UserError(f"train.batch_size={t.batch_size} must be divisible by the "
                     f"{jax.process_count()} processes (each feeds its share of the rows).")
+  a = grad_accum(t)
+  if t.batch_size % (a * devices) or t.batch_size % (a * jax.process_count()):
+    raise UserError(f"train.grad_accum={a}: train.batch_size={t.batch_size} must split into "
+                    f"{a} micro-batches whose rows divide over the {devices} devices and "
+                    f"{jax.process_count()} processes; use a batch size that is a multiple of "
+                    f"{a * max(devices, jax.process_count())} or another grad_accum.")
   parallel.mesh_shape(config.mesh.data, config.mesh.get("fsdp", 1), devices)
   make_optimizer(t)
 
 
 # ------------------------------------------------------------------ the step
+def grad_accum(t: ConfigDict) -> int:
+  """train.grad_accum: micro-batches per update (1 where a config predates it)."""
+  return int(t.get("grad_accum", 1))
+
+
 def loss_fn(trainable, frozen, tokens_bt1, weights_bt, rng, *, model_cfg: ModelConfig):
+  """(token-mean loss of the batch, its summed token weight)."""
   from jaxslm.data.sft import masked_token_loss
   params = lora.combine(trainable, frozen)
   rngs = {"lora_dropout": rng} if rng is not None else {}
   logits_btv = Decoder(model_cfg).apply({"params": params}, tokens_bt1[:, :-1], rngs=rngs)
-  loss, _ = masked_token_loss(logits_btv, tokens_bt1[:, 1:], weights_bt)
-  return loss
+  return masked_token_loss(logits_btv, tokens_bt1[:, 1:], weights_bt)
 
 
-def train_step(trainable, opt_state, frozen, tokens_bt1, weights_bt, rng, *, model_cfg,
-               optimizer, dropout: bool):
-  """One AdamW update of the trainable tree only; the frozen tree gets no gradient."""
+def _grads(trainable, frozen, tokens, weights, rng, *, model_cfg, dropout: bool):
+  """(loss, gradients) of one batch `[B, T+1]`, or of the union of `A`
+  micro-batches `[A, B/A, T+1]` run one after another: each micro-batch gives
+  its summed token loss and weight, and the sums are divided by the total
+  weight, so the update is the token mean of the whole batch, as in one pass."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if tokens.ndim == 2:
+    (loss, _), grads = grad_fn(trainable, frozen, tokens, weights, rng if dropout else None,
+                               model_cfg=model_cfg)
+    return loss, grads
+
+  def micro(carry, xs):
+    loss_sum, weight_sum, grad_sum = carry
+    i, tokens_bt1, weights_bt = xs
+    r = jax.random.fold_in(rng, i) if dropout else None
+    # d(sum) = d(mean) * weight: the gradient of this micro-batch's summed loss.
+    (mean, weight), grads = grad_fn(trainable, frozen, tokens_bt1, weights_bt, r,
+                                    model_cfg=model_cfg)
+    return (loss_sum + mean * weight, weight_sum + weight,
+            jax.tree.map(lambda s, g: s + g * weight, grad_sum, grads)), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+  steps = jnp.arange(tokens.shape[0])
+  (loss_sum, weight_sum, grad_sum), _ = jax.lax.scan(
+      micro, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros),
+      (steps, tokens, weights))
+  total = jnp.where(weight_sum > 0, weight_sum, 1.0)
+  grads = jax.tree.map(lambda g, p: (g / total).astype(p.dtype), grad_sum, trainable)
+  return loss_sum / total, grads
+
+
+def train_step(trainable, opt_state, frozen, tokens, weights, rng, *, model_cfg, optimizer,
+               dropout: bool):
+  """One AdamW update of the trainable tree only; the frozen tree gets no gradient.
+  `tokens` is one batch `[B, T+1]` or `train.grad_accum` micro-batches `[A, B/A, T+1]`
+  (`weights` alike, one column fewer)."""
   import optax
-  loss, grads = jax.value_and_grad(loss_fn)(trainable, frozen, tokens_bt1, weights_bt,
-                                            rng if dropout else None, model_cfg=model_cfg)
+  loss, grads = _grads(trainable, frozen, tokens, weights, rng, model_cfg=model_cfg,
+                       dropout=dropout)
   updates, opt_state = optimizer.update(grads, opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
   return trainable, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def memory_advice(t: ConfigDict, need: int, free: int) -> str:
+  """What to change when a fine-tuning step needs `need` bytes with `free` free: the
+  smallest train.grad_accum whose micro-batches (about 1/A of the step's memory)
+  fit and still divide over the devices, or what else to lower."""
+  a, devices = grad_accum(t), jax.device_count()
+  want = a * need / max(free, 1)
+  fits = [j for j in range(a + 1, t.batch_size + 1)
+          if t.batch_size % (j * devices) == 0 and j >= want]
+  if fits:
+    return f"set train.grad_accum={fits[0]} (the same update in micro-batches)"
+  return (f"lower train.seq_len ({t.seq_len}) or train.batch_size ({t.batch_size}), or set "
+          "model remat (train.grad_accum cannot split this batch finely enough)")
+
+
+def _batch_shape(tokens) -> str:
+  """A fine-tuning batch's shape, for the memory account's line."""
+  if tokens.ndim == 2:
+    return f"{tokens.shape[0]} rows x {tokens.shape[1] - 1} tokens"
+  a, b, t = tokens.shape
+  return f"{a} micro-batches of {b} rows x {t - 1} tokens"
 
 
 def eval_loss(trainable, frozen, tokens_bt1, weights_bt, *, model_cfg):
@@ -234,11 +301,15 @@ def setup(config: ConfigDict, run: Session) -> FineTune:
   # frozen base, the trainable tree (adapters or all), its gradients and AdamW
   # state are split over "fsdp" by the rules of `parallel` (replicated otherwise).
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.get("fsdp", 1))
-  rep, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  rep = parallel.replicated(mesh)
+  # [B, T] rows split over the batch axes; with micro-batches [A, B/A, T], along B/A.
+  batch_sh = (parallel.batch_sharding(mesh) if grad_accum(t) == 1 else
+              parallel.batch_sharding(mesh, batch_dim=1, ndim=3))
   tr_sh, fr_sh, opt_sh = (parallel.tree_shardings(x, mesh) for x in (trainable, frozen, opt_state))
   log(memory.estimate(model_cfg, params=trainable, frozen=frozen, opt_state=opt_state,
                       param_shardings=tr_sh, frozen_shardings=fr_sh, opt_shardings=opt_sh,
-                      batch_per_device=t.batch_size // jax.device_count(), seq_len=t.seq_len,
+                      batch_per_device=t.batch_size // grad_accum(t) // jax.device_count(),
+                      seq_len=t.seq_len, grad_copies=2 if grad_accum(t) > 1 else 1,
                       where=f"mesh {dict(mesh.shape)}").line())
   start, last = 0, {}
   if run.latest is not None:
@@ -249,9 +320,14 @@ def setup(config: ConfigDict, run: Session) -> FineTune:
   trainable, frozen, opt_state = parallel.put_sharded((trainable, frozen, opt_state),
                                                       (tr_sh, fr_sh, opt_sh))
   dropout = config.method != "full" and config.lora.dropout > 0
-  step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
-                                      dropout=dropout), donate_argnums=(0, 1),
-                    out_shardings=(tr_sh, opt_sh, rep))
+  # Compiled ahead for the batch's shape: XLA's memory account is logged before the
+  # first step runs, and running out of memory names the train.grad_accum that fits.
+  step_fn = memory.Accounted(
+      jax.jit(functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer,
+                                dropout=dropout), donate_argnums=(0, 1),
+              out_shardings=(tr_sh, opt_sh, rep)), {},
+      what="Fine-tuning step", log=log, advice=functools.partial(memory_advice, t),
+      describe=lambda *a: _batch_shape(a[3]), free=batching.free_memory_bytes)
   sampler = sft.SFTBatches(tr_tokens, tr_weights, global_batch_size=t.batch_size, seed=t.seed,
                            process_index=jax.process_index(),
                            process_count=jax.process_count())
@@ -271,8 +347,12 @@ def train_one(ft: FineTune, step: int) -> dict:
   """One update on step `step`'s batch (a pure function of seed and step)."""
   t = ft.config.train
   tokens, weights = ft.sampler.batch(step)
-  tokens = parallel.global_array(tokens, ft.batch_sh, (t.batch_size, tokens.shape[1]))
-  weights = parallel.global_array(weights, ft.batch_sh, (t.batch_size, weights.shape[1]))
+  a = grad_accum(t)
+  if a > 1:   # this process's rows, cut into A micro-batches in order
+    tokens, weights = (x.reshape(a, -1, x.shape[-1]) for x in (tokens, weights))
+  lead = (t.batch_size,) if a == 1 else (a, t.batch_size // a)
+  tokens = parallel.global_array(tokens, ft.batch_sh, (*lead, tokens.shape[-1]))
+  weights = parallel.global_array(weights, ft.batch_sh, (*lead, weights.shape[-1]))
   t0 = time.perf_counter()
   rng = jax.random.fold_in(jax.random.PRNGKey(t.seed), step)
   ft.trainable, ft.opt_state, m = ft.step_fn(ft.trainable, ft.opt_state, ft.frozen, tokens,
