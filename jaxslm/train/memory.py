@@ -9,14 +9,18 @@ sampler's KV cache. FSDP shows up through the shardings: a leaf split over
 Activations (per device, B its rows, T tokens, D d_model, L layers, N heads,
 V vocab, b the compute dtype's bytes):
 
-    B·T·D·L·ACTIVATION_FACTOR·b       block activations (Korthikanti et al. 2022
-                                       count ~34·B·T·D bytes per layer in 16-bit,
-                                       i.e. ~17 values of D per token; we use 16)
+    B·T·(D·ACTIVATION_FACTOR           block activations: 16 values of D and 7 of
+         + F·FF_FACTOR)·L·b            d_ff (F) per token and layer
   + B·N·T²·L·b                        attention probabilities (the XLA path keeps them)
   + B·T·V·4·2                         float32 logits and their gradient
 
+Korthikanti et al. (2022) count ~34·B·T·D bytes per layer in 16-bit, about 17
+values of D per token, for a 4·D MLP; XLA's CPU compiler keeps more. The d_ff
+term is fit to its account of the compiled train step (tiny, 26M-shaped and
+SmolLM2-shaped models: the whole estimate is 0.9-1.05x of XLA's peak).
+
 With `remat`, blocks keep only their inputs (B·T·D·L·b) plus one block's
-working set (B·T·D·ACTIVATION_FACTOR·b + B·N·T²·b) at a time.
+working set (the block term for one layer + B·N·T²·b) at a time.
 
 The KV cache of the sampler: rows × L × 2 (k and v) × kv heads × head dim ×
 cache length × b, on the one device a process samples on. With FSDP, GRPO
@@ -49,6 +53,7 @@ import jax
 import numpy as np
 
 ACTIVATION_FACTOR = 16
+FF_FACTOR = 7            # values of d_ff kept per token and layer (fit to XLA's CPU account)
 
 
 def fmt_bytes(n: float) -> str:
@@ -87,13 +92,12 @@ def activation_bytes(model_cfg, batch: int, seq_len: int) -> int:
   """The activation estimate of the module doc, for `batch` rows on one device."""
   b = _dtype_bytes(model_cfg.dtype)
   B, T, D, L, N = batch, seq_len, model_cfg.d_model, model_cfg.n_layers, model_cfg.n_heads
-  block = B * T * D * ACTIVATION_FACTOR * b
+  block = B * T * (D * ACTIVATION_FACTOR + model_cfg.d_ff * FF_FACTOR) * b
   attn = B * N * T * T * b
   kept = (B * T * D * L * b + block + attn) if model_cfg.remat else (block + attn) * L
   return kept + B * T * model_cfg.vocab_size * 4 * 2
 
 
-GRPO_FF_FACTOR = 7       # values of d_ff kept per token and layer in GRPO's learning pass
 GRPO_LOGIT_COPIES = 4    # float32 [rows, completion, V] copies: logits, log-softmax, its exp, gradient
 
 
@@ -102,13 +106,13 @@ def grpo_activation_bytes(model_cfg, prompts: int, prefix: int, rows: int,
   """The activations GRPO's learning pass keeps, in its shared-prefix layout: `prompts`
   rows of `prefix` tokens run once, then `rows` completions of `completion` tokens
   continue from their caches. Per layer, each of those tokens keeps 16 values of D,
-  GRPO_FF_FACTOR of d_ff and its attention scores over prefix + completion slots; the
+  FF_FACTOR of d_ff and its attention scores over prefix + completion slots; the
   logits (completion positions only) keep GRPO_LOGIT_COPIES float32 copies. The
   factors come from XLA's CPU account of the compiled step (a fit over tiny models,
   checked on SmolLM2 in BENCHMARKS.md)."""
   b = _dtype_bytes(model_cfg.dtype)
   tokens, slots = prompts * prefix + rows * completion, prefix + completion
-  block = tokens * (model_cfg.d_model * ACTIVATION_FACTOR + model_cfg.d_ff * GRPO_FF_FACTOR) * b
+  block = tokens * (model_cfg.d_model * ACTIVATION_FACTOR + model_cfg.d_ff * FF_FACTOR) * b
   attn = tokens * model_cfg.n_heads * slots * b
   L = model_cfg.n_layers
   kept = (tokens * model_cfg.d_model * L * b + block + attn) if model_cfg.remat else (block + attn) * L
