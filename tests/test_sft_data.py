@@ -44,6 +44,49 @@ def test_encode_masks_exactly_the_target_and_eos():
   assert ids.tolist() == [ord("4"), 0] and mask.tolist() == [False, True]
 
 
+class PairTokenizer(CharTokenizer):
+  """Characters, except that "ab" is one token (1000): edges can fall inside a token."""
+  vocab_size = 1001
+
+  def _encode(self, text):
+    out, i = [], 0
+    while i < len(text):
+      if text.startswith("ab", i):
+        out, i = out + [1000], i + 2
+      else:
+        out, i = out + [ord(text[i])], i + 1
+    return out
+
+  def _decode(self, ids):
+    return "".join("ab" if i == 1000 else chr(i) for i in ids if i)
+
+
+def test_given_spans_are_read_not_learned():
+  target = " 3*4\nObservation: 12\nThought: done"
+  start = target.index(" 12")
+  e = sft.SFTExample("Q:", target, given=((start, target.index("done")),))
+  enc, _ = sft.encode([e], TOK, max_len=64)
+  ids, mask = enc[0]
+  assert ids.tolist() == ords("Q:" + target) + [0]        # encoded as one text
+  learned = "".join(chr(i) if i else "<eos>" for i, m in zip(ids, mask) if m)
+  assert learned == " 3*4\nObservation:done<eos>"
+  assert enc.given_tokens == len(" 12\nThought: ")
+  assert "13 target tokens given, not learned" in enc.describe()
+  # An edge inside a token moves outwards: "ab" holds given text, so it is not learned.
+  for given, want in (((2, 3), "xy"), ((1, 2), "xy"), ((0, 1), "aby"), ((3, 4), "xab")):
+    ((ids, mask),), _ = sft.encode([sft.SFTExample("Q:", "xaby", given=(given,))],
+                                   PairTokenizer(), max_len=64, add_eos=False)
+    assert ids.tolist() == ords("Q:x") + [1000, ord("y")]
+    assert PairTokenizer().decode([i for i, m in zip(ids, mask) if m]) == want, given
+
+
+@pytest.mark.parametrize("given", [((3, 2),), ((0, 99),), ((2, 4), (3, 5)), ((-1, 2),),
+                                   ((0.5, 2),), ((1,),)])
+def test_bad_given_spans_are_refused(given):
+  with pytest.raises(UserError, match="given span"):
+    sft.encode([sft.SFTExample("Q:", " 12345", given=given)], TOK, max_len=64)
+
+
 def test_too_long_examples_are_dropped_and_counted_or_truncated():
   examples = [sft.SFTExample("Q:", " 1"), sft.SFTExample("Q:", " 12345"),
               sft.SFTExample("Question:", " 7")]
@@ -279,3 +322,36 @@ def test_masked_token_loss_value_and_zero_gradient_at_masked_tokens():
   zero = jax.grad(lambda x: sft.masked_token_loss(x, targets, 0 * weights)[0])(jnp.asarray(logits))
   assert float(sft.masked_token_loss(logits, targets, 0 * weights)[0]) == 0.0
   assert np.all(np.asarray(zero) == 0.0)
+
+
+def test_agent_traces_learn_the_actions_not_the_observations(monkeypatch):
+  """The agent SFT examples of synthetic problems, encoded by GPT-2's BPE: the
+  tool's output and the cue after it (" 36\nThought:") are read, not learned;
+  the stop string that calls the tool ("\nObservation:") and the actions are learned."""
+  import os
+  import pathlib
+  from jaxslm import tokenizers
+  from jaxslm.data.synthetic import SyntheticMath
+  from jaxslm.train import finetune_data
+  cache = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "tiktoken_cache"
+  if "TIKTOKEN_CACHE_DIR" not in os.environ:
+    if not cache.is_dir():
+      pytest.skip("no cached tiktoken ranks")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache.resolve()))
+  gpt2 = tokenizers.get_tokenizer("gpt2")
+  gen = SyntheticMath(0, max_steps=3)
+  problems = [Example(i, p.question, p.answer, str(p.final_answer))
+              for i, p in ((i, gen.problem(i)) for i in range(20))]
+  examples = finetune_data.agent_examples(problems)
+  enc, _ = sft.encode(examples, gpt2, max_len=512)
+  assert len(enc) == 20 and enc.given_tokens > 0
+  for e, (ids, mask) in zip(examples, enc):
+    values = re.findall(r"\nObservation: (\S+)\nThought:", e.target)
+    assert values and [e.target[a:b] for a, b in e.given] == [
+        f" {v}\nThought:" for v in values]
+    p = len(gpt2.encode(e.prompt))
+    assert ids.tolist() == gpt2.encode(e.prompt) + gpt2.encode(e.target) + [gpt2.eos_id]
+    given = gpt2.decode([int(i) for i, m in zip(ids[p:], mask[p:]) if not m])
+    assert given == "".join(f" {v}\nThought:" for v in values)   # token edges are exact here
+    learned = gpt2.decode([int(i) for i, m in zip(ids[p:-1], mask[p:-1]) if m])
+    assert learned.count("\nObservation:") == len(values) and "Action: calculator[" in learned

@@ -23,6 +23,12 @@ Loss mask: `loss_mask[i]` is True when token `i` is to be predicted: every
 target token and the EOS; never a prompt token, never token 0 (nothing
 precedes it). `mask_prompt=False` trains on every token but the first.
 
+Given spans: `SFTExample.given` lists character spans of the target that
+the model does not write (an agent's tool observations); their tokens get no
+loss. The target is still encoded whole, as the agent loop encodes its
+transcript; a span's edges become token edges by encoding the target up to
+them, and an edge that falls inside a token takes that token into the span.
+
 Rows hold `seq_len + 1` tokens: the model reads `row[:-1]`, predicts `row[1:]`,
 and `weights[t]` is the loss mask of token `t + 1`. `pack` places whole
 examples greedily first-fit (each into the first row with room) and never
@@ -60,6 +66,9 @@ OFFLINE_HINT = "pass a local .jsonl or .json file of rows instead"
 class SFTExample:
   prompt: str   # what the model is given (no loss)
   target: str   # what it learns to write after it (EOS is added by `encode`)
+  # (start, end) character spans of `target` that the model is given, not asked to
+  # write (a tool's observation inserted into an agent trace): no loss on them.
+  given: tuple[tuple[int, int], ...] = ()
 
 
 class SFTExamples(list):
@@ -237,14 +246,51 @@ class Encoded(list):
     self.max_len = max_len
     self.dropped: list[int] = []
     self.truncated: list[int] = []
+    self.given_tokens = 0   # target tokens in given spans (no loss)
 
   def describe(self) -> str:
     text = f"{len(self):,} examples encoded"
     if self.dropped:
       text += (f"; {len(self.dropped):,} dropped as longer than max_len={self.max_len} or "
                f"with nothing to learn (first: example {self.dropped[0]})")
-    return text + (f"; {len(self.truncated):,} cut to max_len={self.max_len}"
-                   if self.truncated else "")
+    text += (f"; {len(self.truncated):,} cut to max_len={self.max_len}"
+             if self.truncated else "")
+    return text + (f"; {self.given_tokens:,} target tokens given, not learned (tool "
+                   "observations)" if self.given_tokens else "")
+
+
+def _check_given(e: SFTExample, i: int) -> None:
+  """The spans of `e.given`: in order, inside the target, not overlapping."""
+  end = 0
+  for span in e.given:
+    ok = (isinstance(span, tuple) and len(span) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in span))
+    if not ok or not end <= span[0] < span[1] <= len(e.target):
+      raise UserError(f"example {i}: given span {span!r} is not a (start, end) pair with "
+                      f"{end} <= start < end <= {len(e.target)} (the target's length), in "
+                      "order and not overlapping; list the character spans of the target "
+                      "that the model is given.")
+    end = span[1]
+
+
+def given_token_spans(e: SFTExample, target_ids: list[int], tokenizer) -> list[tuple[int, int]]:
+  """`e.given` as [start, end) token spans of `target_ids` (the target encoded
+  whole). Each edge is the length of the target encoded up to it. Where that is
+  not a prefix of `target_ids` (a token crosses the edge), the edge moves
+  outwards: a start to the first token that differs, an end past the first
+  token whose decoded text reaches the edge, so no token holding given text
+  is learned."""
+  def edge(pos: int, start: bool) -> int:
+    head = tokenizer.encode(e.target[:pos])
+    n = len(head)
+    if target_ids[:n] == head:
+      return n
+    k = next((j for j, (x, y) in enumerate(zip(head, target_ids)) if x != y), min(n, len(target_ids)))
+    if start:
+      return k
+    return next((j for j in range(k + 1, len(target_ids) + 1)
+                 if len(tokenizer.decode(target_ids[:j])) >= pos), len(target_ids))
+  return [(edge(a, True), edge(b, False)) for a, b in e.given]
 
 
 def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: bool = True,
@@ -269,6 +315,7 @@ def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: 
     if not isinstance(e, SFTExample):
       raise UserError(f"example {i} is a {type(e).__name__}, expected an SFTExample; build "
                       f"them with from_gsm8k, from_records or SFTExample(prompt, target).")
+    _check_given(e, i)
   prompts = tokenizer.encode_batch([e.prompt for e in examples], add_bos=add_bos)
   targets = tokenizer.encode_batch([e.target for e in examples], add_eos=add_eos)
   out = Encoded(max_len=int(max_len))
@@ -276,6 +323,9 @@ def encode(examples: Iterable[SFTExample], tokenizer, *, max_len: int, add_eos: 
     ids = np.asarray(p + t, np.int32)
     mask = np.zeros(len(ids), np.bool_)
     mask[len(p) if mask_prompt else 0:] = True
+    for a, b in given_token_spans(examples[i], t, tokenizer):
+      mask[len(p) + a:len(p) + b] = False
+      out.given_tokens += b - a
     mask[:1] = False  # nothing predicts the first token
     if len(ids) > max_len:
       if not truncate or not mask[:max_len].any():

@@ -65,6 +65,8 @@ def build_data(config: ConfigDict, tok, seq_len: int):
   info = {"source": source, "train_examples": len(enc_train), "val_examples": len(enc_val),
           "dropped_too_long": dropped, "train_rows": int(tr_tokens.shape[0]),
           "target_tokens": int(tr_weights.sum()), "packing": bool(d.packing)}
+  if enc_train.given_tokens:   # tool observations in agent traces: read, not learned
+    info["given_tokens_not_learned"] = enc_train.given_tokens
   return tr_tokens, tr_weights, va_tokens, va_weights, info
 
 
@@ -108,8 +110,29 @@ def agent_examples(problems) -> list:
     if not trace.startswith(prompt):
       raise UserError(f"synthetic problem {e.index}: its agent trace does not start with the "
                       f"react prompt {prompt[:60]!r}; the trace and agent formats disagree.")
-    out.append(SFTExample(prompt, trace[len(prompt):]))
+    target = trace[len(prompt):]
+    out.append(SFTExample(prompt, target, given=observation_spans(target, fmt)))
   return out
+
+
+def observation_spans(target: str, fmt) -> tuple[tuple[int, int], ...]:
+  """The character spans of an agent trace that the agent loop writes, not the
+  model: after each stop string ("\nObservation:", which the model writes to
+  call the tool), the rest of the format's observation text, the tool's output
+  and the cue that follows it (" 36\nThought:")."""
+  pre, _, post = fmt.observation.partition("{observation}")
+  spans, at = [], 0
+  stop = fmt.stop[0]
+  if not pre.startswith(stop):
+    raise UserError(f"agent format: its observation text {fmt.observation!r} does not start "
+                    f"with its stop string {stop!r}; the given spans cannot be found.")
+  while (i := target.find(stop, at)) >= 0:
+    start = i + len(stop)
+    end = target.find(post, start)
+    end = len(target) if end < 0 else end + len(post)
+    spans.append((start, end))
+    at = end
+  return tuple(spans)
 
 
 def _gsm8k_subset(config: ConfigDict):
