@@ -86,3 +86,32 @@ def test_gpu_suite_smoke(tmp_path):
                                                         "jaxslm-int8-dynamic"}
   table = (tmp_path / "suite.md").read_text()
   assert "| pretrain tiny B2×32 | jaxslm |" in table
+
+
+def test_shared_prefix_smoke(tmp_path):
+  """benchmarks/shared_prefix.py on a random `tiny` model with a SentencePiece
+  tokenizer: 5-shot prompts share their exemplars, the completions are identical."""
+  import jax
+  from jaxslm.checkpoint import save_params
+  from jaxslm.models import ModelConfig, init_params
+  from jaxslm.tokenizers import train_sentencepiece
+  data = tmp_path / "gsm8k"
+  data.mkdir()
+  rows = [{"question": f"Tom has {i} apples and buys {i % 7 + 2} more boxes of pears. How many?",
+           "answer": f"{i}+2=<<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}"} for i in range(12)]
+  for split, part in (("train", rows[:8]), ("test", rows[8:])):
+    (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+  tok = train_sentencepiece([r["question"] + " " + r["answer"] for r in rows] * 20,
+                            vocab_size=320)
+  cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32", max_seq_len=512)
+  ckpt = save_params(str(tmp_path / "m"), init_params(cfg, jax.random.PRNGKey(0)),
+                     {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  out = tmp_path / "s.json"
+  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shared_prefix.py"),
+                        "--checkpoint", ckpt, "--data", str(data), "--problems", "4",
+                        "--batch", "2", "--max-new-tokens", "4", "--repeats", "1",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stdout + res.stderr
+  r = json.loads(out.read_text())
+  assert r["shared_prefix_tokens"] >= 64 and r["identical_completions"] == r["completions"] == 4
+  assert r["shared"]["prefill_s"] > 0 and r["whole"]["prefill_s"] > 0

@@ -174,3 +174,38 @@ def test_chunked_prefill_memory_grows_linearly_with_the_prompt():
   big = ModelConfig.preset("llama135m")
   assert engine.prefill_chunk(64, 2048, 2048 + 1 + 256, big) == 32
   assert 64 * big.n_heads * 32 * (2048 + 257) * 4 <= engine.PREFILL_SCORE_BYTES
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(sliding_window=5, global_layers=(1,))])
+@pytest.mark.parametrize("chunk", [None, 32])
+def test_shared_prefix_prefill_equals_each_prompt_whole(kw, chunk):
+  """A 128-token prefix run once and copied to every row, then each row's suffix
+  (1 to 40 tokens): the first decode step's logits equal a full forward over
+  each whole prompt, and the cache holds the prompt's keys at its positions."""
+  from jaxslm.sampling import engine
+  cfg = ModelConfig.preset("tiny", dtype="float32", **kw)
+  params = init_params(cfg, jax.random.PRNGKey(5))
+  rng = np.random.RandomState(1)
+  prefix = rng.randint(1, cfg.vocab_size, 128)
+  suffixes = [rng.randint(1, cfg.vocab_size, n) for n in (40, 1, 17)]
+  c, q = 128, 64
+  tokens = np.zeros((3, c + q), np.int32)
+  tokens[:, :c] = prefix
+  for b, x in enumerate(suffixes):
+    tokens[b, c + q - len(x):] = x
+  lengths = jnp.asarray([c + len(x) for x in suffixes], jnp.int32)
+  state = engine.prefill(params, jnp.asarray(tokens), lengths, jnp.zeros((3, 2), jnp.uint32),
+                         model_cfg=cfg, n=1, max_new=8, queue_len=1, chunk=chunk, shared=c)
+  model = Decoder(cfg)
+  mask = state.kv_mask_bs.at[:, c + q].set(True)
+  logits = model.apply({"params": params}, state.next_b[:, None], (lengths - 1)[:, None],
+                       cache=state.cache, cache_index=c + q, kv_mask_bs=mask)[0][:, 0]
+  for b, x in enumerate(suffixes):
+    whole = jnp.asarray(np.concatenate([prefix, x])[None], jnp.int32)
+    want = model.apply({"params": params}, whole)[0, -1]
+    np.testing.assert_allclose(logits[b], want, atol=TOL)
+    assert int(state.next_b[b]) == x[-1]
+    # the prefix in slots [0, 128), the slot at 128 empty, the suffix ending at slot 191
+    row = np.asarray(state.kv_mask_bs[b])
+    assert row[:c].all() and not row[c] and row[c + q - len(x) + 1:c + q].all()
+    assert row.sum() == c + len(x) - 1

@@ -173,3 +173,28 @@ def test_a_huge_budget_is_bounded_by_the_context(model):
   out = generate(cfg, params, [[1, 2, 3]], max_new_tokens=10**9)
   assert out.timing["budget_bucket"] == 128 and out.completions[0].finish_reason == "context"
   assert len(out.completions[0].tokens) == cfg.max_seq_len - 3
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(sliding_window=8, global_layers=(1,))])
+def test_a_shared_prefix_runs_once_and_changes_nothing(kw):
+  """Prompts with a common 150-token preamble (a few-shot prefix): the prefill
+  runs its first 128 tokens once (`shared_prefix`), and greedy and sampled
+  completions, with their log-probabilities, equal those of every prompt run
+  whole; so do those of prompts without one."""
+  from jaxslm.sampling.generate import shared_prefix_length
+  cfg = ModelConfig.preset("tiny", dtype="float32", max_seq_len=256, **kw)
+  params = init_params(cfg, jax.random.PRNGKey(7))
+  rng = np.random.RandomState(3)
+  preamble = rng.randint(1, cfg.vocab_size, 150).tolist()
+  prompts = [preamble + rng.randint(1, cfg.vocab_size, k).tolist() for k in (1, 30, 9)]
+  assert shared_prefix_length(prompts) == 128
+  assert shared_prefix_length(prompts[:1]) == 0 and shared_prefix_length([[1] * 70, [2] * 70]) == 0
+  assert shared_prefix_length([preamble[:129], preamble[:129]]) == 128   # each keeps a token
+  assert shared_prefix_length([preamble[:128], preamble[:128]]) == 64
+  for settings in (dict(temperature=0.0), dict(temperature=1.0, n=2, seed=5)):
+    shared = generate(cfg, params, prompts, max_new_tokens=12, **settings)
+    whole = generate(cfg, params, prompts, max_new_tokens=12, share_prefix=False, **settings)
+    assert shared.timing["shared_prefix"] == 128 and whole.timing["shared_prefix"] == 0
+    for a, b in zip(shared.completions, whole.completions):
+      assert a.tokens == b.tokens
+      np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)

@@ -66,7 +66,8 @@ class Decoder(nn.Module):
     else:
       # One mask per distinct window (Gemma 3: sliding-window and global layers).
       windows = [cfg.layer_window(i) for i in range(cfg.n_layers)]
-      masks = {w: _cache_mask(kv_mask_bs, cache_index, t, w) for w in set(windows)}
+      masks = {w: _cache_mask(kv_mask_bs, cache_index, t, w, positions_bt)
+               for w in set(windows)}
       cache = dict(cache)
       # `remat` here too: GRPO's learning pass runs through a cache (its prompts
       # once, their groups' completions after). One-token decode steps never
@@ -105,10 +106,13 @@ class HeadBias(nn.Module):
 
 
 def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int,
-                window: int | None = None) -> jax.Array:
+                window: int | None = None, positions_bt: jax.Array | None = None) -> jax.Array:
   """[B, T, S']: query t (at slot index + t) may see filled slots s <= index + t
-  (and, with a sliding `window` W, s > index + t - W: a row's real tokens fill
-  consecutive slots, so slot distance is position distance).
+  (and, with a sliding `window` W, only keys less than W positions before it).
+  A row's real tokens sit in slot order with consecutive positions, though not
+  always in consecutive slots (a shared prefix leaves an empty slot before each
+  row's own tokens), so a key's position is the count of filled slots before it;
+  the query's is `positions_bt` (slot distance where it is not given).
 
   Every query also sees its own slot, so a padding query has one finite key
   instead of none. With a static `cache_index` only slots [0, index + t) exist
@@ -120,10 +124,14 @@ def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int,
   q_slot_t = cache_index + jnp.arange(t, dtype=jnp.int32)
   s_idx = jnp.arange(s, dtype=jnp.int32)
   causal_ts = s_idx[None, :] <= q_slot_t[:, None]
-  if window is not None:
-    causal_ts &= s_idx[None, :] > q_slot_t[:, None] - window
   own_ts = s_idx[None, :] == q_slot_t[:, None]
-  return (kv_mask_bs[:, None, :] & causal_ts[None]) | own_ts[None]
+  mask_bts = kv_mask_bs[:, None, :] & causal_ts[None]
+  if window is not None and positions_bt is None:
+    mask_bts &= (s_idx[None, :] > q_slot_t[:, None] - window)[None]
+  elif window is not None:
+    key_pos_bs = jnp.cumsum(kv_mask_bs, axis=-1, dtype=jnp.int32) - 1
+    mask_bts &= key_pos_bs[:, None, :] > positions_bt[:, :, None] - window
+  return mask_bts | own_ts[None]
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:

@@ -119,21 +119,23 @@ def prefill_chunk(b: int, p: int, s: int, model_cfg: ModelConfig) -> int:
   return c if p % c == 0 else p
 
 
-def prefill_cache(params, tokens_bp, positions_bp, kv_mask_bs, cache, model_cfg, chunk):
-  """Slots [0, P) of the cache from left-padded tokens, `chunk` queries at a time
-  (traceable; `chunk` from `prefill_chunk`, static). No logits are computed."""
+def prefill_cache(params, tokens_bp, positions_bp, kv_mask_bs, cache, model_cfg, chunk,
+                  start: int = 0):
+  """Slots [start, start + P) of the cache from left-padded tokens, `chunk` queries
+  at a time (traceable; `chunk` from `prefill_chunk` and `start`, static). No
+  logits are computed."""
   model = _model(model_cfg)
   b, p = tokens_bp.shape
   no_logits = jnp.zeros((b, 0), jnp.int32)
-  if chunk >= p:   # one call; a static index lets attention see slots [0, P) only
-    return model.apply({"params": params}, tokens_bp, positions_bp, cache=cache, cache_index=0,
-                       kv_mask_bs=kv_mask_bs, logit_index_bk=no_logits)[1]
+  if chunk >= p:   # one call; a static index lets attention see slots [0, start + P) only
+    return model.apply({"params": params}, tokens_bp, positions_bp, cache=cache,
+                       cache_index=start, kv_mask_bs=kv_mask_bs, logit_index_bk=no_logits)[1]
   mask_chunks = kv_mask_bs
 
   def step(cache, xs):
     i, tok_bc, pos_bc = xs
     _, cache = model.apply({"params": params}, tok_bc, pos_bc, cache=cache,
-                           cache_index=i * chunk, kv_mask_bs=mask_chunks,
+                           cache_index=start + i * chunk, kv_mask_bs=mask_chunks,
                            logit_index_bk=no_logits)
     return cache, None
   split = lambda x_bp: x_bp.reshape(b, p // chunk, chunk).swapaxes(0, 1)
@@ -142,27 +144,50 @@ def prefill_cache(params, tokens_bp, positions_bp, kv_mask_bs, cache, model_cfg,
   return cache
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "n", "max_new", "queue_len", "chunk"))
+@functools.partial(jax.jit, static_argnames=("model_cfg", "n", "max_new", "queue_len", "chunk",
+                                             "shared"))
 def prefill(params, tokens_bp, lengths_b, seeds_b2, *, model_cfg: ModelConfig, n: int,
-            max_new: int, queue_len: int, chunk: int | None = None) -> DecodeState:
+            max_new: int, queue_len: int, chunk: int | None = None,
+            shared: int = 0) -> DecodeState:
   """Run left-padded prompts [B, P]; a state for B * n rows (prompt i's
   completion j is row i * n + j) with room for `max_new` tokens each.
   `chunk`: queries per prefill step (None: `prefill_chunk`'s choice).
+
+  `shared` = C > 0: the first C columns are one prefix that every prompt starts
+  with (a few-shot preamble), and the rest, each row's suffix, is left-padded
+  after them. The prefix then runs once, for one row, and its cache is copied
+  to every row; only the suffixes run per row. The layout puts the always-empty
+  slot at C instead of 0: slots [0, C) hold the prefix (positions 0..C-1), and
+  each row's suffix ends in slot P (positions C onwards), so every row still
+  attends over exactly its own prompt.
 
   Row keys: fold_in(fold_in(PRNGKey(seeds_b2[i, 0]), seeds_b2[i, 1]), j).
   """
   b, p = tokens_bp.shape
   s = p + 1 + max_new
-  # Slot 0 is always padding; slots 1..P hold the prompt, its last token in slot P.
-  tokens_bp = jnp.concatenate([jnp.zeros((b, 1), tokens_bp.dtype), tokens_bp], axis=1)
-  pad_b = p + 1 - lengths_b
+  c = shared
+  # The empty slot goes at C (0 without a shared prefix); the prompt's last token is in slot P.
+  tokens_bp = jnp.concatenate([tokens_bp[:, :c], jnp.zeros((b, 1), tokens_bp.dtype),
+                               tokens_bp[:, c:]], axis=1)
+  start_b = p + 1 - lengths_b + c          # each row's first suffix slot
   slot_s = jnp.arange(s, dtype=jnp.int32)
-  kv_mask_bs = (slot_s[None] >= pad_b[:, None]) & (slot_s[None] < p)
-  positions_bp = jnp.maximum(slot_s[None, :p] - pad_b[:, None], 0)
-  chunk = prefill_chunk(b, p, s, model_cfg) if chunk is None else min(chunk, p)
+  kv_mask_bs = ((slot_s[None] < c) | (slot_s[None] >= start_b[:, None])) & (slot_s[None] < p)
+  positions_bp = jnp.where(slot_s[None, :p] < c, slot_s[None, :p],
+                           c + jnp.maximum(slot_s[None, :p] - start_b[:, None], 0))
   params = compute_params(params, model_cfg)
-  cache = prefill_cache(params, tokens_bp[:, :p], positions_bp, kv_mask_bs,
-                         init_cache(model_cfg, b, s), model_cfg, chunk)
+
+  def pick(length, rows):
+    if chunk is not None and length % min(chunk, length) == 0:
+      return min(chunk, length)
+    return prefill_chunk(rows, length, s, model_cfg)
+  if c:   # the prefix once, for one row; its cache copied to every row
+    one = prefill_cache(params, tokens_bp[:1, :c], positions_bp[:1, :c], kv_mask_bs[:1],
+                        init_cache(model_cfg, 1, s), model_cfg, pick(c, 1))
+    cache = jax.tree.map(lambda x: jnp.repeat(x, b, axis=0), one)
+  else:
+    cache = init_cache(model_cfg, b, s)
+  cache = prefill_cache(params, tokens_bp[:, c:p], positions_bp[:, c:], kv_mask_bs, cache,
+                        model_cfg, pick(p - c, b), start=c)
 
   def rep(x):
     return jnp.repeat(x, n, axis=0)

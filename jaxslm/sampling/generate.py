@@ -129,7 +129,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
              truncate: bool = False, min_budget: int = 16, pad_id: int = 0,
              chunk_size: int | None = None,
              on_tokens: Callable[[int, list[int]], None] | None = None,
-             logprobs: bool = True) -> Generation:
+             logprobs: bool = True, share_prefix: bool = True) -> Generation:
   """Sample `n` completions for each prompt (lists of token ids); see the module doc.
 
   temperature: one value, one per completion index (n values, e.g. GRPO's
@@ -148,6 +148,11 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   leaves fewer than min(max_new_tokens, min_budget) tokens is cut to its
   last tokens instead, with a warning, and listed in `Generation.truncated`.
   `logprobs=False` skips computing Completion.logprobs (NaN then).
+
+  Shared prefix: when the prompts start with the same SHARE_ALIGN or more tokens
+  (a few-shot preamble), the prefill runs those once instead of once per prompt
+  (`shared_prefix`), in multiples of SHARE_ALIGN (see `engine.prefill`);
+  `share_prefix=False` runs every prompt whole.
   """
   if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
     raise UserError(f"n={n!r} is invalid: expected the number of completions per prompt, >= 1.")
@@ -172,9 +177,10 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
     raise UserError(f"stop_strings={list(stop_strings)!r}: expected non-empty strings.")
   seeds = _seeds(seed, len(prompts))
 
-  # Buckets: batch, prompt length, token budget.
+  # Buckets: batch, shared prefix, prompt length (after it), token budget.
   b = bucket(len(prompts), 1)
-  p = engine.prompt_bucket(max(len(x) for x in prompts))
+  c = shared_prefix_length(prompts) if share_prefix else 0
+  p = c + engine.prompt_bucket(max(len(x) for x in prompts) - c)
   # No row can outlive the context, so the budget bucket never exceeds what is left of it.
   m = bucket(min(max_new_tokens, model_cfg.max_seq_len - min(len(x) for x in prompts)))
   tokens_bp = np.full((b, p), pad_id, np.int32)
@@ -182,7 +188,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   seeds_b2 = np.zeros((b, 2), np.uint32)
   for i in range(b):
     ids = prompts[i] if i < len(prompts) else prompts[0]
-    tokens_bp[i, p - len(ids):] = ids
+    tokens_bp[i, :c] = ids[:c]
+    tokens_bp[i, p - (len(ids) - c):] = ids[c:]
     lengths_b[i] = len(ids)
     seeds_b2[i] = seeds[i] if i < len(prompts) else (0, 0)
   rows, real_rows = b * n, len(prompts) * n
@@ -208,7 +215,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   t0 = time.perf_counter()
   state = engine.prefill(params, jnp.asarray(tokens_bp), jnp.asarray(lengths_b),
                          jnp.asarray(seeds_b2), model_cfg=model_cfg, n=n, max_new=m,
-                         queue_len=_QUEUE_LEN)
+                         queue_len=_QUEUE_LEN, shared=c)
   if rows > real_rows:  # batch padding: done from the start, so it never holds the loop up
     state = state.replace(done_b=state.done_b.at[real_rows:].set(True))
   jax.block_until_ready(state.cache)
@@ -256,7 +263,24 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   return _collect(state, prompts, cut, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id,
                   stop_ids, stop_strings,
                   {"prefill_s": t_prefill, "decode_s": t_total - t_prefill, "total_s": t_total,
-                   "steps": step, "batch_bucket": b, "prompt_bucket": p, "budget_bucket": m})
+                   "steps": step, "batch_bucket": b, "prompt_bucket": p, "budget_bucket": m,
+                   "shared_prefix": c})
+
+
+SHARE_ALIGN = 64   # a shared prefix is run once in multiples of this many tokens
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+  """Tokens every prompt starts with, rounded down to a multiple of SHARE_ALIGN
+  (few compiled shapes), leaving each prompt at least its last token; 0 for a
+  single prompt or a prefix under SHARE_ALIGN."""
+  if len(prompts) < 2:
+    return 0
+  first, limit = prompts[0], min(len(x) for x in prompts) - 1
+  common = 0
+  while common < limit and all(x[common] == first[common] for x in prompts):
+    common += 1
+  return common // SHARE_ALIGN * SHARE_ALIGN
 
 
 def _seeds(seed, n_prompts: int) -> np.ndarray:
