@@ -191,6 +191,13 @@ def test_a_shared_prefix_runs_once_and_changes_nothing(kw):
   assert shared_prefix_length(prompts[:1]) == 0 and shared_prefix_length([[1] * 70, [2] * 70]) == 0
   assert shared_prefix_length([preamble[:129], preamble[:129]]) == 128   # each keeps a token
   assert shared_prefix_length([preamble[:128], preamble[:128]]) == 64
+  # 64 shared, 200 tokens at most: 64 + a 256-slot suffix bucket would pass the 256
+  # slots the prompts take whole (what a token budget counts), so the suffixes get 192.
+  wide = [preamble[:64] + rng.randint(1, cfg.vocab_size, k).tolist() for k in (136, 86)]
+  a = generate(cfg, params, wide, max_new_tokens=4)
+  b = generate(cfg, params, wide, max_new_tokens=4, share_prefix=False)
+  assert a.timing["shared_prefix"] == 64 and a.timing["prompt_bucket"] == 256
+  assert [x.tokens for x in a.completions] == [x.tokens for x in b.completions]
   for settings in (dict(temperature=0.0), dict(temperature=1.0, n=2, seed=5)):
     shared = generate(cfg, params, prompts, max_new_tokens=12, **settings)
     whole = generate(cfg, params, prompts, max_new_tokens=12, share_prefix=False, **settings)

@@ -180,7 +180,9 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   # Buckets: batch, shared prefix, prompt length (after it), token budget.
   b = bucket(len(prompts), 1)
   c = shared_prefix_length(prompts) if share_prefix else 0
-  p = c + engine.prompt_bucket(max(len(x) for x in prompts) - c)
+  # Never more slots than the prompts would take whole (what the token budget counted).
+  longest = max(len(x) for x in prompts)
+  p = min(c + engine.prompt_bucket(longest - c), engine.prompt_bucket(longest))
   # No row can outlive the context, so the budget bucket never exceeds what is left of it.
   m = bucket(min(max_new_tokens, model_cfg.max_seq_len - min(len(x) for x in prompts)))
   tokens_bp = np.full((b, p), pad_id, np.int32)
