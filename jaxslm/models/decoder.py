@@ -105,14 +105,14 @@ class HeadBias(nn.Module):
     return logits_btv + bias_v.astype(jnp.float32)
 
 
-def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int,
-                window: int | None = None, positions_bt: jax.Array | None = None) -> jax.Array:
+def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int, window: int | None,
+                positions_bt: jax.Array) -> jax.Array:
   """[B, T, S']: query t (at slot index + t) may see filled slots s <= index + t
   (and, with a sliding `window` W, only keys less than W positions before it).
   A row's real tokens sit in slot order with consecutive positions, though not
   always in consecutive slots (a shared prefix leaves an empty slot before each
   row's own tokens), so a key's position is the count of filled slots before it;
-  the query's is `positions_bt` (slot distance where it is not given).
+  the query's is `positions_bt`.
 
   Every query also sees its own slot, so a padding query has one finite key
   instead of none. With a static `cache_index` only slots [0, index + t) exist
@@ -126,9 +126,7 @@ def _cache_mask(kv_mask_bs: jax.Array, cache_index, t: int,
   causal_ts = s_idx[None, :] <= q_slot_t[:, None]
   own_ts = s_idx[None, :] == q_slot_t[:, None]
   mask_bts = kv_mask_bs[:, None, :] & causal_ts[None]
-  if window is not None and positions_bt is None:
-    mask_bts &= (s_idx[None, :] > q_slot_t[:, None] - window)[None]
-  elif window is not None:
+  if window is not None:
     key_pos_bs = jnp.cumsum(kv_mask_bs, axis=-1, dtype=jnp.int32) - 1
     mask_bts &= key_pos_bs[:, None, :] > positions_bt[:, :, None] - window
   return mask_bts | own_ts[None]
