@@ -286,10 +286,10 @@ def _tokenizer(hf_dir: str, tokenizer) -> tokenizers.Tokenizer:
     return tokenizers.HFTokenizer.from_dir(hf_dir)
   sp_model = os.path.join(hf_dir, "tokenizer.model")
   if os.path.lexists(sp_model):   # SentencePiece only (older Gemma / Llama 2 repos)
+    tok = tokenizers.SentencePieceTokenizer.from_file(sp_model)   # a damaged one: error only
     warnings.warn(f"{hf_dir!r} has tokenizer.model but no tokenizer.json: using the "
                   "SentencePiece model; its chat template (if any) is not carried over.",
                   stacklevel=3)
-    tok = tokenizers.SentencePieceTokenizer.from_file(sp_model)
     tcfg = files.read_json(os.path.join(hf_dir, "tokenizer_config.json"),
                            "tokenizer_config.json") or {}
     hf = files.read_json(os.path.join(hf_dir, files.CONFIG), "config.json")
