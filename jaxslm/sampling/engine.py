@@ -267,3 +267,23 @@ def decode(params, state: DecodeState, settings: dict, limit, *, model_cfg: Mode
         reason_b=reason_b, queue_pos_b=st.queue_pos_b + (live_b & queued_b), paused=paused)
 
   return jax.lax.while_loop(cond, body, state.replace(paused=jnp.bool_(False)))
+
+
+ROW_SETTINGS = ("temperature_b", "top_k_b", "top_p_b", "min_p_b")
+
+
+@jax.jit
+def take_rows(state: DecodeState, settings: dict, rows_k) -> tuple[DecodeState, dict]:
+  """The state and per-row settings of rows `rows_k` only, in that order: a
+  smaller batch for the rows still running (`generate`'s compaction). Every
+  per-row array is gathered, the cache included; the shared slot index and step
+  stay, and each row keeps its own key, so its draws do not change."""
+  take = lambda x: jnp.take(x, rows_k, axis=0)
+  state = state.replace(
+      cache=jax.tree.map(take, state.cache), kv_mask_bs=take(state.kv_mask_bs),
+      pos_b=take(state.pos_b), next_b=take(state.next_b), tokens_bm=take(state.tokens_bm),
+      logprobs_bm=take(state.logprobs_bm), forced_bm=take(state.forced_bm),
+      done_b=take(state.done_b), reason_b=take(state.reason_b), keys_b=take(state.keys_b),
+      queue_bq=take(state.queue_bq), queue_len_b=take(state.queue_len_b),
+      queue_pos_b=take(state.queue_pos_b))
+  return state, {k: take(v) if k in ROW_SETTINGS else v for k, v in settings.items()}

@@ -10,10 +10,11 @@ What happens: validate; left-truncate (only if asked, and only a prompt that
 leaves too little of the context to write in); bucket the batch and the token
 budget to powers of two and the prompt length with `engine.prompt_bucket` (so
 a new prompt length rarely recompiles); `engine.prefill`; then `engine.decode`
-in chunks. Without stop strings, the calculator or a stream callback the whole
-budget is one call (the loop never leaves the device). Otherwise the host
-looks after each chunk (or pause): it cuts rows at stop strings and, for the
-calculator hook, queues the value of a just-written `<<expr=` as forced tokens.
+in chunks. The host looks after each chunk (or pause): it cuts rows at stop
+strings, queues the value of a just-written `<<expr=` as forced tokens for the
+calculator hook, and once most rows are done moves the rest to a smaller batch
+(compaction). A single row without stop strings, the calculator or a stream
+callback runs its whole budget in one call (the loop never leaves the device).
 
 Reproducibility: prompt i's completion j draws from
 fold_in(fold_in(PRNGKey(s), c), j) with (s, c) = (seed, i), or (seeds[i], 0) when
@@ -129,7 +130,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
              truncate: bool = False, min_budget: int = 16, pad_id: int = 0,
              chunk_size: int | None = None,
              on_tokens: Callable[[int, list[int]], None] | None = None,
-             logprobs: bool = True, share_prefix: bool = True) -> Generation:
+             logprobs: bool = True, share_prefix: bool = True,
+             compact: bool | int = True) -> Generation:
   """Sample `n` completions for each prompt (lists of token ids); see the module doc.
 
   temperature: one value, one per completion index (n values, e.g. GRPO's
@@ -153,6 +155,14 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   (a few-shot preamble), the prefill runs those once instead of once per prompt
   (`shared_prefix`), in multiples of SHARE_ALIGN (see `engine.prefill`);
   `share_prefix=False` runs every prompt whole.
+
+  Compaction: rows decode in lockstep, so a batch runs until its longest row
+  ends. Once at most half of the rows still run, with COMPACT_MIN_STEPS or more
+  of the budget left, the live rows go on alone in the smallest batch bucket
+  that holds them (`engine.take_rows`; `timing["compactions"]` lists [step,
+  rows]). Each row keeps its key and cache, so its draws are unchanged.
+  `compact=False` keeps the whole batch to the end; an int sets the steps that
+  must remain (0: compact whenever possible).
   """
   if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
     raise UserError(f"n={n!r} is invalid: expected the number of completions per prompt, >= 1.")
@@ -176,6 +186,7 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   if any(not isinstance(s, str) or not s for s in stop_strings):
     raise UserError(f"stop_strings={list(stop_strings)!r}: expected non-empty strings.")
   seeds = _seeds(seed, len(prompts))
+  min_left = _compact_threshold(compact)
 
   # Buckets: batch, shared prefix, prompt length (after it), token budget.
   b = bucket(len(prompts), 1)
@@ -224,49 +235,108 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
   t_prefill = time.perf_counter() - t0
 
   host_work = bool(stop_strings) or calculator or on_tokens is not None
-  chunk = chunk_size or (16 if host_work else max_new_tokens)
+  can_compact = min_left is not None and rows > 1
+  chunk = chunk_size or (16 if host_work else COMPACT_CHUNK if can_compact else max_new_tokens)
   lengths_r = np.repeat(lengths_b[:len(prompts)], n)
   cut_r = np.full(real_rows, -1)       # host-decided lengths (stop strings)
   streamed_r = np.zeros(real_rows, int)
   checked_r = np.zeros(real_rows, int)  # tokens already searched for stop strings
+  # The state's row i is completion rowmap[i] (-1: padding, done from the start).
+  rowmap = np.where(np.arange(rows) < real_rows, np.arange(rows), -1)
+  final = _Final(real_rows, m)
+  compactions = []
   step = 0
   while True:
     limit = min(max_new_tokens, step + chunk, 2**31 - 1)
     state = engine.decode(params, state, settings, jnp.int32(limit), model_cfg=model_cfg,
                           filters=filters, pause=calculator, logprobs=logprobs)
-    step, done = int(state.step), np.asarray(state.done_b)[:real_rows]
-    if not host_work and (done.all() or step >= max_new_tokens):
+    step, real = int(state.step), rowmap >= 0
+    if host_work:
+      orig = np.maximum(rowmap, 0)
+      tokens = np.asarray(state.tokens_bm)[:, :step]
+      gen_len = np.where(real & (cut_r[orig] >= 0), cut_r[orig],
+                         np.asarray(state.pos_b) - lengths_r[orig])
+      newly_done = []
+      if stop_strings:
+        for i in np.flatnonzero(real & (cut_r[orig] < 0) & (gen_len > checked_r[orig])):
+          r = rowmap[i]
+          k = _stop_string_cut(tokenizer, tokens[i, :gen_len[i]], stop_strings, checked_r[r] + 1)
+          checked_r[r] = gen_len[i]
+          if k is not None:
+            cut_r[r], gen_len[i] = k, k
+            newly_done.append(i)
+      if calculator and bool(state.paused):
+        state = _queue_calculator_results(state, tokenizer, tokens, gen_len,
+                                          np.asarray(state.done_b) | ~real, newly_done,
+                                          [prompts[r // n] for r in orig])
+      if newly_done:
+        state = state.replace(done_b=state.done_b.at[np.array(newly_done)].set(True),
+                              reason_b=state.reason_b.at[np.array(newly_done)].set(engine.STOP_STRING))
+      if on_tokens is not None:
+        for i in np.flatnonzero(real):
+          r = rowmap[i]
+          if gen_len[i] > streamed_r[r]:
+            on_tokens(int(r), tokens[i, streamed_r[r]:gen_len[i]].tolist())
+            streamed_r[r] = gen_len[i]
+    done = np.asarray(state.done_b)
+    if done[real].all() or step >= max_new_tokens:
       break
-    tokens = np.asarray(state.tokens_bm)[:real_rows, :step]
-    gen_len = np.where(cut_r >= 0, cut_r, np.asarray(state.pos_b)[:real_rows] - lengths_r)
-    newly_done = []
-    if stop_strings:
-      for r in np.flatnonzero((cut_r < 0) & (gen_len > checked_r)):
-        k = _stop_string_cut(tokenizer, tokens[r, :gen_len[r]], stop_strings, checked_r[r] + 1)
-        checked_r[r] = gen_len[r]
-        if k is not None:
-          cut_r[r], gen_len[r] = k, k
-          newly_done.append(r)
-    if calculator and bool(state.paused):
-      state = _queue_calculator_results(state, tokenizer, tokens, gen_len, done, newly_done,
-                                        [prompts[r // n] for r in range(real_rows)])
-    if newly_done:
-      state = state.replace(done_b=state.done_b.at[np.array(newly_done)].set(True),
-                            reason_b=state.reason_b.at[np.array(newly_done)].set(engine.STOP_STRING))
-    if on_tokens is not None:
-      for r in range(real_rows):
-        if gen_len[r] > streamed_r[r]:
-          on_tokens(r, tokens[r, streamed_r[r]:gen_len[r]].tolist())
-          streamed_r[r] = gen_len[r]
-    if bool(np.asarray(state.done_b)[:real_rows].all()) or step >= max_new_tokens:
-      break
+    live = np.flatnonzero(real & ~done)
+    if can_compact and max_new_tokens - step >= min_left and bucket(len(live), 1) < len(rowmap):
+      # Most rows are done: go on with the live ones only, in the smallest batch bucket.
+      finished = np.flatnonzero(real & done)
+      final.keep(state, finished, rowmap[finished])
+      fill = np.flatnonzero(done)[:1]       # a done row pads the bucket (it never runs again)
+      keep = np.concatenate([live, np.repeat(fill, bucket(len(live), 1) - len(live))])
+      state, settings = engine.take_rows(state, settings, jnp.asarray(keep, jnp.int32))
+      rowmap = np.concatenate([rowmap[live], np.full(len(keep) - len(live), -1)])
+      compactions.append([step, len(keep)])
   jax.block_until_ready(state.tokens_bm)
   t_total = time.perf_counter() - t0
-  return _collect(state, prompts, cut, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id,
+  rest = np.flatnonzero(rowmap >= 0)
+  final.keep(state, rest, rowmap[rest])
+  return _collect(final, prompts, cut, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id,
                   stop_ids, stop_strings,
                   {"prefill_s": t_prefill, "decode_s": t_total - t_prefill, "total_s": t_total,
                    "steps": step, "batch_bucket": b, "prompt_bucket": p, "budget_bucket": m,
-                   "shared_prefix": c})
+                   "shared_prefix": c, "compactions": compactions})
+
+
+# Compaction: once at most half the rows still run (and enough of the budget is
+# left to be worth a new decode shape), the live rows go on in a smaller batch.
+COMPACT_MIN_STEPS = 64   # budget steps that must remain (each new batch shape compiles once)
+COMPACT_CHUNK = 32       # decode steps between looks when the host has nothing else to do
+
+
+def _compact_threshold(compact) -> int | None:
+  if compact is True:
+    return COMPACT_MIN_STEPS
+  if compact is False or compact is None:
+    return None
+  if isinstance(compact, (int, np.integer)) and compact >= 0:
+    return int(compact)
+  raise UserError(f"compact={compact!r} is invalid: expected True, False, or the number of "
+                  "budget steps (>= 0) that must remain for a compaction.")
+
+
+class _Final:
+  """Host copies of finished completions' outputs, in completion order."""
+
+  def __init__(self, rows: int, m: int):
+    self.tokens = np.zeros((rows, m), np.int32)
+    self.logprobs = np.zeros((rows, m), np.float32)
+    self.forced = np.zeros((rows, m), bool)
+    self.reasons = np.zeros(rows, np.int32)
+    self.pos = np.zeros(rows, np.int64)
+
+  def keep(self, state, state_rows, completions):
+    if len(state_rows) == 0:
+      return
+    self.tokens[completions] = np.asarray(state.tokens_bm)[state_rows]
+    self.logprobs[completions] = np.asarray(state.logprobs_bm)[state_rows]
+    self.forced[completions] = np.asarray(state.forced_bm)[state_rows]
+    self.reasons[completions] = np.asarray(state.reason_b)[state_rows]
+    self.pos[completions] = np.asarray(state.pos_b)[state_rows]
 
 
 SHARE_ALIGN = 64   # a shared prefix is run once in multiples of this many tokens
@@ -346,14 +416,11 @@ def _queue_calculator_results(state, tokenizer, tokens, gen_len, done, skip, pro
                        queue_pos_b=jnp.asarray(qpos))
 
 
-def _collect(state, prompts, truncated, n, lengths_r, cut_r, temperature_r, tokenizer, eos_id, stop_ids,
-             stop_strings, timing) -> Generation:
+def _collect(final: _Final, prompts, truncated, n, lengths_r, cut_r, temperature_r, tokenizer,
+             eos_id, stop_ids, stop_strings, timing) -> Generation:
   real_rows = len(prompts) * n
-  tokens = np.asarray(state.tokens_bm)[:real_rows]
-  logprobs = np.asarray(state.logprobs_bm)[:real_rows]
-  forced = np.asarray(state.forced_bm)[:real_rows]
-  reasons = np.asarray(state.reason_b)[:real_rows]
-  gen_len = np.asarray(state.pos_b)[:real_rows] - lengths_r
+  tokens, logprobs, forced, reasons = final.tokens, final.logprobs, final.forced, final.reasons
+  gen_len = final.pos - lengths_r
   completions, new_tokens = [], 0
   for r in range(real_rows):
     k = int(cut_r[r]) if cut_r[r] >= 0 else int(gen_len[r])
