@@ -88,9 +88,8 @@ def test_gpu_suite_smoke(tmp_path):
   assert "| pretrain tiny B2×32 | jaxslm |" in table
 
 
-def test_shared_prefix_smoke(tmp_path):
-  """benchmarks/shared_prefix.py on a random `tiny` model with a SentencePiece
-  tokenizer: 5-shot prompts share their exemplars, the completions are identical."""
+def _tiny_gsm8k_checkpoint(tmp_path):
+  """A random `tiny` model with a SentencePiece tokenizer and a 12-problem GSM8K."""
   import jax
   from jaxslm.checkpoint import save_params
   from jaxslm.models import ModelConfig, init_params
@@ -106,6 +105,13 @@ def test_shared_prefix_smoke(tmp_path):
   cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, dtype="float32", max_seq_len=512)
   ckpt = save_params(str(tmp_path / "m"), init_params(cfg, jax.random.PRNGKey(0)),
                      {"model": cfg.to_dict(), "tokenizer": tok.spec()})
+  return ckpt, data
+
+
+def test_shared_prefix_smoke(tmp_path):
+  """benchmarks/shared_prefix.py: 5-shot prompts share their exemplars, the
+  completions are identical."""
+  ckpt, data = _tiny_gsm8k_checkpoint(tmp_path)
   out = tmp_path / "s.json"
   res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shared_prefix.py"),
                         "--checkpoint", ckpt, "--data", str(data), "--problems", "4",
@@ -115,3 +121,17 @@ def test_shared_prefix_smoke(tmp_path):
   r = json.loads(out.read_text())
   assert r["shared_prefix_tokens"] >= 64 and r["identical_completions"] == r["completions"] == 4
   assert r["shared"]["prefill_s"] > 0 and r["whole"]["prefill_s"] > 0
+
+
+def test_compaction_smoke(tmp_path):
+  """benchmarks/compaction.py: both arms run and agree."""
+  ckpt, data = _tiny_gsm8k_checkpoint(tmp_path)
+  out = tmp_path / "c.json"
+  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compaction.py"),
+                        "--checkpoint", ckpt, "--data", str(data), "--problems", "4",
+                        "--batch", "2", "--max-new-tokens", "4", "--repeats", "1",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stdout + res.stderr
+  r = json.loads(out.read_text())
+  assert r["identical_completions"] == r["completions"] == 4 and r["new_tokens"] == 16
+  assert r["compact_s"] > 0 and r["whole_batch_s"] > 0 and r["lockstep_waste"] == 1.0
