@@ -15,9 +15,7 @@ the completions are identical, and writes a JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,10 +37,9 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default="benchmarks/results/compaction.json")
   args = ap.parse_args(argv)
 
-  import jax
   import jaxslm
   from jaxslm.sampling import generate
-  from shared_prefix import prompts_for
+  from shared_prefix import prompts_for, run_record, write_json
   loaded = jaxslm.load(args.checkpoint)
   tok, cfg = loaded.tokenizer, loaded.model_cfg
   texts = prompts_for(args.data, args.offset + args.problems, args.shots)[args.offset:]
@@ -81,11 +78,7 @@ def main(argv=None) -> int:
                  for i in range(0, len(lengths), args.batch))
   med = {k: statistics.median(v) for k, v in times.items()}
   result = {
-      "command": " ".join(["python", "benchmarks/compaction.py", *(argv or sys.argv[1:])]),
-      "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
-      "device": jax.devices()[0].device_kind, "cpu": platform.processor() or platform.machine(),
-      "cores": os.cpu_count(), "model": os.path.basename(args.checkpoint.rstrip("/")),
-      "dtype": str(cfg.dtype), "prompts": len(ids), "batch": args.batch,
+      **run_record("compaction.py", argv, args, cfg), "prompts": len(ids), "batch": args.batch,
       "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "warmup_s": warm,
       "compact_s": med[True], "whole_batch_s": med[False], "speedup": med[False] / med[True],
       "rounds": {"compact": times[True], "whole_batch": times[False]},
@@ -94,9 +87,7 @@ def main(argv=None) -> int:
       "compactions_per_batch": sizes,
       "identical_completions": identical, "completions": len(outs[True]),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  write_json(args.out, result)
   print(f"whole batch {med[False]:.1f} s -> compaction {med[True]:.1f} s "
         f"({result['speedup']:.2f}x); lockstep ran {result['lockstep_waste']:.2f}x the row-steps "
         f"it needed; identical completions {identical}/{len(outs[True])}")

@@ -35,6 +35,22 @@ def prompts_for(data: str, n: int, shots: int) -> list[str]:
   return [fewshot_prompt(tmpl, exemplars, p.question) for p in test]
 
 
+def run_record(script: str, argv, args, cfg) -> dict:
+  """The head of a result JSON: the command, the date, the machine, the model."""
+  import jax
+  return {"command": " ".join(["python", f"benchmarks/{script}", *(argv or sys.argv[1:])]),
+          "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
+          "device": jax.devices()[0].device_kind, "cpu": platform.processor() or platform.machine(),
+          "cores": os.cpu_count(), "model": os.path.basename(args.checkpoint.rstrip("/")),
+          "dtype": str(cfg.dtype)}
+
+
+def write_json(path: str, result: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--checkpoint", required=True)
@@ -47,7 +63,6 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default="benchmarks/results/shared_prefix.json")
   args = ap.parse_args(argv)
 
-  import jax
   import jaxslm
   from jaxslm.sampling import generate
   loaded = jaxslm.load(args.checkpoint)
@@ -91,11 +106,7 @@ def main(argv=None) -> int:
   med = {k: (statistics.median(p for p, _ in v), statistics.median(t for _, t in v))
          for k, v in times.items()}
   result = {
-      "command": " ".join(["python", "benchmarks/shared_prefix.py", *(argv or sys.argv[1:])]),
-      "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
-      "device": jax.devices()[0].device_kind, "cpu": platform.processor() or platform.machine(),
-      "cores": os.cpu_count(), "model": os.path.basename(args.checkpoint.rstrip("/")),
-      "dtype": str(cfg.dtype), "prompts": len(ids), "prompt_tokens": [min(map(len, ids)),
+      **run_record("shared_prefix.py", argv, args, cfg), "prompts": len(ids), "prompt_tokens": [min(map(len, ids)),
                                                                         max(map(len, ids))],
       "shared_prefix_tokens": common, "batch": args.batch,
       "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "warmup_s": warm,
@@ -105,9 +116,7 @@ def main(argv=None) -> int:
       "total_speedup": med[False][1] / med[True][1],
       "identical_completions": identical, "completions": len(outs[True]),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  write_json(args.out, result)
   print(f"shared prefix of {common} tokens: prefill {med[False][0]:.1f} s -> {med[True][0]:.1f} s "
         f"({result['prefill_speedup']:.2f}x), total {med[False][1]:.1f} s -> {med[True][1]:.1f} s "
         f"({result['total_speedup']:.2f}x); identical completions {identical}/{len(outs[True])}")
