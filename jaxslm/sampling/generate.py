@@ -282,7 +282,8 @@ def generate(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
     if done[real].all() or step >= max_new_tokens:
       break
     live = np.flatnonzero(real & ~done)
-    if can_compact and max_new_tokens - step >= min_left and bucket(len(live), 1) < len(rowmap):
+    left = min(max_new_tokens, m) - step      # no row outlives the budget bucket
+    if can_compact and left >= min_left and bucket(len(live), 1) < len(rowmap):
       # Most rows are done: go on with the live ones only, in the smallest batch bucket.
       finished = np.flatnonzero(real & done)
       final.keep(state, finished, rowmap[finished])
