@@ -108,30 +108,29 @@ def _tiny_gsm8k_checkpoint(tmp_path):
   return ckpt, data
 
 
-def test_shared_prefix_smoke(tmp_path):
-  """benchmarks/shared_prefix.py: 5-shot prompts share their exemplars, the
-  completions are identical."""
+def _run_fewshot_benchmark(script: str, tmp_path) -> dict:
+  """Run a few-shot sampling benchmark on the tiny checkpoint: 4 problems, batch 2,
+  4 new tokens, one round; its JSON."""
   ckpt, data = _tiny_gsm8k_checkpoint(tmp_path)
-  out = tmp_path / "s.json"
-  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shared_prefix.py"),
+  out = tmp_path / "result.json"
+  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script),
                         "--checkpoint", ckpt, "--data", str(data), "--problems", "4",
                         "--batch", "2", "--max-new-tokens", "4", "--repeats", "1",
                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stdout + res.stderr
-  r = json.loads(out.read_text())
+  return json.loads(out.read_text())
+
+
+def test_shared_prefix_smoke(tmp_path):
+  """benchmarks/shared_prefix.py: 5-shot prompts share their exemplars, the
+  completions are identical."""
+  r = _run_fewshot_benchmark("shared_prefix.py", tmp_path)
   assert r["shared_prefix_tokens"] >= 64 and r["identical_completions"] == r["completions"] == 4
   assert r["shared"]["prefill_s"] > 0 and r["whole"]["prefill_s"] > 0
 
 
 def test_compaction_smoke(tmp_path):
   """benchmarks/compaction.py: both arms run and agree."""
-  ckpt, data = _tiny_gsm8k_checkpoint(tmp_path)
-  out = tmp_path / "c.json"
-  res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compaction.py"),
-                        "--checkpoint", ckpt, "--data", str(data), "--problems", "4",
-                        "--batch", "2", "--max-new-tokens", "4", "--repeats", "1",
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert res.returncode == 0, res.stdout + res.stderr
-  r = json.loads(out.read_text())
+  r = _run_fewshot_benchmark("compaction.py", tmp_path)
   assert r["identical_completions"] == r["completions"] == 4 and r["new_tokens"] == 16
   assert r["compact_s"] > 0 and r["whole_batch_s"] > 0 and r["lockstep_waste"] == 1.0
