@@ -419,12 +419,21 @@ def save_params(directory: str, params, meta: dict[str, Any], *,
   return directory
 
 
+def _numpy_handler(th):
+  """orbax's NumpyHandler without a host copy of each array where this orbax has
+  the option (deepcopy_host_arrays; 0.12.x), else its default."""
+  try:
+    return th.NumpyHandler(deepcopy_host_arrays=False)
+  except TypeError:
+    return th.NumpyHandler()
+
+
 def _save_host_tree(path, params, one) -> None:
   import numpy as np
   th = ocp.type_handlers
   registry = th.create_type_handler_registry(
       *[(t, th.get_type_handler(t)) for t in (int, float, bytes, np.number, jax.Array, str)],
-      (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)))
+      (np.ndarray, _numpy_handler(th)))
   handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False,
                                         multiprocessing_options=one)
   ocp.Checkpointer(handler, multiprocessing_options=one).save(

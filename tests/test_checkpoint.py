@@ -43,3 +43,28 @@ def test_missing_checkpoint_errors_name_the_path(tmp_path):
     resolve_step_dir(str(tmp_path / "nope"))
   with pytest.raises(FileNotFoundError, match="No checkpoint found"):
     resolve_step_dir(str(tmp_path))
+
+
+@pytest.mark.parametrize("has_option", [True, False])
+def test_host_arrays_save_with_or_without_the_no_copy_option(tmp_path, monkeypatch, has_option):
+  """Conversion writes host arrays in place; an orbax whose NumpyHandler has no
+  `deepcopy_host_arrays` (the one on the GPU image) writes them all the same."""
+  from orbax.checkpoint import type_handlers as th
+  from jaxslm.checkpoint import read_step_params, save_params
+  real, made = th.NumpyHandler, []
+
+  class Handler(real):
+    def __init__(self, **kw):
+      made.append(kw)
+      if kw and not has_option:
+        raise TypeError(f"unexpected keyword arguments {sorted(kw)}")
+      super().__init__(**kw)
+
+  monkeypatch.setattr(th, "NumpyHandler", Handler)
+  params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+  out = save_params(str(tmp_path / "m"), params, {"step": 0}, host_in_place=True)
+  assert made[0] == {"deepcopy_host_arrays": False}
+  assert made[-1] == ({"deepcopy_host_arrays": False} if has_option else {})
+  got = read_step_params(out)
+  np.testing.assert_array_equal(got["w"], params["w"])
+  np.testing.assert_array_equal(got["b"], params["b"])
