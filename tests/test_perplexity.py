@@ -35,8 +35,9 @@ def test_token_nll_matches_reference(model):
   contexts = [rng.integers(1, 128, n).tolist() for n in (0, 1, 5, 9, 3, 12)]
   targets = [rng.integers(1, 128, n).tolist() for n in (4, 1, 7, 2, 15, 6)]
   wants = [reference_nll(cfg, params, c, t) for c, t in zip(contexts, targets)]
-  # a tiny logit budget forces one sequence per batch; a big one puts all in one
-  for budget in (1, 1 << 30):
+  # a tiny logit budget forces one sequence per batch; 16 scored positions x 128
+  # vocabulary x 4 bytes x 2 makes batches of two; a big one puts all in one
+  for budget in (1, 16 * 128 * 4 * 2, 1 << 30):
     got, cut = token_nll(cfg, params, contexts, targets, max_logit_bytes=budget)
     assert cut == 0
     for g, want in zip(got, wants):

@@ -12,8 +12,9 @@ per-example perplexities is skewed by short targets and is not reported.
 
 Batched and jitted: sequences are right-padded to a power-of-two length (the
 model is causal, so padding on the right changes no real position) and
-grouped by length so the [B, T, V] float32 logits stay under
-`max_logit_bytes`. A sequence longer than the model's context keeps its
+grouped by length. Logits are computed only where a target token is
+predicted, and each group holds as many rows as keep those [B, K, V] float32
+logits under `max_logit_bytes`. A sequence longer than the model's context keeps its
 target and the end of its context; a target that alone cannot fit is cut at
 the end and counted in `truncated`.
 """
@@ -35,13 +36,14 @@ from jaxslm.sampling.generate import bucket
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg",))
-def _nll(params, tokens_bt, mask_bt, *, model_cfg: ModelConfig):
-  """NLL of tokens[:, t+1] given tokens[:, :t+1], where mask[:, t+1] is set."""
-  logits_btv = Decoder(model_cfg).apply({"params": params}, tokens_bt[:, :-1])
-  logp_btv = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-  target_bt = tokens_bt[:, 1:]
-  nll_bt = -jnp.take_along_axis(logp_btv, target_bt[..., None], axis=-1)[..., 0]
-  return jnp.where(mask_bt[:, 1:], nll_bt, 0.0)
+def _nll(params, tokens_bt, index_bk, target_bk, *, model_cfg: ModelConfig):
+  """NLL of target[:, k] given tokens[:, :index[:, k] + 1]: logits only at the K
+  scored positions of each row, and logsumexp(logits) - logits[target] rather
+  than a [B, K, V] log-softmax."""
+  logits_bkv = Decoder(model_cfg).apply({"params": params}, tokens_bt,
+                                        logit_index_bk=index_bk).astype(jnp.float32)
+  picked_bk = jnp.take_along_axis(logits_bkv, target_bk[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits_bkv, axis=-1) - picked_bk
 
 
 def token_nll(model_cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
@@ -51,6 +53,10 @@ def token_nll(model_cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
 
   `contexts[i]` may be empty only if the target's first token is to be skipped
   (nothing predicts it): then target token 0 is not scored.
+
+  Rows are grouped by length; each group's batch is the most rows (a power of
+  two, at most `max_batch`) whose [B, K, V] float32 logits at the K scored
+  positions stay under `max_logit_bytes`.
   """
   if len(contexts) != len(targets):
     raise UserError(f"token_nll: {len(contexts)} contexts but {len(targets)} targets; "
@@ -70,24 +76,29 @@ def token_nll(model_cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
   run_params = compute_params(params, model_cfg)
   out: list[np.ndarray | None] = [None] * len(seqs)
   order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+  scored = [len(seqs[i]) - starts[i] for i in range(len(seqs))]
   pos = 0
   while pos < len(order):
-    length = min(bucket(len(seqs[order[pos]]) , 16), ctx_len + 1)
-    per_row = length * model_cfg.vocab_size * 4
-    rows = max(1, min(max_batch, max_logit_bytes // per_row))
+    length = min(bucket(len(seqs[order[pos]]) - 1, 16), ctx_len)   # model inputs
+    fits = [i for i in order[pos:pos + max_batch] if len(seqs[i]) - 1 <= length]
+    k = min(bucket(max(scored[i] for i in fits), 16), length)
+    rows = max(1, min(max_batch, max_logit_bytes // (k * model_cfg.vocab_size * 4)))
     rows = 1 << (rows.bit_length() - 1)   # a power of two: the batch bucket is never padded
-    group = [i for i in order[pos:pos + rows] if len(seqs[i]) <= length]
+    group = fits[:rows]
     pos += len(group)
     batch = bucket(len(group), 1)
     tokens = np.zeros((batch, length), np.int32)
-    mask = np.zeros((batch, length), bool)
+    index = np.zeros((batch, k), np.int32)
+    target = np.zeros((batch, k), np.int32)
     for r, i in enumerate(group):
-      tokens[r, :len(seqs[i])] = seqs[i]
-      mask[r, starts[i]:len(seqs[i])] = True
-    nll = np.asarray(_nll(run_params, jnp.asarray(tokens), jnp.asarray(mask),
-                          model_cfg=model_cfg))
+      seq, s, n = seqs[i], starts[i], scored[i]
+      tokens[r, :len(seq) - 1] = seq[:-1]   # causal: padding on the right changes nothing
+      index[r, :n] = np.arange(s - 1, len(seq) - 1)
+      target[r, :n] = seq[s:]
+    nll = np.asarray(_nll(run_params, jnp.asarray(tokens), jnp.asarray(index),
+                          jnp.asarray(target), model_cfg=model_cfg))
     for r, i in enumerate(group):
-      out[i] = nll[r, starts[i] - 1:len(seqs[i]) - 1].astype(np.float32)
+      out[i] = nll[r, :scored[i]].astype(np.float32)
   return out, truncated
 
 
