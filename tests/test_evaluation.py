@@ -244,6 +244,9 @@ def test_a_stopped_evaluation_resumes_where_it_stopped(checkpoint, data_dir, tmp
   # 2 of the 8 prompts do not fit the tiny model's context: skipped (and said) in every run
   assert any("resumed: 3 of 6 problems read back" in s and "the other 3" in s for s in said), said
   assert sum(calls) == 3
+  # rates count the problems generated here, not those read back
+  eff = json.loads((out / "model/summary.json").read_text())["efficiency"]
+  assert eff["problems_generated"] == 3 and eff["problems_per_min"] is not None
   assert _rows(out / "model/examples.jsonl") == _rows(tmp_path / "whole/model/examples.jsonl")
   assert not progress.exists()
 
